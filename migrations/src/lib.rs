@@ -1,0 +1,15 @@
+//! Keygate's schema, as ordered sea-orm migrations. `keygate migrate` applies them; `serve`
+//! applies them on SQLite and refuses to start on an outdated PostgreSQL schema unless asked.
+pub use sea_orm_migration::prelude::*;
+
+mod m0001_initial;
+
+/// Every migration, oldest first. Never edit one that has shipped: add a new one.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m0001_initial::Migration)]
+    }
+}

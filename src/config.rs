@@ -1,0 +1,163 @@
+//! Configuration, layered: compiled defaults → TOML file (`--config` or `KEYGATE_CONFIG`)
+//! → `KEYGATE_*` environment variables (nested fields with `__`, e.g.
+//! `KEYGATE_ARGON2__MEMORY_KIB`) → command-line flags. Validated once at start-up.
+use crate::error::{Error, Result};
+use crate::hashing::Argon2Config;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything Keygate can be told. Every field has a default.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC address (`KEYGATE_LISTEN`, `--listen`). Default `127.0.0.1:50051`.
+    pub listen: SocketAddr,
+    /// `sqlite://keygate.db` (default; created if missing) or `postgres://user@host/db`
+    /// (`KEYGATE_DATABASE_URL`, `--database-url`). May hold a password: never printed.
+    pub database_url: SecretString,
+    /// Break-glass platform admin token (`KEYGATE_ADMIN_TOKEN`). Unset: tokens stored in
+    /// the database are used, and the first start on an empty database generates one.
+    pub admin_token: Option<SecretString>,
+    /// Apply pending migrations on start (`KEYGATE_AUTO_MIGRATE`, `--auto-migrate`).
+    /// SQLite is always migrated; PostgreSQL refuses to start on an old schema without it.
+    pub auto_migrate: bool,
+    pub database: DatabaseConfig,
+    pub argon2: Argon2Config,
+    pub cache: CacheConfig,
+    pub log: LogConfig,
+    /// Longest a graceful shutdown waits for in-flight calls, in seconds.
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Pool size. Default 16.
+    pub max_connections: u32,
+    /// Connect/acquire timeout in milliseconds. Default 5000.
+    pub timeout_ms: u64,
+}
+
+/// The cache of verified keys in front of the store (used by Authorize.Check).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Most keys held. Default 100000.
+    pub max_entries: u64,
+    /// Seconds a verified key is trusted before it is read again. Default 60.
+    pub ttl_secs: u64,
+    /// Seconds an unknown or wrong key is remembered as such. Default 5.
+    pub negative_ttl_secs: u64,
+    /// Most negative entries. Default 10000.
+    pub negative_max_entries: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `pretty` (default) or `json`.
+    pub format: LogFormat,
+    /// `RUST_LOG`-style filter; `RUST_LOG` wins when set. Default `info`.
+    pub filter: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            database_url: SecretString::from("sqlite://keygate.db"),
+            admin_token: None,
+            auto_migrate: false,
+            database: DatabaseConfig::default(),
+            argon2: Argon2Config::default(),
+            cache: CacheConfig::default(),
+            log: LogConfig::default(),
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig { max_connections: 16, timeout_ms: 5000 }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig { max_entries: 100_000, ttl_secs: 60, negative_ttl_secs: 5, negative_max_entries: 10_000 }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Pretty, filter: "info".into() }
+    }
+}
+
+/// Values given as command-line flags: the last layer.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_migrate: Option<bool>,
+}
+
+impl Config {
+    /// Loads the layers. `file` defaults to `KEYGATE_CONFIG`; a named file must exist.
+    pub fn load(file: Option<PathBuf>, overrides: Overrides) -> Result<Config> {
+        let file = file.or_else(|| std::env::var_os("KEYGATE_CONFIG").map(PathBuf::from));
+        let mut fig = Figment::new();
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(Error::invalid("config", format!("file {} does not exist", path.display())));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        fig = fig
+            .merge(Env::prefixed("KEYGATE_").split("__").filter(|k| k.as_str() != "config"))
+            .merge(Serialized::defaults(overrides));
+        let cfg: Config = fig.extract().map_err(|e| Error::invalid("config", e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<()> {
+        let url = self.database_url.expose_secret();
+        if crate::store::Backend::of_url(url).is_none() {
+            return Err(Error::invalid("database_url", "must start with sqlite: or postgres:// (or postgresql://)"));
+        }
+        if self.database.max_connections == 0 {
+            return Err(Error::invalid("database.max_connections", "must be at least 1"));
+        }
+        if let Some(t) = &self.admin_token {
+            if t.expose_secret().len() < 16 {
+                return Err(Error::invalid("admin_token", "must be at least 16 characters"));
+            }
+        }
+        if self.cache.max_entries == 0 || self.cache.ttl_secs == 0 {
+            return Err(Error::invalid("cache", "max_entries and ttl_secs must be at least 1"));
+        }
+        crate::hashing::SecretHasher::new(self.argon2).map(|_| ())
+    }
+
+    pub fn db_timeout(&self) -> Duration {
+        Duration::from_millis(self.database.timeout_ms)
+    }
+}

@@ -1,0 +1,16 @@
+//! Keygate's domain: keys, tenants, scopes, IP allowlists, policy and decisions. Pure types
+//! and rules; nothing here knows about gRPC, protobuf or the database.
+pub mod ip;
+pub mod key;
+pub mod policy;
+pub mod record;
+pub mod scope;
+pub mod text;
+pub mod time;
+
+pub use ip::IpAllowlist;
+pub use key::{ApiKeyFormat, ParsedKey};
+pub use policy::{ExpiryPolicy, RateLimitSpec, TenantPolicy};
+pub use record::{KeyRecord, KeyState, NewKey, Tenant};
+pub use scope::{Scope, ScopeSet};
+pub use time::{Clock, ManualClock, SystemClock, UnixMillis};

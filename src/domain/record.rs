@@ -1,0 +1,79 @@
+//! What Keygate stores about tenants and keys.
+use super::{ip::IpAllowlist, policy::RateLimitSpec, policy::TenantPolicy, scope::ScopeSet, time::UnixMillis};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: String,
+    pub display_name: String,
+    pub policy: TenantPolicy,
+    pub create_time: UnixMillis,
+    pub update_time: UnixMillis,
+}
+
+/// A key's lifecycle state at a given instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    Active,
+    Disabled,
+    Revoked,
+    Expired,
+}
+
+/// A stored API key, without its secret or hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub environment: String,
+    pub lookup_id: String,
+    /// The printable start of the secret (`nxc_live_`).
+    pub key_prefix: String,
+    pub display_prefix: String,
+    pub scopes: ScopeSet,
+    pub ip_allowlist: IpAllowlist,
+    /// Empty = the tenant's defaults.
+    pub rate_limits: Vec<RateLimitSpec>,
+    pub metadata: BTreeMap<String, String>,
+    pub enabled: bool,
+    pub create_time: UnixMillis,
+    pub update_time: UnixMillis,
+    pub expire_time: Option<UnixMillis>,
+    pub last_used_time: Option<UnixMillis>,
+    /// May lie in the future: a rotated key's old secret works until then.
+    pub revoke_time: Option<UnixMillis>,
+    pub revoke_reason: Option<String>,
+    pub rotated_from: Option<String>,
+}
+
+impl KeyRecord {
+    pub fn is_revoked(&self, now: UnixMillis) -> bool {
+        self.revoke_time.is_some_and(|t| t <= now)
+    }
+
+    pub fn is_expired(&self, now: UnixMillis) -> bool {
+        self.expire_time.is_some_and(|t| t <= now)
+    }
+
+    /// The state at `now`, in the order checks report it: revoked, disabled, expired.
+    pub fn state(&self, now: UnixMillis) -> KeyState {
+        if self.is_revoked(now) {
+            KeyState::Revoked
+        } else if !self.enabled {
+            KeyState::Disabled
+        } else if self.is_expired(now) {
+            KeyState::Expired
+        } else {
+            KeyState::Active
+        }
+    }
+}
+
+/// Everything a new key row holds; the store assigns nothing but checks the cap.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub record: KeyRecord,
+    /// The argon2id PHC string of the full key.
+    pub secret_hash: String,
+}

@@ -1,0 +1,72 @@
+//! Validation of the free-text and identifier fields every entity shares.
+use crate::error::{Error, Result};
+use std::collections::BTreeMap;
+
+/// Longest key or tenant name, in characters.
+pub const MAX_NAME_CHARS: usize = 100;
+pub const MAX_METADATA_ENTRIES: usize = 32;
+pub const MAX_METADATA_KEY_CHARS: usize = 64;
+pub const MAX_METADATA_VALUE_CHARS: usize = 512;
+
+/// A display name: 1-100 characters, no control characters, not only white space.
+pub fn validate_name(field: &str, name: &str) -> Result<()> {
+    let chars = name.chars().count();
+    if chars == 0 || name.trim().is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if chars > MAX_NAME_CHARS {
+        return Err(Error::invalid(
+            field,
+            format!("is {chars} characters; at most {MAX_NAME_CHARS} are allowed"),
+        ));
+    }
+    reject_control(field, name)
+}
+
+/// Free text (a display name that may be empty, a revoke reason) of at most `max` chars.
+pub fn validate_text(field: &str, text: &str, max: usize) -> Result<()> {
+    let chars = text.chars().count();
+    if chars > max {
+        return Err(Error::invalid(field, format!("is {chars} characters; at most {max} are allowed")));
+    }
+    reject_control(field, text)
+}
+
+fn reject_control(field: &str, text: &str) -> Result<()> {
+    if text.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// A tenant id: 1-64 chars of `[A-Za-z0-9._-]` (UUIDs and slugs fit).
+pub fn validate_tenant_id(field: &str, id: &str) -> Result<()> {
+    if id.is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    if id.len() > 64 {
+        return Err(Error::invalid(field, "is longer than 64 characters"));
+    }
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+        return Err(Error::invalid(field, "may contain only letters, digits, '.', '_' and '-'"));
+    }
+    Ok(())
+}
+
+/// Key metadata: at most 32 entries; keys 1-64 chars, values at most 512, no control chars.
+pub fn validate_metadata(field: &str, metadata: &BTreeMap<String, String>) -> Result<()> {
+    if metadata.len() > MAX_METADATA_ENTRIES {
+        return Err(Error::invalid(
+            field,
+            format!("has {} entries; at most {MAX_METADATA_ENTRIES} are allowed", metadata.len()),
+        ));
+    }
+    for (k, v) in metadata {
+        if k.is_empty() || k.chars().count() > MAX_METADATA_KEY_CHARS {
+            return Err(Error::invalid(field, format!("key {k:?} must be 1-{MAX_METADATA_KEY_CHARS} characters")));
+        }
+        reject_control(field, k)?;
+        validate_text(&format!("{field}[{k}]"), v, MAX_METADATA_VALUE_CHARS)?;
+    }
+    Ok(())
+}

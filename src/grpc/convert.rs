@@ -1,0 +1,179 @@
+//! Wire ↔ domain conversions for `keygate.v1`. A value that cannot be converted becomes
+//! `InvalidArgument` naming its field.
+use super::pb;
+use crate::domain::policy::{ExpiryPolicy, ExpiryRequest, RateLimitSpec};
+use crate::domain::{IpAllowlist, KeyRecord, KeyState, ScopeSet, Tenant, TenantPolicy, UnixMillis};
+use crate::error::{Error, Result};
+use crate::service::admin::{CreateKey, KeyPatch};
+use std::time::Duration;
+
+pub fn timestamp(t: UnixMillis) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: t.0.div_euclid(1000), nanos: (t.0.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+pub fn from_timestamp(field: &str, t: &prost_types::Timestamp) -> Result<UnixMillis> {
+    if !(0..1_000_000_000).contains(&t.nanos) || t.seconds < 0 || t.seconds > 253_402_300_799 {
+        return Err(Error::invalid(field, "is not a valid timestamp between 1970 and 9999"));
+    }
+    Ok(UnixMillis(t.seconds * 1000 + i64::from(t.nanos) / 1_000_000))
+}
+
+pub fn duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+}
+
+pub fn from_duration(field: &str, d: &prost_types::Duration) -> Result<Duration> {
+    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
+        return Err(Error::invalid(field, "must be a non-negative duration"));
+    }
+    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+fn rate_limit(l: &RateLimitSpec) -> pb::RateLimit {
+    pb::RateLimit { name: l.name.clone(), limit: l.limit, window: Some(duration(l.window)) }
+}
+
+pub fn rate_limits_from(field: &str, raw: &[pb::RateLimit]) -> Result<Vec<RateLimitSpec>> {
+    raw.iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let f = format!("{field}[{i}].window");
+            let window = l.window.as_ref().ok_or_else(|| Error::invalid(&f, "is required"))?;
+            Ok(RateLimitSpec { name: l.name.clone(), limit: l.limit, window: from_duration(&f, window)? })
+        })
+        .collect()
+}
+
+pub fn policy_from(p: Option<pb::TenantPolicy>) -> Result<TenantPolicy> {
+    let p = p.unwrap_or_default();
+    const F: &str = "tenant.policy";
+    let allowed_expiries = p
+        .allowed_expiries
+        .map(|e| -> Result<ExpiryPolicy> {
+            let durations = e
+                .durations
+                .iter()
+                .enumerate()
+                .map(|(i, d)| from_duration(&format!("{F}.allowed_expiries.durations[{i}]"), d))
+                .collect::<Result<_>>()?;
+            Ok(ExpiryPolicy { durations, allow_never: e.allow_never })
+        })
+        .transpose()?;
+    Ok(TenantPolicy {
+        key_prefix: p.key_prefix,
+        environments: p.environments,
+        max_active_keys: p.max_active_keys,
+        allowed_expiries,
+        scope_catalogue: ScopeSet::parse(&format!("{F}.scope_catalogue"), &p.scope_catalogue)?,
+        default_scopes: ScopeSet::parse(&format!("{F}.default_scopes"), &p.default_scopes)?,
+        default_rate_limits: rate_limits_from(&format!("{F}.default_rate_limits"), &p.default_rate_limits)?,
+        scopes_from_method: p.scopes_from_method,
+    })
+}
+
+pub fn tenant(t: Tenant) -> pb::Tenant {
+    let p = t.policy;
+    pb::Tenant {
+        id: t.id,
+        display_name: t.display_name,
+        policy: Some(pb::TenantPolicy {
+            key_prefix: p.effective_prefix().to_owned(),
+            environments: p.environments,
+            max_active_keys: p.max_active_keys,
+            allowed_expiries: p.allowed_expiries.map(|e| pb::ExpiryPolicy {
+                durations: e.durations.into_iter().map(duration).collect(),
+                allow_never: e.allow_never,
+            }),
+            scope_catalogue: p.scope_catalogue.to_strings(),
+            default_scopes: p.default_scopes.to_strings(),
+            default_rate_limits: p.default_rate_limits.iter().map(rate_limit).collect(),
+            scopes_from_method: p.scopes_from_method,
+        }),
+        create_time: Some(timestamp(t.create_time)),
+        update_time: Some(timestamp(t.update_time)),
+    }
+}
+
+fn state(s: KeyState) -> pb::KeyState {
+    match s {
+        KeyState::Active => pb::KeyState::Active,
+        KeyState::Disabled => pb::KeyState::Disabled,
+        KeyState::Revoked => pb::KeyState::Revoked,
+        KeyState::Expired => pb::KeyState::Expired,
+    }
+}
+
+/// The wire form of a key at `now` (state is computed). Carries no secret and no hash:
+/// the record has neither.
+pub fn key(k: KeyRecord, now: UnixMillis) -> pb::Key {
+    pb::Key {
+        state: state(k.state(now)) as i32,
+        id: k.id,
+        tenant_id: k.tenant_id,
+        name: k.name,
+        environment: k.environment,
+        display_prefix: k.display_prefix,
+        scopes: k.scopes.to_strings(),
+        ip_allowlist: k.ip_allowlist.to_strings(),
+        rate_limits: k.rate_limits.iter().map(rate_limit).collect(),
+        metadata: k.metadata.into_iter().collect(),
+        create_time: Some(timestamp(k.create_time)),
+        update_time: Some(timestamp(k.update_time)),
+        expire_time: k.expire_time.map(timestamp),
+        last_used_time: k.last_used_time.map(timestamp),
+        revoke_time: k.revoke_time.map(timestamp),
+        enabled: k.enabled,
+        revoke_reason: k.revoke_reason.unwrap_or_default(),
+        key_prefix: k.key_prefix,
+        rotated_from_key_id: k.rotated_from.unwrap_or_default(),
+    }
+}
+
+pub fn create_key(r: pb::CreateKeyRequest) -> Result<CreateKey> {
+    use pb::create_key_request::Expiry;
+    let expiry = match &r.expiry {
+        None => ExpiryRequest::Unspecified,
+        Some(Expiry::ExpiresIn(d)) => ExpiryRequest::In(from_duration("expires_in", d)?),
+        Some(Expiry::ExpireTime(t)) => ExpiryRequest::At(from_timestamp("expire_time", t)?),
+        Some(Expiry::NeverExpires(true)) => ExpiryRequest::Never,
+        Some(Expiry::NeverExpires(false)) => ExpiryRequest::Unspecified,
+    };
+    Ok(CreateKey {
+        scopes: ScopeSet::parse("scopes", &r.scopes)?,
+        ip_allowlist: IpAllowlist::parse("ip_allowlist", &r.ip_allowlist)?,
+        rate_limits: rate_limits_from("rate_limits", &r.rate_limits)?,
+        metadata: r.metadata.into_iter().collect(),
+        tenant_id: r.tenant_id,
+        name: r.name,
+        environment: r.environment,
+        expiry,
+    })
+}
+
+/// The key id and the patch an UpdateKeyRequest asks for. Unknown mask paths are refused
+/// rather than ignored, so a typo never looks like a successful update.
+pub fn key_patch(r: pb::UpdateKeyRequest) -> Result<(String, KeyPatch)> {
+    let k = r.key.ok_or_else(|| Error::invalid("key", "is required"))?;
+    let mask = r.update_mask.ok_or_else(|| Error::invalid("update_mask", "is required: name the fields to change"))?;
+    if mask.paths.is_empty() {
+        return Err(Error::invalid("update_mask.paths", "must name at least one field"));
+    }
+    let mut patch = KeyPatch::default();
+    for path in &mask.paths {
+        match path.as_str() {
+            "name" => patch.name = Some(k.name.clone()),
+            "scopes" => patch.scopes = Some(ScopeSet::parse("key.scopes", &k.scopes)?),
+            "ip_allowlist" => patch.ip_allowlist = Some(IpAllowlist::parse("key.ip_allowlist", &k.ip_allowlist)?),
+            "rate_limits" => patch.rate_limits = Some(rate_limits_from("key.rate_limits", &k.rate_limits)?),
+            "metadata" => patch.metadata = Some(k.metadata.clone().into_iter().collect()),
+            "enabled" => patch.enabled = Some(k.enabled),
+            other => {
+                return Err(Error::invalid(
+                    "update_mask.paths",
+                    format!("{other:?} cannot be updated; allowed: name, scopes, ip_allowlist, rate_limits, metadata, enabled"),
+                ))
+            }
+        }
+    }
+    Ok((k.id, patch))
+}

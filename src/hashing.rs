@@ -1,0 +1,127 @@
+//! argon2id hashing and verification of key secrets, always on the blocking pool and
+//! behind a concurrency limit so a burst of cold keys cannot starve the async runtime.
+use crate::error::{Error, Result};
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use secrecy::{ExposeSecret, SecretString};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// argon2id cost parameters for new hashes. Verification always uses the parameters
+/// recorded in the stored PHC string, so these can change without re-issuing keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Argon2Config {
+    /// Memory per hash in KiB.
+    pub memory_kib: u32,
+    /// Passes over memory.
+    pub iterations: u32,
+    /// Lanes.
+    pub parallelism: u32,
+    /// Hashes/verifies running at once; 0 = number of CPUs.
+    pub max_concurrent: usize,
+}
+
+impl Default for Argon2Config {
+    /// Light on purpose: a key's secret has ~142 random bits, so guessing it is infeasible
+    /// whatever the hash cost; the hash only has to make a stolen table useless, which a
+    /// memory-hard function with any cost does. A cheap verify keeps cold starts fast.
+    fn default() -> Self {
+        Argon2Config { memory_kib: 4096, iterations: 1, parallelism: 1, max_concurrent: 0 }
+    }
+}
+
+struct Inner {
+    argon: Argon2<'static>,
+    permits: Semaphore,
+    /// A hash of a random secret, verified against when a key id is unknown so that unknown
+    /// and known ids cost the same time.
+    dummy: String,
+    verifies: AtomicU64,
+}
+
+/// Hashes and verifies secrets. Cheap to clone.
+#[derive(Clone)]
+pub struct SecretHasher(Arc<Inner>);
+
+impl SecretHasher {
+    pub fn new(cfg: Argon2Config) -> Result<Self> {
+        let params = Params::new(cfg.memory_kib, cfg.iterations, cfg.parallelism, None)
+            .map_err(|e| Error::invalid("argon2", format!("invalid argon2 parameters: {e}")))?;
+        let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let permits = if cfg.max_concurrent == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+        } else {
+            cfg.max_concurrent
+        };
+        let salt = SaltString::generate(&mut OsRng);
+        let dummy_secret = crate::domain::key::random_base62(36);
+        let dummy = argon
+            .hash_password(dummy_secret.as_bytes(), &salt)
+            .map_err(|_| Error::internal("argon2 dummy hash"))?
+            .to_string();
+        Ok(SecretHasher(Arc::new(Inner { argon, permits: Semaphore::new(permits), dummy, verifies: AtomicU64::new(0) })))
+    }
+
+    /// The argon2id PHC string of `secret`.
+    pub async fn hash(&self, secret: SecretString) -> Result<String> {
+        let inner = self.0.clone();
+        let _permit = self.0.permits.acquire().await.map_err(|_| Error::internal("hasher closed"))?;
+        tokio::task::spawn_blocking(move || {
+            let salt = SaltString::generate(&mut OsRng);
+            inner
+                .argon
+                .hash_password(secret.expose_secret().as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|_| Error::internal("argon2 hash"))
+        })
+        .await
+        .map_err(|_| Error::internal("argon2 task"))?
+    }
+
+    /// Whether `secret` matches the PHC string `phc`. With `None` (unknown key id) it
+    /// verifies against a dummy hash and returns false, taking the same time.
+    pub async fn verify(&self, secret: SecretString, phc: Option<String>) -> Result<bool> {
+        let inner = self.0.clone();
+        let _permit = self.0.permits.acquire().await.map_err(|_| Error::internal("hasher closed"))?;
+        tokio::task::spawn_blocking(move || {
+            inner.verifies.fetch_add(1, Ordering::Relaxed);
+            let known = phc.is_some();
+            let phc = phc.unwrap_or_else(|| inner.dummy.clone());
+            let parsed = PasswordHash::new(&phc).map_err(|_| Error::internal("stored hash is not a PHC string"))?;
+            let ok = inner.argon.verify_password(secret.expose_secret().as_bytes(), &parsed).is_ok();
+            Ok(ok && known)
+        })
+        .await
+        .map_err(|_| Error::internal("argon2 task"))?
+    }
+
+    /// How many verifies ran since start (a metric, and how tests prove single-flight).
+    pub fn verify_count(&self) -> u64 {
+        self.0.verifies.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn hash_then_verify() {
+        let h = SecretHasher::new(Argon2Config::default()).unwrap();
+        let phc = h.hash("kg_secret".to_string().into()).await.unwrap();
+        assert!(phc.starts_with("$argon2id$v=19$m=4096,t=1,p=1$"), "{phc}");
+        assert!(!phc.contains("kg_secret"));
+        assert!(h.verify("kg_secret".to_string().into(), Some(phc.clone())).await.unwrap());
+        assert!(!h.verify("kg_secreT".to_string().into(), Some(phc)).await.unwrap());
+        assert!(!h.verify("kg_secret".to_string().into(), None).await.unwrap());
+        assert_eq!(h.verify_count(), 3);
+    }
+
+    #[test]
+    fn bad_params_name_the_section() {
+        let e = SecretHasher::new(Argon2Config { memory_kib: 1, ..Default::default() }).err().unwrap();
+        assert!(e.to_string().starts_with("argon2:"), "{e}");
+    }
+}

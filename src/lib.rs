@@ -1,0 +1,187 @@
+//! Keygate: API-key authorization over gRPC.
+//!
+//! [`run`] serves `keygate.v1.KeyAdmin`, `grpc.health.v1` and server reflection on a
+//! listener until SIGTERM/SIGINT. `main.rs` only parses flags and calls it.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod hashing;
+pub mod service;
+pub mod store;
+pub mod telemetry;
+
+use crate::config::Config;
+use crate::domain::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::grpc::auth::{self, AdminTokens};
+use crate::grpc::pb::key_admin_server::KeyAdminServer;
+use crate::hashing::SecretHasher;
+use crate::service::admin::AdminService;
+use crate::store::{Backend, KeyStore, SeaStore};
+use secrecy::ExposeSecret;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Hooks for embedding and tests; the defaults are what production uses.
+#[derive(Clone)]
+pub struct Options {
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { clock: Arc::new(SystemClock) }
+    }
+}
+
+/// Serves until SIGTERM or SIGINT, then drains in-flight calls and returns.
+pub async fn run(config: Config, listener: TcpListener) -> Result<()> {
+    run_with(config, listener, Options::default(), shutdown_signal()).await
+}
+
+/// Resolves when the process is asked to stop.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// Opens the store and brings its schema up to date (always on SQLite; on PostgreSQL only
+/// with `auto_migrate`, else an outdated schema is an error).
+pub async fn open_store(config: &Config) -> Result<SeaStore> {
+    let url = config.database_url.expose_secret();
+    let db = store::connect(url, config.database.max_connections, config.db_timeout()).await?;
+    let backend = Backend::of_url(url).ok_or_else(|| Error::invalid("database_url", "unsupported scheme"))?;
+    if backend == Backend::Sqlite || config.auto_migrate {
+        store::migrate(&db).await?;
+    } else {
+        let pending = store::pending_migrations(&db).await?;
+        if !pending.is_empty() {
+            return Err(Error::precondition(
+                "database schema",
+                format!(
+                    "the database lacks {} migration(s) this binary needs ({}); run `keygate migrate` or start with --auto-migrate",
+                    pending.len(),
+                    pending.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(SeaStore::new(db))
+}
+
+/// The admin tokens this server accepts: the configured one plus those in the store. With
+/// neither, generates one, stores its digest and prints it once on stderr.
+async fn admin_tokens(config: &Config, store: &dyn KeyStore, clock: &dyn Clock) -> Result<AdminTokens> {
+    let tokens = AdminTokens::default();
+    if let Some(t) = &config.admin_token {
+        tokens.add("env".into(), auth::digest(t.expose_secret()));
+    }
+    for t in store.admin_tokens().await? {
+        tokens.add(t.id, t.digest);
+    }
+    if tokens.is_empty() {
+        let token = auth::generate_token();
+        let id = format!("adm_{}", domain::key::random_base62(12));
+        store.add_admin_token(&id, auth::digest(&token), "generated on first start", clock.now()).await?;
+        tokens.add(id, auth::digest(&token));
+        // Straight to the terminal, never through the log pipeline: shown exactly once.
+        eprintln!(
+            "\n=== Keygate generated an admin token (shown once; only its hash is stored) ===\n\n    {token}\n\n\
+             Try it:\n    grpcurl -plaintext -H 'authorization: Bearer {token}' {addr} keygate.v1.KeyAdmin/ListTenants\n\n\
+             Keep it in a secret store; set KEYGATE_ADMIN_TOKEN to use a token of your own instead.\n",
+            addr = config.listen
+        );
+    }
+    Ok(tokens)
+}
+
+/// Serves on `listener` until `shutdown` resolves.
+pub async fn run_with(
+    config: Config,
+    listener: TcpListener,
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let store: Arc<dyn KeyStore> = Arc::new(open_store(&config).await?);
+    let hasher = SecretHasher::new(config.argon2)?;
+    let tokens = admin_tokens(&config, store.as_ref(), options.clock.as_ref()).await?;
+    let admin = AdminService::new(store.clone(), hasher, options.clock.clone(), Arc::new(service::NoListener));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<KeyAdminServer<grpc::key_admin::KeyAdminApi>>().await;
+    let reflection = |b: tonic_reflection::server::Builder<'static>| {
+        b.register_encoded_file_descriptor_set(grpc::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let internal = |e: tonic_reflection::server::Error| Error::Internal { context: "reflection", source: Some(Box::new(e)) };
+    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure()).build_v1().map_err(internal)?;
+    let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure()).build_v1alpha().map_err(internal)?;
+    let key_admin = KeyAdminServer::with_interceptor(grpc::key_admin::KeyAdminApi::new(admin), move |req| tokens.check(req));
+
+    let addr = listener.local_addr().map_err(|e| Error::Internal { context: "listener", source: Some(Box::new(e)) })?;
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let health_on_stop = health.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutdown requested: draining in-flight calls");
+        health_on_stop.set_not_serving::<KeyAdminServer<grpc::key_admin::KeyAdminApi>>().await;
+        let _ = stop_tx.send(true);
+    });
+    let mut drained = stop_rx.clone();
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(key_admin)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let mut rx = stop_rx;
+            let _ = rx.wait_for(|stop| *stop).await;
+        });
+    tracing::info!(listen = %addr, "keygate serving");
+    // The server drains gracefully; a client that holds a call open longer than the grace
+    // period does not keep the process alive.
+    let deadline = async move {
+        let _ = drained.wait_for(|stop| *stop).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        res = server => res.map_err(|e| Error::Internal { context: "grpc server", source: Some(Box::new(e)) })?,
+        _ = deadline => tracing::warn!("shutdown grace period ended with calls still in flight"),
+    }
+    tracing::info!("keygate stopped");
+    Ok(())
+}
+
+/// `keygate migrate`: applies pending migrations and reports what it did.
+pub async fn migrate(config: &Config) -> Result<()> {
+    let url = config.database_url.expose_secret();
+    let db = store::connect(url, 1, config.db_timeout()).await?;
+    let pending = store::pending_migrations(&db).await?;
+    store::migrate(&db).await?;
+    if pending.is_empty() {
+        eprintln!("keygate: schema already up to date");
+    } else {
+        eprintln!("keygate: applied {}", pending.join(", "));
+    }
+    Ok(())
+}

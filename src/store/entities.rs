@@ -1,0 +1,79 @@
+//! sea-orm entities, one module per table. Rows mirror `migrations/`; conversion to the
+//! domain happens in `store::sea`.
+pub mod tenants {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "tenants")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub display_name: String,
+        /// `TenantPolicy` as JSON.
+        pub policy: String,
+        pub create_time: i64,
+        pub update_time: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod api_keys {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "api_keys")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub name: String,
+        pub environment: String,
+        pub lookup_id: String,
+        pub key_prefix: String,
+        pub display_prefix: String,
+        /// argon2id PHC string of the full key. Never leaves the store layer except to verify.
+        pub secret_hash: String,
+        pub scopes: String,
+        pub ip_allowlist: String,
+        pub rate_limits: String,
+        pub metadata: String,
+        pub enabled: bool,
+        pub create_time: i64,
+        pub update_time: i64,
+        pub expire_time: Option<i64>,
+        pub last_used_time: Option<i64>,
+        pub revoke_time: Option<i64>,
+        pub revoke_reason: Option<String>,
+        pub rotated_from: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod admin_tokens {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "admin_tokens")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        /// Hex SHA-256 of the token. Tokens are 238-bit random strings, so a fast hash is
+        /// enough; the token itself is never stored.
+        pub token_digest: String,
+        pub description: String,
+        pub create_time: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

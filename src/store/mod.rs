@@ -1,0 +1,60 @@
+//! Persistence. [`KeyStore`] is the seam the services use; [`SeaStore`] implements it on
+//! SQLite and PostgreSQL through sea-orm, and one behaviour suite (`tests/`) runs on both.
+mod db;
+pub mod entities;
+mod sea;
+
+pub use db::{connect, migrate, pending_migrations, Backend};
+pub use sea::SeaStore;
+
+use crate::domain::{KeyRecord, NewKey, Tenant, UnixMillis};
+use crate::error::Result;
+
+/// Which keys `list_keys` returns, one page at a time.
+#[derive(Debug, Clone)]
+pub struct KeyQuery {
+    pub tenant_id: String,
+    /// Resume after this (create_time, id), exclusive.
+    pub after: Option<(UnixMillis, String)>,
+    pub limit: u64,
+    pub include_revoked: bool,
+    pub include_expired: bool,
+    pub now: UnixMillis,
+}
+
+/// A stored admin token: its id and the SHA-256 digest of the token.
+#[derive(Debug, Clone)]
+pub struct AdminTokenRecord {
+    pub id: String,
+    pub digest: [u8; 32],
+}
+
+/// Everything Keygate persists about tenants, keys and admin tokens.
+#[async_trait::async_trait]
+pub trait KeyStore: Send + Sync + 'static {
+    /// Inserts or replaces a tenant; `create_time` of an existing tenant is kept.
+    async fn upsert_tenant(&self, tenant: Tenant) -> Result<Tenant>;
+    async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>>;
+    /// Tenants ordered by id, after `after` (exclusive).
+    async fn list_tenants(&self, after: Option<&str>, limit: u64) -> Result<Vec<Tenant>>;
+
+    /// Inserts a key unless its tenant already has `cap` active (neither revoked nor expired
+    /// at `now`) keys; 0 = no cap. The count and the insert are one transaction, serialised
+    /// per tenant, so concurrent creates never exceed the cap.
+    async fn insert_key(&self, key: NewKey, cap: u32, now: UnixMillis) -> Result<KeyRecord>;
+    async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>>;
+    /// The key with this lookup id and its argon2 PHC hash: the hot path's one query.
+    async fn find_by_lookup_id(&self, lookup_id: &str) -> Result<Option<(KeyRecord, String)>>;
+    async fn list_keys(&self, query: &KeyQuery) -> Result<Vec<KeyRecord>>;
+    /// Writes the settable fields (name, scopes, ip_allowlist, rate_limits, metadata,
+    /// enabled, update_time) of an existing key. Never touches revocation.
+    async fn update_key_settings(&self, key: &KeyRecord) -> Result<()>;
+    /// Sets the revocation time unless the key is already revoked at or before `at`.
+    /// Returns the key as stored afterwards.
+    async fn revoke_key(&self, id: &str, at: UnixMillis, reason: &str, now: UnixMillis) -> Result<KeyRecord>;
+    /// Schedules `old_id`'s revocation at `revoke_at` and inserts `new` in one transaction.
+    async fn rotate_key(&self, old_id: &str, revoke_at: UnixMillis, new: NewKey) -> Result<(KeyRecord, KeyRecord)>;
+
+    async fn add_admin_token(&self, id: &str, digest: [u8; 32], description: &str, now: UnixMillis) -> Result<()>;
+    async fn admin_tokens(&self) -> Result<Vec<AdminTokenRecord>>;
+}

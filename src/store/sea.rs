@@ -1,0 +1,341 @@
+//! [`KeyStore`] on sea-orm: one implementation for SQLite and PostgreSQL.
+use super::entities::{admin_tokens, api_keys, tenants};
+use super::{AdminTokenRecord, KeyQuery, KeyStore};
+use crate::domain::{IpAllowlist, KeyRecord, NewKey, ScopeSet, Tenant, TenantPolicy, UnixMillis};
+use crate::error::{Error, Result};
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, RuntimeErr, TransactionTrait,
+};
+
+/// The sea-orm store.
+#[derive(Clone)]
+pub struct SeaStore {
+    db: DatabaseConnection,
+}
+
+impl SeaStore {
+    pub fn new(db: DatabaseConnection) -> Self {
+        SeaStore { db }
+    }
+
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+}
+
+/// Connection-level failures are transient (UNAVAILABLE); anything else is a bug or a
+/// schema mismatch (INTERNAL). Either way the cause is logged, never sent to the caller.
+fn db_err(e: DbErr) -> Error {
+    use sea_orm::sqlx::Error as Sqlx;
+    let transient = match &e {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(s)) | DbErr::Query(RuntimeErr::SqlxError(s)) => {
+            matches!(s, Sqlx::Io(_) | Sqlx::PoolTimedOut | Sqlx::PoolClosed | Sqlx::WorkerCrashed | Sqlx::Tls(_))
+        }
+        _ => false,
+    };
+    if transient {
+        Error::Unavailable { what: "database", source: Box::new(e) }
+    } else {
+        Error::Internal { context: "database", source: Some(Box::new(e)) }
+    }
+}
+
+fn corrupt(what: &'static str) -> impl FnOnce(serde_json::Error) -> Error {
+    move |e| Error::Internal { context: what, source: Some(Box::new(e)) }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(corrupt("serialising a row"))
+}
+
+fn tenant_from(m: tenants::Model) -> Result<Tenant> {
+    Ok(Tenant {
+        policy: serde_json::from_str::<TenantPolicy>(&m.policy).map_err(corrupt("stored tenant policy"))?,
+        id: m.id,
+        display_name: m.display_name,
+        create_time: UnixMillis(m.create_time),
+        update_time: UnixMillis(m.update_time),
+    })
+}
+
+fn key_from(m: api_keys::Model) -> Result<KeyRecord> {
+    let scopes: Vec<String> = serde_json::from_str(&m.scopes).map_err(corrupt("stored scopes"))?;
+    let ips: Vec<String> = serde_json::from_str(&m.ip_allowlist).map_err(corrupt("stored ip_allowlist"))?;
+    let bad_row = |e: Error| Error::Internal { context: "stored key row", source: Some(Box::new(e)) };
+    Ok(KeyRecord {
+        scopes: ScopeSet::parse("scopes", &scopes).map_err(bad_row)?,
+        ip_allowlist: IpAllowlist::parse("ip_allowlist", &ips).map_err(bad_row)?,
+        rate_limits: serde_json::from_str(&m.rate_limits).map_err(corrupt("stored rate_limits"))?,
+        metadata: serde_json::from_str(&m.metadata).map_err(corrupt("stored metadata"))?,
+        id: m.id,
+        tenant_id: m.tenant_id,
+        name: m.name,
+        environment: m.environment,
+        lookup_id: m.lookup_id,
+        key_prefix: m.key_prefix,
+        display_prefix: m.display_prefix,
+        enabled: m.enabled,
+        create_time: UnixMillis(m.create_time),
+        update_time: UnixMillis(m.update_time),
+        expire_time: m.expire_time.map(UnixMillis),
+        last_used_time: m.last_used_time.map(UnixMillis),
+        revoke_time: m.revoke_time.map(UnixMillis),
+        revoke_reason: m.revoke_reason,
+        rotated_from: m.rotated_from,
+    })
+}
+
+fn key_row(k: &NewKey) -> Result<api_keys::ActiveModel> {
+    let r = &k.record;
+    Ok(api_keys::ActiveModel {
+        id: Set(r.id.clone()),
+        tenant_id: Set(r.tenant_id.clone()),
+        name: Set(r.name.clone()),
+        environment: Set(r.environment.clone()),
+        lookup_id: Set(r.lookup_id.clone()),
+        key_prefix: Set(r.key_prefix.clone()),
+        display_prefix: Set(r.display_prefix.clone()),
+        secret_hash: Set(k.secret_hash.clone()),
+        scopes: Set(to_json(&r.scopes.to_strings())?),
+        ip_allowlist: Set(to_json(&r.ip_allowlist.to_strings())?),
+        rate_limits: Set(to_json(&r.rate_limits)?),
+        metadata: Set(to_json(&r.metadata)?),
+        enabled: Set(r.enabled),
+        create_time: Set(r.create_time.0),
+        update_time: Set(r.update_time.0),
+        expire_time: Set(r.expire_time.map(|t| t.0)),
+        last_used_time: Set(r.last_used_time.map(|t| t.0)),
+        revoke_time: Set(r.revoke_time.map(|t| t.0)),
+        revoke_reason: Set(r.revoke_reason.clone()),
+        rotated_from: Set(r.rotated_from.clone()),
+    })
+}
+
+/// Keys that are not revoked at `now`.
+fn not_revoked(now: UnixMillis) -> Condition {
+    Condition::any().add(api_keys::Column::RevokeTime.is_null()).add(api_keys::Column::RevokeTime.gt(now.0))
+}
+
+fn not_expired(now: UnixMillis) -> Condition {
+    Condition::any().add(api_keys::Column::ExpireTime.is_null()).add(api_keys::Column::ExpireTime.gt(now.0))
+}
+
+impl SeaStore {
+    async fn key_in<C: sea_orm::ConnectionTrait>(conn: &C, id: &str) -> Result<KeyRecord> {
+        let m = api_keys::Entity::find_by_id(id.to_owned()).one(conn).await.map_err(db_err)?;
+        key_from(m.ok_or_else(|| Error::not_found("key", id))?)
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyStore for SeaStore {
+    async fn upsert_tenant(&self, t: Tenant) -> Result<Tenant> {
+        let row = tenants::ActiveModel {
+            id: Set(t.id.clone()),
+            display_name: Set(t.display_name.clone()),
+            policy: Set(to_json(&t.policy)?),
+            create_time: Set(t.create_time.0),
+            update_time: Set(t.update_time.0),
+        };
+        tenants::Entity::insert(row)
+            .on_conflict(
+                OnConflict::column(tenants::Column::Id)
+                    .update_columns([tenants::Column::DisplayName, tenants::Column::Policy, tenants::Column::UpdateTime])
+                    .to_owned(),
+            )
+            .exec(&self.db)
+            .await
+            .map_err(db_err)?;
+        self.get_tenant(&t.id).await?.ok_or_else(|| Error::internal("tenant vanished after upsert"))
+    }
+
+    async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>> {
+        let m = tenants::Entity::find_by_id(id.to_owned()).one(&self.db).await.map_err(db_err)?;
+        m.map(tenant_from).transpose()
+    }
+
+    async fn list_tenants(&self, after: Option<&str>, limit: u64) -> Result<Vec<Tenant>> {
+        let mut q = tenants::Entity::find().order_by_asc(tenants::Column::Id).limit(limit);
+        if let Some(after) = after {
+            q = q.filter(tenants::Column::Id.gt(after));
+        }
+        q.all(&self.db).await.map_err(db_err)?.into_iter().map(tenant_from).collect()
+    }
+
+    async fn insert_key(&self, key: NewKey, cap: u32, now: UnixMillis) -> Result<KeyRecord> {
+        let tenant_id = key.record.tenant_id.clone();
+        let row = key_row(&key)?;
+        let txn = self.db.begin().await.map_err(db_err)?;
+        // Writing the tenant row first takes its row lock (PostgreSQL) or the database write
+        // lock (SQLite) before anything is read, so concurrent creates for one tenant queue
+        // here and each counts the keys the others committed.
+        let touched = tenants::Entity::update_many()
+            .col_expr(tenants::Column::UpdateTime, Expr::col(tenants::Column::UpdateTime).into())
+            .filter(tenants::Column::Id.eq(tenant_id.as_str()))
+            .exec(&txn)
+            .await
+            .map_err(db_err)?;
+        if touched.rows_affected == 0 {
+            return Err(Error::not_found("tenant", tenant_id));
+        }
+        if cap > 0 {
+            let active = api_keys::Entity::find()
+                .filter(api_keys::Column::TenantId.eq(tenant_id.as_str()))
+                .filter(not_revoked(now))
+                .filter(not_expired(now))
+                .count(&txn)
+                .await
+                .map_err(db_err)?;
+            if active >= u64::from(cap) {
+                return Err(Error::precondition(
+                    "tenant.policy.max_active_keys",
+                    format!("tenant {tenant_id:?} already has {active} active keys, its cap is {cap}; revoke one first"),
+                ));
+            }
+        }
+        api_keys::Entity::insert(row).exec(&txn).await.map_err(db_err)?;
+        txn.commit().await.map_err(db_err)?;
+        Ok(key.record)
+    }
+
+    async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>> {
+        let m = api_keys::Entity::find_by_id(id.to_owned()).one(&self.db).await.map_err(db_err)?;
+        m.map(key_from).transpose()
+    }
+
+    async fn find_by_lookup_id(&self, lookup_id: &str) -> Result<Option<(KeyRecord, String)>> {
+        let m = api_keys::Entity::find()
+            .filter(api_keys::Column::LookupId.eq(lookup_id))
+            .one(&self.db)
+            .await
+            .map_err(db_err)?;
+        match m {
+            None => Ok(None),
+            Some(m) => {
+                let hash = m.secret_hash.clone();
+                Ok(Some((key_from(m)?, hash)))
+            }
+        }
+    }
+
+    async fn list_keys(&self, q: &KeyQuery) -> Result<Vec<KeyRecord>> {
+        use api_keys::Column as C;
+        let mut s = api_keys::Entity::find()
+            .filter(C::TenantId.eq(q.tenant_id.as_str()))
+            .order_by_asc(C::CreateTime)
+            .order_by_asc(C::Id)
+            .limit(q.limit);
+        if let Some((t, id)) = &q.after {
+            s = s.filter(
+                Condition::any()
+                    .add(C::CreateTime.gt(t.0))
+                    .add(Condition::all().add(C::CreateTime.eq(t.0)).add(C::Id.gt(id.as_str()))),
+            );
+        }
+        if !q.include_revoked {
+            s = s.filter(not_revoked(q.now));
+        }
+        if !q.include_expired {
+            s = s.filter(not_expired(q.now));
+        }
+        s.all(&self.db).await.map_err(db_err)?.into_iter().map(key_from).collect()
+    }
+
+    async fn update_key_settings(&self, k: &KeyRecord) -> Result<()> {
+        use api_keys::Column as C;
+        let res = api_keys::Entity::update_many()
+            .col_expr(C::Name, Expr::value(k.name.clone()))
+            .col_expr(C::Scopes, Expr::value(to_json(&k.scopes.to_strings())?))
+            .col_expr(C::IpAllowlist, Expr::value(to_json(&k.ip_allowlist.to_strings())?))
+            .col_expr(C::RateLimits, Expr::value(to_json(&k.rate_limits)?))
+            .col_expr(C::Metadata, Expr::value(to_json(&k.metadata)?))
+            .col_expr(C::Enabled, Expr::value(k.enabled))
+            .col_expr(C::UpdateTime, Expr::value(k.update_time.0))
+            .filter(C::Id.eq(k.id.as_str()))
+            .exec(&self.db)
+            .await
+            .map_err(db_err)?;
+        if res.rows_affected == 0 {
+            return Err(Error::not_found("key", &k.id));
+        }
+        Ok(())
+    }
+
+    async fn revoke_key(&self, id: &str, at: UnixMillis, reason: &str, now: UnixMillis) -> Result<KeyRecord> {
+        use api_keys::Column as C;
+        // Only moves revocation earlier: revoking a key twice keeps the first time and reason.
+        api_keys::Entity::update_many()
+            .col_expr(C::RevokeTime, Expr::value(at.0))
+            .col_expr(C::RevokeReason, Expr::value(reason.to_owned()))
+            .col_expr(C::UpdateTime, Expr::value(now.0))
+            .filter(C::Id.eq(id))
+            .filter(Condition::any().add(C::RevokeTime.is_null()).add(C::RevokeTime.gt(at.0)))
+            .exec(&self.db)
+            .await
+            .map_err(db_err)?;
+        Self::key_in(&self.db, id).await
+    }
+
+    async fn rotate_key(&self, old_id: &str, revoke_at: UnixMillis, new: NewKey) -> Result<(KeyRecord, KeyRecord)> {
+        use api_keys::Column as C;
+        let row = key_row(&new)?;
+        let txn = self.db.begin().await.map_err(db_err)?;
+        // Only a key with no revocation scheduled can be rotated; the filter makes two
+        // concurrent rotations of one key produce one successor, not two.
+        let res = api_keys::Entity::update_many()
+            .col_expr(C::RevokeTime, Expr::value(revoke_at.0))
+            .col_expr(C::RevokeReason, Expr::value(format!("rotated:{}", new.record.id)))
+            .col_expr(C::UpdateTime, Expr::value(new.record.create_time.0))
+            .filter(C::Id.eq(old_id))
+            .filter(C::RevokeTime.is_null())
+            .exec(&txn)
+            .await
+            .map_err(db_err)?;
+        if res.rows_affected == 0 {
+            return Err(Error::precondition("key.state", "the key is revoked or already rotated"));
+        }
+        api_keys::Entity::insert(row).exec(&txn).await.map_err(db_err)?;
+        let old = Self::key_in(&txn, old_id).await?;
+        txn.commit().await.map_err(db_err)?;
+        Ok((old, new.record))
+    }
+
+    async fn add_admin_token(&self, id: &str, digest: [u8; 32], description: &str, now: UnixMillis) -> Result<()> {
+        let row = admin_tokens::ActiveModel {
+            id: Set(id.to_owned()),
+            token_digest: Set(hex(&digest)),
+            description: Set(description.to_owned()),
+            create_time: Set(now.0),
+        };
+        admin_tokens::Entity::insert(row).exec(&self.db).await.map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn admin_tokens(&self) -> Result<Vec<AdminTokenRecord>> {
+        let rows = admin_tokens::Entity::find().all(&self.db).await.map_err(db_err)?;
+        rows.into_iter()
+            .map(|r| {
+                let digest = unhex(&r.token_digest).ok_or_else(|| Error::internal("stored admin token digest"))?;
+                Ok(AdminTokenRecord { id: r.id, digest })
+            })
+            .collect()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if s.len() != 64 {
+        return None;
+    }
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
