@@ -101,22 +101,26 @@ impl ScopeSet {
         self.0.iter().any(|s| s.grants(required))
     }
 
-    /// Each member must be granted by the `catalogue` (a tenant's allowed scopes); the first
-    /// that is not is returned.
+    /// The first member a key of a tenant with this `catalogue` may not hold. The catalogue
+    /// is the exact list of holdable scopes (a listed `*` means keys may hold `*`, not that
+    /// any scope may be held); an empty catalogue allows every well-formed scope.
     pub fn first_outside<'a>(&'a self, catalogue: &ScopeSet) -> Option<&'a Scope> {
-        self.0.iter().find(|s| !catalogue.grants(s))
+        if catalogue.is_empty() {
+            return None;
+        }
+        self.0.iter().find(|s| !catalogue.0.contains(s))
     }
 
-    /// The scopes this set still grants under `catalogue`: members the catalogue grants are
-    /// kept; a wildcard member the catalogue does not grant whole is narrowed to the
-    /// catalogue entries it grants. An empty catalogue restricts nothing.
+    /// The scopes this set still grants under `catalogue`: members listed in the catalogue
+    /// are kept; a wildcard member that is not listed is narrowed to the catalogue entries
+    /// it grants; anything else is dropped. An empty catalogue restricts nothing.
     pub fn limited_to(&self, catalogue: &ScopeSet) -> ScopeSet {
         if catalogue.is_empty() {
             return self.clone();
         }
         let mut out = Vec::new();
         for s in &self.0 {
-            if catalogue.grants(s) {
+            if catalogue.0.contains(s) {
                 out.push(s.clone());
             } else {
                 out.extend(catalogue.0.iter().filter(|c| s.grants(c)).cloned());
@@ -170,6 +174,17 @@ mod tests {
         assert_eq!(set(&["alerts:read", "export"]).limited_to(&cat), set(&["alerts:read"]));
         assert_eq!(set(&["alerts:*"]).limited_to(&cat), set(&["alerts:read"]));
         assert_eq!(set(&["export"]).limited_to(&ScopeSet::default()), set(&["export"]));
-        assert_eq!(set(&["orders:read"]).limited_to(&set(&["*"])), set(&["orders:read"]));
+        // A catalogue of only `*` admits full-access keys and nothing narrower.
+        assert_eq!(set(&["orders:read"]).limited_to(&set(&["*"])), ScopeSet::default());
+        assert_eq!(set(&["*"]).limited_to(&set(&["*", "a:read"])), set(&["*"]));
+    }
+
+    #[test]
+    fn catalogue_membership_is_exact() {
+        let cat = set(&["products:read", "orders:*", "*"]);
+        assert!(set(&["*", "orders:*", "products:read"]).first_outside(&cat).is_none());
+        assert_eq!(set(&["orders:read"]).first_outside(&cat).map(|s| s.as_str()), Some("orders:read"));
+        assert_eq!(set(&["billing:read"]).first_outside(&cat).map(|s| s.as_str()), Some("billing:read"));
+        assert!(set(&["anything"]).first_outside(&ScopeSet::default()).is_none());
     }
 }

@@ -1,0 +1,1 @@
+//! Tests of the `keygate` binary itself (filled below).

@@ -1,0 +1,7 @@
+//! Integration tests: the real server on 127.0.0.1:0 with the generated clients, against
+//! real SQLite files and real PostgreSQL databases (one per test), in one binary so the
+//! suite links once.
+mod support;
+
+mod binary;
+mod key_admin;
