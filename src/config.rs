@@ -30,6 +30,8 @@ pub struct Config {
     pub argon2: Argon2Config,
     pub cache: CacheConfig,
     pub log: LogConfig,
+    /// How often batched `last_used_time` updates are written, in milliseconds. Default 2000.
+    pub last_used_flush_ms: u64,
     /// Longest a graceful shutdown waits for in-flight calls, in seconds.
     pub shutdown_grace_secs: u64,
 }
@@ -85,25 +87,37 @@ impl Default for Config {
             cache: CacheConfig::default(),
             log: LogConfig::default(),
             shutdown_grace_secs: 30,
+            last_used_flush_ms: 2000,
         }
     }
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        DatabaseConfig { max_connections: 16, timeout_ms: 5000 }
+        DatabaseConfig {
+            max_connections: 16,
+            timeout_ms: 5000,
+        }
     }
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig { max_entries: 100_000, ttl_secs: 60, negative_ttl_secs: 5, negative_max_entries: 10_000 }
+        CacheConfig {
+            max_entries: 100_000,
+            ttl_secs: 60,
+            negative_ttl_secs: 5,
+            negative_max_entries: 10_000,
+        }
     }
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::Pretty, filter: "info".into() }
+        LogConfig {
+            format: LogFormat::Pretty,
+            filter: "info".into(),
+        }
     }
 }
 
@@ -125,14 +139,33 @@ impl Config {
         let mut fig = Figment::new();
         if let Some(path) = file {
             if !path.is_file() {
-                return Err(Error::invalid("config", format!("file {} does not exist", path.display())));
+                return Err(Error::invalid(
+                    "config",
+                    format!("file {} does not exist", path.display()),
+                ));
             }
             fig = fig.merge(Toml::file_exact(path));
         }
         fig = fig
-            .merge(Env::prefixed("KEYGATE_").split("__").filter(|k| k.as_str() != "config"))
+            .merge(
+                Env::prefixed("KEYGATE_")
+                    .split("__")
+                    .filter(|k| k.as_str() != "config"),
+            )
             .merge(Serialized::defaults(overrides));
-        let cfg: Config = fig.extract().map_err(|e| Error::invalid("config", e.to_string()))?;
+        let cfg: Config = fig.extract().map_err(|e| {
+            let field = if e.path.is_empty() {
+                "config".to_owned()
+            } else {
+                e.path.join(".")
+            };
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| format!(" (from {})", m.name))
+                .unwrap_or_default();
+            Error::invalid(field, format!("{}{source}", e.kind))
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -141,18 +174,33 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         let url = self.database_url.expose_secret();
         if crate::store::Backend::of_url(url).is_none() {
-            return Err(Error::invalid("database_url", "must start with sqlite: or postgres:// (or postgresql://)"));
+            return Err(Error::invalid(
+                "database_url",
+                "must start with sqlite: or postgres:// (or postgresql://)",
+            ));
         }
         if self.database.max_connections == 0 {
-            return Err(Error::invalid("database.max_connections", "must be at least 1"));
+            return Err(Error::invalid(
+                "database.max_connections",
+                "must be at least 1",
+            ));
         }
         if let Some(t) = &self.admin_token {
             if t.expose_secret().len() < 16 {
-                return Err(Error::invalid("admin_token", "must be at least 16 characters"));
+                return Err(Error::invalid(
+                    "admin_token",
+                    "must be at least 16 characters",
+                ));
             }
         }
         if self.cache.max_entries == 0 || self.cache.ttl_secs == 0 {
-            return Err(Error::invalid("cache", "max_entries and ttl_secs must be at least 1"));
+            return Err(Error::invalid(
+                "cache",
+                "max_entries and ttl_secs must be at least 1",
+            ));
+        }
+        if self.last_used_flush_ms < 10 {
+            return Err(Error::invalid("last_used_flush_ms", "must be at least 10"));
         }
         crate::hashing::SecretHasher::new(self.argon2).map(|_| ())
     }

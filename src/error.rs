@@ -43,29 +43,42 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An `InvalidArgument` naming `field`.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::InvalidArgument { field: field.into(), message: message.into() }
+        Error::InvalidArgument {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 
     /// A `FailedPrecondition` naming the broken `rule`.
     pub fn precondition(rule: &'static str, message: impl Into<String>) -> Self {
-        Error::FailedPrecondition { rule, message: message.into() }
+        Error::FailedPrecondition {
+            rule,
+            message: message.into(),
+        }
     }
 
     pub fn not_found(what: &'static str, id: impl Into<String>) -> Self {
-        Error::NotFound { what, id: id.into() }
+        Error::NotFound {
+            what,
+            id: id.into(),
+        }
     }
 
     pub fn internal(context: &'static str) -> Self {
-        Error::Internal { context, source: None }
+        Error::Internal {
+            context,
+            source: None,
+        }
     }
 
     /// Prefixes the field of an `InvalidArgument` with its parent, e.g. `policy.` +
     /// `key_prefix`, so nested validation still names the full wire path.
     pub fn in_field(self, parent: &str) -> Self {
         match self {
-            Error::InvalidArgument { field, message } => {
-                Error::InvalidArgument { field: format!("{parent}.{field}"), message }
-            }
+            Error::InvalidArgument { field, message } => Error::InvalidArgument {
+                field: format!("{parent}.{field}"),
+                message,
+            },
             other => other,
         }
     }

@@ -1,7 +1,9 @@
 //! argon2id hashing and verification of key secrets, always on the blocking pool and
 //! behind a concurrency limit so a burst of cold keys cannot starve the async runtime.
 use crate::error::{Error, Result};
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::{Algorithm, Argon2, Params, Version};
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +30,12 @@ impl Default for Argon2Config {
     /// whatever the hash cost; the hash only has to make a stolen table useless, which a
     /// memory-hard function with any cost does. A cheap verify keeps cold starts fast.
     fn default() -> Self {
-        Argon2Config { memory_kib: 4096, iterations: 1, parallelism: 1, max_concurrent: 0 }
+        Argon2Config {
+            memory_kib: 4096,
+            iterations: 1,
+            parallelism: 1,
+            max_concurrent: 0,
+        }
     }
 }
 
@@ -51,7 +58,9 @@ impl SecretHasher {
             .map_err(|e| Error::invalid("argon2", format!("invalid argon2 parameters: {e}")))?;
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         let permits = if cfg.max_concurrent == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
         } else {
             cfg.max_concurrent
         };
@@ -61,13 +70,23 @@ impl SecretHasher {
             .hash_password(dummy_secret.as_bytes(), &salt)
             .map_err(|_| Error::internal("argon2 dummy hash"))?
             .to_string();
-        Ok(SecretHasher(Arc::new(Inner { argon, permits: Semaphore::new(permits), dummy, verifies: AtomicU64::new(0) })))
+        Ok(SecretHasher(Arc::new(Inner {
+            argon,
+            permits: Semaphore::new(permits),
+            dummy,
+            verifies: AtomicU64::new(0),
+        })))
     }
 
     /// The argon2id PHC string of `secret`.
     pub async fn hash(&self, secret: SecretString) -> Result<String> {
         let inner = self.0.clone();
-        let _permit = self.0.permits.acquire().await.map_err(|_| Error::internal("hasher closed"))?;
+        let _permit = self
+            .0
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| Error::internal("hasher closed"))?;
         tokio::task::spawn_blocking(move || {
             let salt = SaltString::generate(&mut OsRng);
             inner
@@ -84,13 +103,22 @@ impl SecretHasher {
     /// verifies against a dummy hash and returns false, taking the same time.
     pub async fn verify(&self, secret: SecretString, phc: Option<String>) -> Result<bool> {
         let inner = self.0.clone();
-        let _permit = self.0.permits.acquire().await.map_err(|_| Error::internal("hasher closed"))?;
+        let _permit = self
+            .0
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| Error::internal("hasher closed"))?;
         tokio::task::spawn_blocking(move || {
             inner.verifies.fetch_add(1, Ordering::Relaxed);
             let known = phc.is_some();
             let phc = phc.unwrap_or_else(|| inner.dummy.clone());
-            let parsed = PasswordHash::new(&phc).map_err(|_| Error::internal("stored hash is not a PHC string"))?;
-            let ok = inner.argon.verify_password(secret.expose_secret().as_bytes(), &parsed).is_ok();
+            let parsed = PasswordHash::new(&phc)
+                .map_err(|_| Error::internal("stored hash is not a PHC string"))?;
+            let ok = inner
+                .argon
+                .verify_password(secret.expose_secret().as_bytes(), &parsed)
+                .is_ok();
             Ok(ok && known)
         })
         .await
@@ -113,15 +141,29 @@ mod tests {
         let phc = h.hash("kg_secret".to_string().into()).await.unwrap();
         assert!(phc.starts_with("$argon2id$v=19$m=4096,t=1,p=1$"), "{phc}");
         assert!(!phc.contains("kg_secret"));
-        assert!(h.verify("kg_secret".to_string().into(), Some(phc.clone())).await.unwrap());
-        assert!(!h.verify("kg_secreT".to_string().into(), Some(phc)).await.unwrap());
-        assert!(!h.verify("kg_secret".to_string().into(), None).await.unwrap());
+        assert!(h
+            .verify("kg_secret".to_string().into(), Some(phc.clone()))
+            .await
+            .unwrap());
+        assert!(!h
+            .verify("kg_secreT".to_string().into(), Some(phc))
+            .await
+            .unwrap());
+        assert!(!h
+            .verify("kg_secret".to_string().into(), None)
+            .await
+            .unwrap());
         assert_eq!(h.verify_count(), 3);
     }
 
     #[test]
     fn bad_params_name_the_section() {
-        let e = SecretHasher::new(Argon2Config { memory_kib: 1, ..Default::default() }).err().unwrap();
+        let e = SecretHasher::new(Argon2Config {
+            memory_kib: 1,
+            ..Default::default()
+        })
+        .err()
+        .unwrap();
         assert!(e.to_string().starts_with("argon2:"), "{e}");
     }
 }

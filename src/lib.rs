@@ -1,25 +1,33 @@
 //! Keygate: API-key authorization over gRPC.
 //!
-//! [`run`] serves `keygate.v1.KeyAdmin`, `grpc.health.v1` and server reflection on a
+//! [`run`] serves `keygate.v1.KeyAdmin`, `keygate.v1.Authorize`, `grpc.health.v1` and
+//! server reflection on a
 //! listener until SIGTERM/SIGINT. `main.rs` only parses flags and calls it.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod config;
 pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod hashing;
+pub mod limiter;
 pub mod service;
 pub mod store;
 pub mod telemetry;
 
+use crate::cache::KeyCache;
 use crate::config::Config;
 use crate::domain::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::grpc::auth::{self, AdminTokens};
+use crate::grpc::pb::authorize_server::AuthorizeServer;
 use crate::grpc::pb::key_admin_server::KeyAdminServer;
 use crate::hashing::SecretHasher;
+use crate::limiter::{memory::MemoryLimiter, RateLimiter};
 use crate::service::admin::AdminService;
+use crate::service::check::CheckService;
+use crate::service::last_used::LastUsed;
 use crate::store::{Backend, KeyStore, SeaStore};
 use secrecy::ExposeSecret;
 use std::future::Future;
@@ -36,7 +44,9 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { clock: Arc::new(SystemClock) }
+        Options {
+            clock: Arc::new(SystemClock),
+        }
     }
 }
 
@@ -69,7 +79,8 @@ pub async fn shutdown_signal() {
 pub async fn open_store(config: &Config) -> Result<SeaStore> {
     let url = config.database_url.expose_secret();
     let db = store::connect(url, config.database.max_connections, config.db_timeout()).await?;
-    let backend = Backend::of_url(url).ok_or_else(|| Error::invalid("database_url", "unsupported scheme"))?;
+    let backend =
+        Backend::of_url(url).ok_or_else(|| Error::invalid("database_url", "unsupported scheme"))?;
     if backend == Backend::Sqlite || config.auto_migrate {
         store::migrate(&db).await?;
     } else {
@@ -90,7 +101,11 @@ pub async fn open_store(config: &Config) -> Result<SeaStore> {
 
 /// The admin tokens this server accepts: the configured one plus those in the store. With
 /// neither, generates one, stores its digest and prints it once on stderr.
-async fn admin_tokens(config: &Config, store: &dyn KeyStore, clock: &dyn Clock) -> Result<AdminTokens> {
+async fn admin_tokens(
+    config: &Config,
+    store: &dyn KeyStore,
+    clock: &dyn Clock,
+) -> Result<AdminTokens> {
     let tokens = AdminTokens::default();
     if let Some(t) = &config.admin_token {
         tokens.add("env".into(), auth::digest(t.expose_secret()));
@@ -101,7 +116,14 @@ async fn admin_tokens(config: &Config, store: &dyn KeyStore, clock: &dyn Clock) 
     if tokens.is_empty() {
         let token = auth::generate_token();
         let id = format!("adm_{}", domain::key::random_base62(12));
-        store.add_admin_token(&id, auth::digest(&token), "generated on first start", clock.now()).await?;
+        store
+            .add_admin_token(
+                &id,
+                auth::digest(&token),
+                "generated on first start",
+                clock.now(),
+            )
+            .await?;
         tokens.add(id, auth::digest(&token));
         // Straight to the terminal, never through the log pipeline: shown exactly once.
         eprintln!(
@@ -114,6 +136,141 @@ async fn admin_tokens(config: &Config, store: &dyn KeyStore, clock: &dyn Clock) 
     Ok(tokens)
 }
 
+/// A built Keygate: store opened, schema checked, services wired; not yet serving.
+pub struct App {
+    config: Config,
+    pub store: Arc<dyn KeyStore>,
+    pub hasher: SecretHasher,
+    pub cache: Arc<KeyCache>,
+    pub admin: AdminService,
+    pub check: Arc<CheckService>,
+    last_used: Arc<LastUsed>,
+    tokens: AdminTokens,
+}
+
+impl App {
+    pub async fn build(config: Config, options: Options) -> Result<App> {
+        let store: Arc<dyn KeyStore> = Arc::new(open_store(&config).await?);
+        let hasher = SecretHasher::new(config.argon2)?;
+        let tokens = admin_tokens(&config, store.as_ref(), options.clock.as_ref()).await?;
+        let cache = Arc::new(KeyCache::new(&config.cache));
+        let limiter: Arc<dyn RateLimiter> = Arc::new(MemoryLimiter::default());
+        let last_used = Arc::new(LastUsed::default());
+        let admin = AdminService::new(
+            store.clone(),
+            hasher.clone(),
+            options.clock.clone(),
+            cache.clone(),
+        );
+        let check = Arc::new(CheckService::new(
+            store.clone(),
+            hasher.clone(),
+            cache.clone(),
+            limiter,
+            options.clock.clone(),
+            last_used.clone(),
+        ));
+        Ok(App {
+            config,
+            store,
+            hasher,
+            cache,
+            admin,
+            check,
+            last_used,
+            tokens,
+        })
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then drains in-flight calls (for at
+    /// most `shutdown_grace_secs`) and flushes what is buffered.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        type AdminSvc = KeyAdminServer<grpc::key_admin::KeyAdminApi>;
+        type AuthzSvc = AuthorizeServer<grpc::authorize::AuthorizeApi>;
+        let App {
+            config,
+            store,
+            admin,
+            check,
+            last_used,
+            tokens,
+            ..
+        } = self;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<AdminSvc>().await;
+        health.set_serving::<AuthzSvc>().await;
+        let reflection = |b: tonic_reflection::server::Builder<'static>| {
+            b.register_encoded_file_descriptor_set(grpc::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let internal = |e: tonic_reflection::server::Error| Error::Internal {
+            context: "reflection",
+            source: Some(Box::new(e)),
+        };
+        let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
+            .build_v1()
+            .map_err(internal)?;
+        let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
+            .build_v1alpha()
+            .map_err(internal)?;
+        let key_admin = KeyAdminServer::with_interceptor(
+            grpc::key_admin::KeyAdminApi::new(admin),
+            move |req| tokens.check(req),
+        );
+        let authorize = AuthorizeServer::new(grpc::authorize::AuthorizeApi::new(check));
+
+        let addr = listener.local_addr().map_err(|e| Error::Internal {
+            context: "listener",
+            source: Some(Box::new(e)),
+        })?;
+        let grace = Duration::from_secs(config.shutdown_grace_secs);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let flusher = tokio::spawn(last_used.run(
+            store,
+            Duration::from_millis(config.last_used_flush_ms),
+            stop_rx.clone(),
+        ));
+        let health_on_stop = health.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: draining in-flight calls");
+            health_on_stop.set_not_serving::<AdminSvc>().await;
+            health_on_stop.set_not_serving::<AuthzSvc>().await;
+            let _ = stop_tx.send(true);
+        });
+        let mut drained = stop_rx.clone();
+        let mut stop_server = stop_rx.clone();
+        let server = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(key_admin)
+            .add_service(authorize)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = stop_server.wait_for(|stop| *stop).await;
+            });
+        tracing::info!(listen = %addr, "keygate serving");
+        // The server drains gracefully; a client that holds a call open longer than the
+        // grace period does not keep the process alive.
+        let deadline = async move {
+            let _ = drained.wait_for(|stop| *stop).await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            res = server => res.map_err(|e| Error::Internal { context: "grpc server", source: Some(Box::new(e)) })?,
+            _ = deadline => tracing::warn!("shutdown grace period ended with calls still in flight"),
+        }
+        // The flusher saw the stop signal too; wait for its last flush.
+        let _ = flusher.await;
+        tracing::info!("keygate stopped");
+        Ok(())
+    }
+}
+
 /// Serves on `listener` until `shutdown` resolves.
 pub async fn run_with(
     config: Config,
@@ -121,55 +278,10 @@ pub async fn run_with(
     options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let store: Arc<dyn KeyStore> = Arc::new(open_store(&config).await?);
-    let hasher = SecretHasher::new(config.argon2)?;
-    let tokens = admin_tokens(&config, store.as_ref(), options.clock.as_ref()).await?;
-    let admin = AdminService::new(store.clone(), hasher, options.clock.clone(), Arc::new(service::NoListener));
-
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<KeyAdminServer<grpc::key_admin::KeyAdminApi>>().await;
-    let reflection = |b: tonic_reflection::server::Builder<'static>| {
-        b.register_encoded_file_descriptor_set(grpc::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let internal = |e: tonic_reflection::server::Error| Error::Internal { context: "reflection", source: Some(Box::new(e)) };
-    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure()).build_v1().map_err(internal)?;
-    let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure()).build_v1alpha().map_err(internal)?;
-    let key_admin = KeyAdminServer::with_interceptor(grpc::key_admin::KeyAdminApi::new(admin), move |req| tokens.check(req));
-
-    let addr = listener.local_addr().map_err(|e| Error::Internal { context: "listener", source: Some(Box::new(e)) })?;
-    let grace = Duration::from_secs(config.shutdown_grace_secs);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let health_on_stop = health.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        tracing::info!("shutdown requested: draining in-flight calls");
-        health_on_stop.set_not_serving::<KeyAdminServer<grpc::key_admin::KeyAdminApi>>().await;
-        let _ = stop_tx.send(true);
-    });
-    let mut drained = stop_rx.clone();
-    let server = tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(key_admin)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            let mut rx = stop_rx;
-            let _ = rx.wait_for(|stop| *stop).await;
-        });
-    tracing::info!(listen = %addr, "keygate serving");
-    // The server drains gracefully; a client that holds a call open longer than the grace
-    // period does not keep the process alive.
-    let deadline = async move {
-        let _ = drained.wait_for(|stop| *stop).await;
-        tokio::time::sleep(grace).await;
-    };
-    tokio::select! {
-        res = server => res.map_err(|e| Error::Internal { context: "grpc server", source: Some(Box::new(e)) })?,
-        _ = deadline => tracing::warn!("shutdown grace period ended with calls still in flight"),
-    }
-    tracing::info!("keygate stopped");
-    Ok(())
+    App::build(config, options)
+        .await?
+        .serve(listener, shutdown)
+        .await
 }
 
 /// `keygate migrate`: applies pending migrations and reports what it did.

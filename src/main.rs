@@ -33,7 +33,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let overrides = Overrides { listen: cli.listen, database_url: cli.database_url, auto_migrate: cli.auto_migrate.then_some(true) };
+    let overrides = Overrides {
+        listen: cli.listen,
+        database_url: cli.database_url,
+        auto_migrate: cli.auto_migrate.then_some(true),
+    };
     let config = match Config::load(cli.config, overrides) {
         Ok(c) => c,
         Err(e) => {
@@ -42,7 +46,10 @@ fn main() -> ExitCode {
         }
     };
     keygate::telemetry::init(&config.log);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("keygate: cannot start the runtime: {e}");
@@ -52,9 +59,14 @@ fn main() -> ExitCode {
     let result = rt.block_on(async move {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Serve => {
-                let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| {
-                    keygate::error::Error::invalid("listen", format!("cannot bind {}: {e}", config.listen))
-                })?;
+                let listener = tokio::net::TcpListener::bind(config.listen)
+                    .await
+                    .map_err(|e| {
+                        keygate::error::Error::invalid(
+                            "listen",
+                            format!("cannot bind {}: {e}", config.listen),
+                        )
+                    })?;
                 keygate::run(config, listener).await
             }
             Command::Migrate => keygate::migrate(&config).await,

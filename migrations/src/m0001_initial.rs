@@ -64,8 +64,17 @@ impl MigrationTrait for Migration {
         m.create_table(
             Table::create()
                 .table(Tenants::Table)
-                .col(ColumnDef::new(Tenants::Id).string_len(64).not_null().primary_key())
-                .col(ColumnDef::new(Tenants::DisplayName).string_len(100).not_null())
+                .col(
+                    ColumnDef::new(Tenants::Id)
+                        .string_len(64)
+                        .not_null()
+                        .primary_key(),
+                )
+                .col(
+                    ColumnDef::new(Tenants::DisplayName)
+                        .string_len(100)
+                        .not_null(),
+                )
                 .col(ColumnDef::new(Tenants::Policy).text().not_null())
                 .col(ColumnDef::new(Tenants::CreateTime).big_integer().not_null())
                 .col(ColumnDef::new(Tenants::UpdateTime).big_integer().not_null())
@@ -75,13 +84,26 @@ impl MigrationTrait for Migration {
         m.create_table(
             Table::create()
                 .table(ApiKeys::Table)
-                .col(ColumnDef::new(ApiKeys::Id).string_len(40).not_null().primary_key())
+                .col(
+                    ColumnDef::new(ApiKeys::Id)
+                        .string_len(40)
+                        .not_null()
+                        .primary_key(),
+                )
                 .col(ColumnDef::new(ApiKeys::TenantId).string_len(64).not_null())
                 .col(ColumnDef::new(ApiKeys::Name).string_len(400).not_null())
-                .col(ColumnDef::new(ApiKeys::Environment).string_len(16).not_null())
+                .col(
+                    ColumnDef::new(ApiKeys::Environment)
+                        .string_len(16)
+                        .not_null(),
+                )
                 .col(ColumnDef::new(ApiKeys::LookupId).string_len(16).not_null())
                 .col(ColumnDef::new(ApiKeys::KeyPrefix).string_len(40).not_null())
-                .col(ColumnDef::new(ApiKeys::DisplayPrefix).string_len(8).not_null())
+                .col(
+                    ColumnDef::new(ApiKeys::DisplayPrefix)
+                        .string_len(8)
+                        .not_null(),
+                )
                 .col(ColumnDef::new(ApiKeys::SecretHash).text().not_null())
                 .col(ColumnDef::new(ApiKeys::Scopes).text().not_null())
                 .col(ColumnDef::new(ApiKeys::IpAllowlist).text().not_null())
@@ -128,18 +150,38 @@ impl MigrationTrait for Migration {
         m.create_table(
             Table::create()
                 .table(AdminTokens::Table)
-                .col(ColumnDef::new(AdminTokens::Id).string_len(40).not_null().primary_key())
-                .col(ColumnDef::new(AdminTokens::TokenDigest).string_len(64).not_null())
-                .col(ColumnDef::new(AdminTokens::Description).string_len(200).not_null())
-                .col(ColumnDef::new(AdminTokens::CreateTime).big_integer().not_null())
+                .col(
+                    ColumnDef::new(AdminTokens::Id)
+                        .string_len(40)
+                        .not_null()
+                        .primary_key(),
+                )
+                .col(
+                    ColumnDef::new(AdminTokens::TokenDigest)
+                        .string_len(64)
+                        .not_null(),
+                )
+                .col(
+                    ColumnDef::new(AdminTokens::Description)
+                        .string_len(200)
+                        .not_null(),
+                )
+                .col(
+                    ColumnDef::new(AdminTokens::CreateTime)
+                        .big_integer()
+                        .not_null(),
+                )
                 .to_owned(),
         )
         .await
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        m.drop_table(Table::drop().table(AdminTokens::Table).to_owned()).await?;
-        m.drop_table(Table::drop().table(ApiKeys::Table).to_owned()).await?;
-        m.drop_table(Table::drop().table(Tenants::Table).to_owned()).await
+        m.drop_table(Table::drop().table(AdminTokens::Table).to_owned())
+            .await?;
+        m.drop_table(Table::drop().table(ApiKeys::Table).to_owned())
+            .await?;
+        m.drop_table(Table::drop().table(Tenants::Table).to_owned())
+            .await
     }
 }

@@ -24,7 +24,10 @@ fn parse_entry(field: &str, raw: &str) -> Result<IpNet> {
         IpNet::from(unmap(ip))
     } else {
         let net: IpNet = raw.parse().map_err(|_| {
-            Error::invalid(field, format!("{raw:?} is not an IPv4/IPv6 address or CIDR range"))
+            Error::invalid(
+                field,
+                format!("{raw:?} is not an IPv4/IPv6 address or CIDR range"),
+            )
         })?;
         match net {
             IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
@@ -41,7 +44,13 @@ fn parse_entry(field: &str, raw: &str) -> Result<IpNet> {
 impl IpAllowlist {
     pub fn parse<S: AsRef<str>>(field: &str, raw: &[S]) -> Result<Self> {
         if raw.len() > MAX_ENTRIES {
-            return Err(Error::invalid(field, format!("has {} entries; at most {MAX_ENTRIES} are allowed", raw.len())));
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "has {} entries; at most {MAX_ENTRIES} are allowed",
+                    raw.len()
+                ),
+            ));
         }
         let mut nets = raw
             .iter()
@@ -61,7 +70,13 @@ impl IpAllowlist {
     pub fn to_strings(&self) -> Vec<String> {
         self.0
             .iter()
-            .map(|n| if n.prefix_len() == n.max_prefix_len() { n.addr().to_string() } else { n.to_string() })
+            .map(|n| {
+                if n.prefix_len() == n.max_prefix_len() {
+                    n.addr().to_string()
+                } else {
+                    n.to_string()
+                }
+            })
             .collect()
     }
 
@@ -93,15 +108,26 @@ mod tests {
     #[test]
     fn canonicalises() {
         assert_eq!(
-            list(&["10.1.2.3/8", "::ffff:192.0.2.7", "2001:db8::1/32", " 198.51.100.1 "]).to_strings(),
+            list(&[
+                "10.1.2.3/8",
+                "::ffff:192.0.2.7",
+                "2001:db8::1/32",
+                " 198.51.100.1 "
+            ])
+            .to_strings(),
             vec!["10.0.0.0/8", "192.0.2.7", "198.51.100.1", "2001:db8::/32"]
         );
-        assert_eq!(list(&["::ffff:10.0.0.0/104"]).to_strings(), vec!["10.0.0.0/8"]);
+        assert_eq!(
+            list(&["::ffff:10.0.0.0/104"]).to_strings(),
+            vec!["10.0.0.0/8"]
+        );
     }
 
     #[test]
     fn rejects_with_the_entry_named() {
-        let e = IpAllowlist::parse("ip_allowlist", &["10.0.0.1", "10.0.0.300"]).unwrap_err().to_string();
+        let e = IpAllowlist::parse("ip_allowlist", &["10.0.0.1", "10.0.0.300"])
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("ip_allowlist[1]:"), "{e}");
         assert!(IpAllowlist::parse("f", &["10.0.0.0/33"]).is_err());
     }

@@ -22,7 +22,9 @@ pub const DISPLAY_PREFIX_LEN: usize = 8;
 /// rather than taking a biased modulo).
 pub fn random_base62(len: usize) -> String {
     let mut rng = OsRng;
-    (0..len).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
+    (0..len)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 fn checksum(text: &str) -> String {
@@ -50,9 +52,7 @@ impl ApiKeyFormat {
     /// Generates a new key that starts with `head` (the tenant's prefix and environment).
     pub fn generate(head: &str) -> Self {
         let lookup_id = random_base62(LOOKUP_LEN);
-        let secret = random_base62(SECRET_LEN);
-        let unsummed = format!("{head}{lookup_id}{secret}");
-        let full = format!("{unsummed}{}", checksum(&unsummed));
+        let full = assemble(head, &lookup_id, &random_base62(SECRET_LEN));
         ApiKeyFormat {
             full: full.into(),
             head: head.to_owned(),
@@ -60,6 +60,13 @@ impl ApiKeyFormat {
             lookup_id,
         }
     }
+}
+
+/// A key from its parts, with its checksum. (Tests use it to forge well-formed keys.)
+pub fn assemble(head: &str, lookup_id: &str, secret: &str) -> String {
+    let unsummed = format!("{head}{lookup_id}{secret}");
+    let sum = checksum(&unsummed);
+    unsummed + &sum
 }
 
 /// The printable start of a key: `<key_prefix><environment>_`, or `<key_prefix>` when the
@@ -107,7 +114,9 @@ pub fn parse(presented: &str) -> std::result::Result<ParsedKey<'_>, MalformedKey
     let (head, body) = presented.split_at(split + 1);
     if head.len() > MAX_HEAD_LEN
         || !head.as_bytes()[0].is_ascii_lowercase()
-        || !head.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        || !head
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
     {
         return Err(MalformedKey::BadPrefix);
     }
@@ -121,7 +130,10 @@ pub fn parse(presented: &str) -> std::result::Result<ParsedKey<'_>, MalformedKey
     if checksum(unsummed) != sum {
         return Err(MalformedKey::BadChecksum);
     }
-    Ok(ParsedKey { head, lookup_id: &body[..LOOKUP_LEN] })
+    Ok(ParsedKey {
+        head,
+        lookup_id: &body[..LOOKUP_LEN],
+    })
 }
 
 /// Validates a tenant's key prefix: lowercase letter, then lowercase letters or digits,
@@ -131,7 +143,9 @@ pub fn validate_key_prefix(field: &str, prefix: &str) -> Result<()> {
         && prefix.len() <= 16
         && prefix.ends_with('_')
         && prefix.as_bytes()[0].is_ascii_lowercase()
-        && prefix[..prefix.len() - 1].bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        && prefix[..prefix.len() - 1]
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     if ok {
         Ok(())
     } else {
@@ -147,11 +161,16 @@ pub fn validate_environment(field: &str, env: &str) -> Result<()> {
     let ok = !env.is_empty()
         && env.len() <= 16
         && env.as_bytes()[0].is_ascii_lowercase()
-        && env.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        && env
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     if ok {
         Ok(())
     } else {
-        Err(Error::invalid(field, format!("{env:?} must be 1-16 lowercase letters or digits, starting with a letter")))
+        Err(Error::invalid(
+            field,
+            format!("{env:?} must be 1-16 lowercase letters or digits, starting with a letter"),
+        ))
     }
 }
 
@@ -193,8 +212,14 @@ mod tests {
         assert_eq!(parse("NXC_abc"), Err(MalformedKey::BadPrefix));
         assert_eq!(parse("nxc_short"), Err(MalformedKey::BadLength));
         let body = "!".repeat(BODY_LEN);
-        assert_eq!(parse(&format!("nxc_{body}")), Err(MalformedKey::BadAlphabet));
-        assert_eq!(parse(&format!("_{}", "a".repeat(BODY_LEN))), Err(MalformedKey::BadPrefix));
+        assert_eq!(
+            parse(&format!("nxc_{body}")),
+            Err(MalformedKey::BadAlphabet)
+        );
+        assert_eq!(
+            parse(&format!("_{}", "a".repeat(BODY_LEN))),
+            Err(MalformedKey::BadPrefix)
+        );
     }
 
     #[test]
@@ -202,7 +227,11 @@ mod tests {
         let s = random_base62(62 * 200);
         for c in ALPHABET {
             let n = s.bytes().filter(|b| b == c).count();
-            assert!((100..=320).contains(&n), "char {} appeared {n} times", *c as char);
+            assert!(
+                (100..=320).contains(&n),
+                "char {} appeared {n} times",
+                *c as char
+            );
         }
     }
 

@@ -34,15 +34,30 @@ impl RateLimitSpec {
     pub fn validate(&self, field: &str) -> Result<()> {
         let name_ok = !self.name.is_empty()
             && self.name.len() <= 64
-            && self.name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
         if !name_ok {
-            return Err(Error::invalid(format!("{field}.name"), "must be 1-64 characters of letters, digits, '-', '_', '.', ':'"));
+            return Err(Error::invalid(
+                format!("{field}.name"),
+                "must be 1-64 characters of letters, digits, '-', '_', '.', ':'",
+            ));
         }
         if self.limit == 0 {
-            return Err(Error::invalid(format!("{field}.limit"), "must be at least 1"));
+            return Err(Error::invalid(
+                format!("{field}.limit"),
+                "must be at least 1",
+            ));
         }
-        if self.window < Duration::from_secs(1) || self.window > MAX_WINDOW || self.window.subsec_nanos() != 0 {
-            return Err(Error::invalid(format!("{field}.window"), "must be whole seconds from 1s to 31 days"));
+        if self.window < Duration::from_secs(1)
+            || self.window > MAX_WINDOW
+            || self.window.subsec_nanos() != 0
+        {
+            return Err(Error::invalid(
+                format!("{field}.window"),
+                "must be whole seconds from 1s to 31 days",
+            ));
         }
         Ok(())
     }
@@ -51,12 +66,21 @@ impl RateLimitSpec {
 /// Validates a list of limits: each well-formed, names unique, at most eight.
 pub fn validate_rate_limits(field: &str, limits: &[RateLimitSpec]) -> Result<()> {
     if limits.len() > MAX_RATE_LIMITS {
-        return Err(Error::invalid(field, format!("has {} limits; at most {MAX_RATE_LIMITS} are allowed", limits.len())));
+        return Err(Error::invalid(
+            field,
+            format!(
+                "has {} limits; at most {MAX_RATE_LIMITS} are allowed",
+                limits.len()
+            ),
+        ));
     }
     for (i, l) in limits.iter().enumerate() {
         l.validate(&format!("{field}[{i}]"))?;
         if limits[..i].iter().any(|o| o.name == l.name) {
-            return Err(Error::invalid(format!("{field}[{i}].name"), format!("{:?} is used twice", l.name)));
+            return Err(Error::invalid(
+                format!("{field}[{i}].name"),
+                format!("{:?} is used twice", l.name),
+            ));
         }
     }
     Ok(())
@@ -150,7 +174,10 @@ impl TenantPolicy {
             key::validate_key_prefix(&format!("{field}.key_prefix"), &self.key_prefix)?;
         }
         if self.environments.len() > 16 {
-            return Err(Error::invalid(format!("{field}.environments"), "at most 16 environments are allowed"));
+            return Err(Error::invalid(
+                format!("{field}.environments"),
+                "at most 16 environments are allowed",
+            ));
         }
         for (i, env) in self.environments.iter().enumerate() {
             let f = format!("{field}.environments[{i}]");
@@ -161,7 +188,10 @@ impl TenantPolicy {
         }
         if let Some(exp) = &self.allowed_expiries {
             if exp.durations.len() > 32 {
-                return Err(Error::invalid(format!("{field}.allowed_expiries.durations"), "at most 32 are allowed"));
+                return Err(Error::invalid(
+                    format!("{field}.allowed_expiries.durations"),
+                    "at most 32 are allowed",
+                ));
             }
             for (i, d) in exp.durations.iter().enumerate() {
                 if d.is_zero() || *d > MAX_LIFETIME || d.subsec_nanos() != 0 {
@@ -178,14 +208,20 @@ impl TenantPolicy {
                 format!("{s} is not in the tenant's scope_catalogue"),
             ));
         }
-        validate_rate_limits(&format!("{field}.default_rate_limits"), &self.default_rate_limits)
+        validate_rate_limits(
+            &format!("{field}.default_rate_limits"),
+            &self.default_rate_limits,
+        )
     }
 
     /// The environment a new key gets, checked against the tenant's list.
     pub fn check_environment(&self, env: &str) -> Result<()> {
         if self.environments.is_empty() {
             if !env.is_empty() {
-                return Err(Error::invalid("environment", "this tenant's keys have no environment; leave it empty"));
+                return Err(Error::invalid(
+                    "environment",
+                    "this tenant's keys have no environment; leave it empty",
+                ));
             }
             return Ok(());
         }
@@ -198,7 +234,10 @@ impl TenantPolicy {
         if !self.environments.iter().any(|e| e == env) {
             return Err(Error::precondition(
                 "tenant.policy.environments",
-                format!("environment {env:?} is not one of {}", self.environments.join(", ")),
+                format!(
+                    "environment {env:?} is not one of {}",
+                    self.environments.join(", ")
+                ),
             ));
         }
         Ok(())
@@ -220,9 +259,16 @@ impl TenantPolicy {
 
     /// Resolves a requested expiry to an absolute time (`None` = never), enforcing the
     /// tenant's allowed expiries.
-    pub fn resolve_expiry(&self, req: ExpiryRequest, now: UnixMillis) -> Result<Option<UnixMillis>> {
+    pub fn resolve_expiry(
+        &self,
+        req: ExpiryRequest,
+        now: UnixMillis,
+    ) -> Result<Option<UnixMillis>> {
         const RULE: &str = "tenant.policy.allowed_expiries";
-        let any = ExpiryPolicy { durations: vec![], allow_never: true };
+        let any = ExpiryPolicy {
+            durations: vec![],
+            allow_never: true,
+        };
         let policy = self.allowed_expiries.as_ref().unwrap_or(&any);
         let options = || {
             let mut o: Vec<String> = policy.durations.iter().map(|d| human(*d)).collect();
@@ -236,15 +282,31 @@ impl TenantPolicy {
                 if policy.allow_never {
                     Ok(None)
                 } else {
-                    Err(Error::precondition(RULE, format!("this tenant's keys must expire; choose one of: {}", options())))
+                    Err(Error::precondition(
+                        RULE,
+                        format!(
+                            "this tenant's keys must expire; choose one of: {}",
+                            options()
+                        ),
+                    ))
                 }
             }
             ExpiryRequest::In(d) => {
                 if d.is_zero() || d > MAX_LIFETIME {
-                    return Err(Error::invalid("expires_in", "must be more than 0 and at most 10 years"));
+                    return Err(Error::invalid(
+                        "expires_in",
+                        "must be more than 0 and at most 10 years",
+                    ));
                 }
                 if !policy.durations.is_empty() && !policy.durations.contains(&d) {
-                    return Err(Error::precondition(RULE, format!("expires_in {} is not offered; choose one of: {}", human(d), options())));
+                    return Err(Error::precondition(
+                        RULE,
+                        format!(
+                            "expires_in {} is not offered; choose one of: {}",
+                            human(d),
+                            options()
+                        ),
+                    ));
                 }
                 Ok(Some(now.plus(d)))
             }
@@ -252,9 +314,20 @@ impl TenantPolicy {
                 if t <= now {
                     return Err(Error::invalid("expire_time", "must be in the future"));
                 }
-                let longest = policy.durations.iter().max().copied().unwrap_or(MAX_LIFETIME);
+                let longest = policy
+                    .durations
+                    .iter()
+                    .max()
+                    .copied()
+                    .unwrap_or(MAX_LIFETIME);
                 if now.until(t) > longest {
-                    return Err(Error::precondition(RULE, format!("expire_time is further away than the longest lifetime offered ({})", human(longest))));
+                    return Err(Error::precondition(
+                        RULE,
+                        format!(
+                            "expire_time is further away than the longest lifetime offered ({})",
+                            human(longest)
+                        ),
+                    ));
                 }
                 Ok(Some(t))
             }
@@ -272,7 +345,10 @@ mod tests {
             key_prefix: "nes_".into(),
             max_active_keys: 10,
             allowed_expiries: Some(ExpiryPolicy {
-                durations: [30, 60, 90, 180, 365].iter().map(|d| Duration::from_secs(d * DAY)).collect(),
+                durations: [30, 60, 90, 180, 365]
+                    .iter()
+                    .map(|d| Duration::from_secs(d * DAY))
+                    .collect(),
                 allow_never: false,
             }),
             ..Default::default()
@@ -283,15 +359,40 @@ mod tests {
     fn expiry_rules() {
         let p = nesika();
         let now = UnixMillis(1_000_000);
-        assert_eq!(p.resolve_expiry(ExpiryRequest::In(Duration::from_secs(30 * DAY)), now).unwrap(), Some(now.plus(Duration::from_secs(30 * DAY))));
-        let e = p.resolve_expiry(ExpiryRequest::In(Duration::from_secs(31 * DAY)), now).unwrap_err().to_string();
-        assert!(e.contains("allowed_expiries") && e.contains("30d, 60d"), "{e}");
+        assert_eq!(
+            p.resolve_expiry(ExpiryRequest::In(Duration::from_secs(30 * DAY)), now)
+                .unwrap(),
+            Some(now.plus(Duration::from_secs(30 * DAY)))
+        );
+        let e = p
+            .resolve_expiry(ExpiryRequest::In(Duration::from_secs(31 * DAY)), now)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("allowed_expiries") && e.contains("30d, 60d"),
+            "{e}"
+        );
         assert!(p.resolve_expiry(ExpiryRequest::Never, now).is_err());
         assert!(p.resolve_expiry(ExpiryRequest::Unspecified, now).is_err());
-        assert!(p.resolve_expiry(ExpiryRequest::At(now.plus(Duration::from_secs(366 * DAY))), now).is_err());
-        assert!(p.resolve_expiry(ExpiryRequest::At(now.plus(Duration::from_secs(300 * DAY))), now).is_ok());
+        assert!(p
+            .resolve_expiry(
+                ExpiryRequest::At(now.plus(Duration::from_secs(366 * DAY))),
+                now
+            )
+            .is_err());
+        assert!(p
+            .resolve_expiry(
+                ExpiryRequest::At(now.plus(Duration::from_secs(300 * DAY))),
+                now
+            )
+            .is_ok());
         assert!(p.resolve_expiry(ExpiryRequest::At(now), now).is_err());
-        assert_eq!(TenantPolicy::default().resolve_expiry(ExpiryRequest::Unspecified, now).unwrap(), None);
+        assert_eq!(
+            TenantPolicy::default()
+                .resolve_expiry(ExpiryRequest::Unspecified, now)
+                .unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -299,19 +400,44 @@ mod tests {
         let mut p = nesika();
         p.scope_catalogue = ScopeSet::parse("c", &["read", "write"]).unwrap();
         p.default_scopes = ScopeSet::parse("d", &["read"]).unwrap();
-        p.default_rate_limits = vec![RateLimitSpec { name: "per-minute".into(), limit: 100, window: Duration::from_secs(60) }];
+        p.default_rate_limits = vec![RateLimitSpec {
+            name: "per-minute".into(),
+            limit: 100,
+            window: Duration::from_secs(60),
+        }];
         let json = serde_json::to_string(&p).unwrap();
         assert_eq!(serde_json::from_str::<TenantPolicy>(&json).unwrap(), p);
     }
 
     #[test]
     fn validation_names_fields() {
-        let mut p = TenantPolicy { scope_catalogue: ScopeSet::parse("c", &["read"]).unwrap(), ..Default::default() };
+        let mut p = TenantPolicy {
+            scope_catalogue: ScopeSet::parse("c", &["read"]).unwrap(),
+            ..Default::default()
+        };
         p.default_scopes = ScopeSet::parse("d", &["write"]).unwrap();
-        assert!(p.validate("tenant.policy").unwrap_err().to_string().starts_with("tenant.policy.default_scopes"));
-        let p = TenantPolicy { environments: vec!["live".into(), "live".into()], ..Default::default() };
-        assert!(p.validate("tenant.policy").unwrap_err().to_string().starts_with("tenant.policy.environments[1]"));
-        let bad = vec![RateLimitSpec { name: "a".into(), limit: 0, window: Duration::from_secs(60) }];
-        assert!(validate_rate_limits("rate_limits", &bad).unwrap_err().to_string().starts_with("rate_limits[0].limit"));
+        assert!(p
+            .validate("tenant.policy")
+            .unwrap_err()
+            .to_string()
+            .starts_with("tenant.policy.default_scopes"));
+        let p = TenantPolicy {
+            environments: vec!["live".into(), "live".into()],
+            ..Default::default()
+        };
+        assert!(p
+            .validate("tenant.policy")
+            .unwrap_err()
+            .to_string()
+            .starts_with("tenant.policy.environments[1]"));
+        let bad = vec![RateLimitSpec {
+            name: "a".into(),
+            limit: 0,
+            window: Duration::from_secs(60),
+        }];
+        assert!(validate_rate_limits("rate_limits", &bad)
+            .unwrap_err()
+            .to_string()
+            .starts_with("rate_limits[0].limit"));
     }
 }

@@ -1,5 +1,7 @@
 //! What Keygate stores about tenants and keys.
-use super::{ip::IpAllowlist, policy::RateLimitSpec, policy::TenantPolicy, scope::ScopeSet, time::UnixMillis};
+use super::{
+    ip::IpAllowlist, policy::RateLimitSpec, policy::TenantPolicy, scope::ScopeSet, time::UnixMillis,
+};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,14 +13,18 @@ fn is_word(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b[0].is_ascii_lowercase()
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 impl Scope {
     /// Parses `[a-z][a-z0-9-]*(:([a-z][a-z0-9-]*|\*))?` or `*`, at most 64 chars.
     pub fn parse(field: &str, s: &str) -> Result<Self> {
         if s.len() > MAX_SCOPE_LEN {
-            return Err(Error::invalid(field, format!("scope is longer than {MAX_SCOPE_LEN} characters")));
+            return Err(Error::invalid(
+                field,
+                format!("scope is longer than {MAX_SCOPE_LEN} characters"),
+            ));
         }
         let ok = s == "*"
             || match s.split_once(':') {
@@ -68,7 +72,10 @@ impl ScopeSet {
     /// Parses a list from the wire; `field` names the list, entries are `field[i]`.
     pub fn parse<S: AsRef<str>>(field: &str, raw: &[S]) -> Result<Self> {
         if raw.len() > MAX_SCOPES {
-            return Err(Error::invalid(field, format!("has {} scopes; at most {MAX_SCOPES} are allowed", raw.len())));
+            return Err(Error::invalid(
+                field,
+                format!("has {} scopes; at most {MAX_SCOPES} are allowed", raw.len()),
+            ));
         }
         let scopes = raw
             .iter()
@@ -143,17 +150,39 @@ mod tests {
 
     #[test]
     fn grammar() {
-        for ok in ["*", "read", "export", "products:read", "ai-jobs:write", "webhooks:manage", "orders:*", "v2"] {
+        for ok in [
+            "*",
+            "read",
+            "export",
+            "products:read",
+            "ai-jobs:write",
+            "webhooks:manage",
+            "orders:*",
+            "v2",
+        ] {
             s(ok);
         }
-        for bad in ["", "Read", "products:", ":read", "a:b:c", "*:read", "pro ducts", "1abc", "a:1b", &"a".repeat(65)] {
+        for bad in [
+            "",
+            "Read",
+            "products:",
+            ":read",
+            "a:b:c",
+            "*:read",
+            "pro ducts",
+            "1abc",
+            "a:1b",
+            &"a".repeat(65),
+        ] {
             assert!(Scope::parse("t", bad).is_err(), "{bad:?} accepted");
         }
     }
 
     #[test]
     fn error_names_the_entry() {
-        let e = ScopeSet::parse("scopes", &["read", "BAD"]).unwrap_err().to_string();
+        let e = ScopeSet::parse("scopes", &["read", "BAD"])
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("scopes[1]:"), "{e}");
     }
 
@@ -171,20 +200,43 @@ mod tests {
     fn limited_to_catalogue_narrows_wildcards_and_drops_the_rest() {
         let cat = set(&["competitors:read", "alerts:read", "usage:read"]);
         assert_eq!(set(&["*"]).limited_to(&cat), cat);
-        assert_eq!(set(&["alerts:read", "export"]).limited_to(&cat), set(&["alerts:read"]));
+        assert_eq!(
+            set(&["alerts:read", "export"]).limited_to(&cat),
+            set(&["alerts:read"])
+        );
         assert_eq!(set(&["alerts:*"]).limited_to(&cat), set(&["alerts:read"]));
-        assert_eq!(set(&["export"]).limited_to(&ScopeSet::default()), set(&["export"]));
+        assert_eq!(
+            set(&["export"]).limited_to(&ScopeSet::default()),
+            set(&["export"])
+        );
         // A catalogue of only `*` admits full-access keys and nothing narrower.
-        assert_eq!(set(&["orders:read"]).limited_to(&set(&["*"])), ScopeSet::default());
+        assert_eq!(
+            set(&["orders:read"]).limited_to(&set(&["*"])),
+            ScopeSet::default()
+        );
         assert_eq!(set(&["*"]).limited_to(&set(&["*", "a:read"])), set(&["*"]));
     }
 
     #[test]
     fn catalogue_membership_is_exact() {
         let cat = set(&["products:read", "orders:*", "*"]);
-        assert!(set(&["*", "orders:*", "products:read"]).first_outside(&cat).is_none());
-        assert_eq!(set(&["orders:read"]).first_outside(&cat).map(|s| s.as_str()), Some("orders:read"));
-        assert_eq!(set(&["billing:read"]).first_outside(&cat).map(|s| s.as_str()), Some("billing:read"));
-        assert!(set(&["anything"]).first_outside(&ScopeSet::default()).is_none());
+        assert!(set(&["*", "orders:*", "products:read"])
+            .first_outside(&cat)
+            .is_none());
+        assert_eq!(
+            set(&["orders:read"])
+                .first_outside(&cat)
+                .map(|s| s.as_str()),
+            Some("orders:read")
+        );
+        assert_eq!(
+            set(&["billing:read"])
+                .first_outside(&cat)
+                .map(|s| s.as_str()),
+            Some("billing:read")
+        );
+        assert!(set(&["anything"])
+            .first_outside(&ScopeSet::default())
+            .is_none());
     }
 }

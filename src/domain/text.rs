@@ -27,7 +27,10 @@ pub fn validate_name(field: &str, name: &str) -> Result<()> {
 pub fn validate_text(field: &str, text: &str, max: usize) -> Result<()> {
     let chars = text.chars().count();
     if chars > max {
-        return Err(Error::invalid(field, format!("is {chars} characters; at most {max} are allowed")));
+        return Err(Error::invalid(
+            field,
+            format!("is {chars} characters; at most {max} are allowed"),
+        ));
     }
     reject_control(field, text)
 }
@@ -47,8 +50,14 @@ pub fn validate_tenant_id(field: &str, id: &str) -> Result<()> {
     if id.len() > 64 {
         return Err(Error::invalid(field, "is longer than 64 characters"));
     }
-    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
-        return Err(Error::invalid(field, "may contain only letters, digits, '.', '_' and '-'"));
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(Error::invalid(
+            field,
+            "may contain only letters, digits, '.', '_' and '-'",
+        ));
     }
     Ok(())
 }
@@ -58,12 +67,18 @@ pub fn validate_metadata(field: &str, metadata: &BTreeMap<String, String>) -> Re
     if metadata.len() > MAX_METADATA_ENTRIES {
         return Err(Error::invalid(
             field,
-            format!("has {} entries; at most {MAX_METADATA_ENTRIES} are allowed", metadata.len()),
+            format!(
+                "has {} entries; at most {MAX_METADATA_ENTRIES} are allowed",
+                metadata.len()
+            ),
         ));
     }
     for (k, v) in metadata {
         if k.is_empty() || k.chars().count() > MAX_METADATA_KEY_CHARS {
-            return Err(Error::invalid(field, format!("key {k:?} must be 1-{MAX_METADATA_KEY_CHARS} characters")));
+            return Err(Error::invalid(
+                field,
+                format!("key {k:?} must be 1-{MAX_METADATA_KEY_CHARS} characters"),
+            ));
         }
         reject_control(field, k)?;
         validate_text(&format!("{field}[{k}]"), v, MAX_METADATA_VALUE_CHARS)?;

@@ -30,7 +30,10 @@ pub fn generate_token() -> String {
 
 impl AdminTokens {
     pub fn add(&self, id: String, digest: [u8; 32]) {
-        self.0.write().unwrap_or_else(|p| p.into_inner()).push((id, digest));
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id, digest));
     }
 
     pub fn is_empty(&self) -> bool {
@@ -62,11 +65,17 @@ impl AdminTokens {
             .map_err(|_| Status::unauthenticated("authorization metadata is not valid text"))?;
         let token = match header.split_once(' ') {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
-            _ => return Err(Status::unauthenticated("authorization metadata must be `Bearer <admin token>`")),
+            _ => {
+                return Err(Status::unauthenticated(
+                    "authorization metadata must be `Bearer <admin token>`",
+                ))
+            }
         };
         if key::parse(token).is_ok() {
             // A well-formed API key: its holder is a client, not an operator.
-            return Err(Status::permission_denied("API keys cannot call KeyAdmin; use an admin token"));
+            return Err(Status::permission_denied(
+                "API keys cannot call KeyAdmin; use an admin token",
+            ));
         }
         match self.identify(token) {
             Some(token_id) => {

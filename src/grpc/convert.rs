@@ -8,18 +8,29 @@ use crate::service::admin::{CreateKey, KeyPatch};
 use std::time::Duration;
 
 pub fn timestamp(t: UnixMillis) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: t.0.div_euclid(1000), nanos: (t.0.rem_euclid(1000) * 1_000_000) as i32 }
+    prost_types::Timestamp {
+        seconds: t.0.div_euclid(1000),
+        nanos: (t.0.rem_euclid(1000) * 1_000_000) as i32,
+    }
 }
 
 pub fn from_timestamp(field: &str, t: &prost_types::Timestamp) -> Result<UnixMillis> {
     if !(0..1_000_000_000).contains(&t.nanos) || t.seconds < 0 || t.seconds > 253_402_300_799 {
-        return Err(Error::invalid(field, "is not a valid timestamp between 1970 and 9999"));
+        return Err(Error::invalid(
+            field,
+            "is not a valid timestamp between 1970 and 9999",
+        ));
     }
-    Ok(UnixMillis(t.seconds * 1000 + i64::from(t.nanos) / 1_000_000))
+    Ok(UnixMillis(
+        t.seconds * 1000 + i64::from(t.nanos) / 1_000_000,
+    ))
 }
 
 pub fn duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
 }
 
 pub fn from_duration(field: &str, d: &prost_types::Duration) -> Result<Duration> {
@@ -30,7 +41,11 @@ pub fn from_duration(field: &str, d: &prost_types::Duration) -> Result<Duration>
 }
 
 fn rate_limit(l: &RateLimitSpec) -> pb::RateLimit {
-    pb::RateLimit { name: l.name.clone(), limit: l.limit, window: Some(duration(l.window)) }
+    pb::RateLimit {
+        name: l.name.clone(),
+        limit: l.limit,
+        window: Some(duration(l.window)),
+    }
 }
 
 pub fn rate_limits_from(field: &str, raw: &[pb::RateLimit]) -> Result<Vec<RateLimitSpec>> {
@@ -38,8 +53,15 @@ pub fn rate_limits_from(field: &str, raw: &[pb::RateLimit]) -> Result<Vec<RateLi
         .enumerate()
         .map(|(i, l)| {
             let f = format!("{field}[{i}].window");
-            let window = l.window.as_ref().ok_or_else(|| Error::invalid(&f, "is required"))?;
-            Ok(RateLimitSpec { name: l.name.clone(), limit: l.limit, window: from_duration(&f, window)? })
+            let window = l
+                .window
+                .as_ref()
+                .ok_or_else(|| Error::invalid(&f, "is required"))?;
+            Ok(RateLimitSpec {
+                name: l.name.clone(),
+                limit: l.limit,
+                window: from_duration(&f, window)?,
+            })
         })
         .collect()
 }
@@ -56,7 +78,10 @@ pub fn policy_from(p: Option<pb::TenantPolicy>) -> Result<TenantPolicy> {
                 .enumerate()
                 .map(|(i, d)| from_duration(&format!("{F}.allowed_expiries.durations[{i}]"), d))
                 .collect::<Result<_>>()?;
-            Ok(ExpiryPolicy { durations, allow_never: e.allow_never })
+            Ok(ExpiryPolicy {
+                durations,
+                allow_never: e.allow_never,
+            })
         })
         .transpose()?;
     Ok(TenantPolicy {
@@ -66,7 +91,10 @@ pub fn policy_from(p: Option<pb::TenantPolicy>) -> Result<TenantPolicy> {
         allowed_expiries,
         scope_catalogue: ScopeSet::parse(&format!("{F}.scope_catalogue"), &p.scope_catalogue)?,
         default_scopes: ScopeSet::parse(&format!("{F}.default_scopes"), &p.default_scopes)?,
-        default_rate_limits: rate_limits_from(&format!("{F}.default_rate_limits"), &p.default_rate_limits)?,
+        default_rate_limits: rate_limits_from(
+            &format!("{F}.default_rate_limits"),
+            &p.default_rate_limits,
+        )?,
         scopes_from_method: p.scopes_from_method,
     })
 }
@@ -154,9 +182,14 @@ pub fn create_key(r: pb::CreateKeyRequest) -> Result<CreateKey> {
 /// rather than ignored, so a typo never looks like a successful update.
 pub fn key_patch(r: pb::UpdateKeyRequest) -> Result<(String, KeyPatch)> {
     let k = r.key.ok_or_else(|| Error::invalid("key", "is required"))?;
-    let mask = r.update_mask.ok_or_else(|| Error::invalid("update_mask", "is required: name the fields to change"))?;
+    let mask = r
+        .update_mask
+        .ok_or_else(|| Error::invalid("update_mask", "is required: name the fields to change"))?;
     if mask.paths.is_empty() {
-        return Err(Error::invalid("update_mask.paths", "must name at least one field"));
+        return Err(Error::invalid(
+            "update_mask.paths",
+            "must name at least one field",
+        ));
     }
     let mut patch = KeyPatch::default();
     for path in &mask.paths {

@@ -20,7 +20,10 @@ type Reply<T> = Result<Response<T>, Status>;
 impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
     #[tracing::instrument(skip_all, fields(tenant_id))]
     async fn upsert_tenant(&self, req: Request<pb::UpsertTenantRequest>) -> Reply<pb::Tenant> {
-        let t = req.into_inner().tenant.ok_or_else(|| Status::invalid_argument("tenant: is required"))?;
+        let t = req
+            .into_inner()
+            .tenant
+            .ok_or_else(|| Status::invalid_argument("tenant: is required"))?;
         tracing::Span::current().record("tenant_id", t.id.as_str());
         let policy = convert::policy_from(t.policy)?;
         let tenant = self.svc.upsert_tenant(t.id, t.display_name, policy).await?;
@@ -34,10 +37,22 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn list_tenants(&self, req: Request<pb::ListTenantsRequest>) -> Reply<pb::ListTenantsResponse> {
+    async fn list_tenants(
+        &self,
+        req: Request<pb::ListTenantsRequest>,
+    ) -> Reply<pb::ListTenantsResponse> {
         let r = req.into_inner();
-        let (tenants, next_page_token) = self.svc.list_tenants(Page { size: r.page_size, token: r.page_token }).await?;
-        Ok(Response::new(pb::ListTenantsResponse { tenants: tenants.into_iter().map(convert::tenant).collect(), next_page_token }))
+        let (tenants, next_page_token) = self
+            .svc
+            .list_tenants(Page {
+                size: r.page_size,
+                token: r.page_token,
+            })
+            .await?;
+        Ok(Response::new(pb::ListTenantsResponse {
+            tenants: tenants.into_iter().map(convert::tenant).collect(),
+            next_page_token,
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(tenant_id, key_id))]
@@ -49,7 +64,10 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
         let now = self.svc.now();
         // The only place a secret is put on the wire: once, in this response.
         let secret = secrecy::ExposeSecret::expose_secret(&issued.secret).to_owned();
-        Ok(Response::new(pb::CreateKeyResponse { key: Some(convert::key(issued.key, now)), secret }))
+        Ok(Response::new(pb::CreateKeyResponse {
+            key: Some(convert::key(issued.key, now)),
+            secret,
+        }))
     }
 
     #[tracing::instrument(skip_all)]
@@ -61,10 +79,19 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
     #[tracing::instrument(skip_all)]
     async fn list_keys(&self, req: Request<pb::ListKeysRequest>) -> Reply<pb::ListKeysResponse> {
         let r = req.into_inner();
-        let page = Page { size: r.page_size, token: r.page_token };
-        let (keys, next_page_token) = self.svc.list_keys(&r.tenant_id, page, r.include_revoked, r.include_expired).await?;
+        let page = Page {
+            size: r.page_size,
+            token: r.page_token,
+        };
+        let (keys, next_page_token) = self
+            .svc
+            .list_keys(&r.tenant_id, page, r.include_revoked, r.include_expired)
+            .await?;
         let now = self.svc.now();
-        Ok(Response::new(pb::ListKeysResponse { keys: keys.into_iter().map(|k| convert::key(k, now)).collect(), next_page_token }))
+        Ok(Response::new(pb::ListKeysResponse {
+            keys: keys.into_iter().map(|k| convert::key(k, now)).collect(),
+            next_page_token,
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(key_id))]

@@ -1,5 +1,6 @@
 //! The wire: generated protobuf types, conversions, and thin handlers.
 pub mod auth;
+pub mod authorize;
 pub mod convert;
 pub mod key_admin;
 
@@ -29,7 +30,10 @@ impl From<Error> for Status {
                 tracing::warn!(dependency = what, error = %chain(source.as_ref()), "dependency unavailable");
                 Status::unavailable(format!("{what} unavailable; retry later"))
             }
-            Error::Internal { context, ref source } => {
+            Error::Internal {
+                context,
+                ref source,
+            } => {
                 let cause = source.as_deref().map(|s| chain(s)).unwrap_or_default();
                 tracing::error!(context, error = %cause, "internal error");
                 Status::internal("internal error")

@@ -2,7 +2,9 @@
 use super::Listener;
 use crate::domain::key::{self, ApiKeyFormat};
 use crate::domain::policy::{validate_rate_limits, ExpiryRequest, RateLimitSpec};
-use crate::domain::{text, Clock, IpAllowlist, KeyRecord, NewKey, ScopeSet, Tenant, TenantPolicy, UnixMillis};
+use crate::domain::{
+    text, Clock, IpAllowlist, KeyRecord, NewKey, ScopeSet, Tenant, TenantPolicy, UnixMillis,
+};
 use crate::error::{Error, Result};
 use crate::hashing::SecretHasher;
 use crate::store::{KeyQuery, KeyStore};
@@ -66,7 +68,10 @@ fn page_size(size: u32) -> Result<u64> {
     match size {
         0 => Ok(u64::from(DEFAULT_PAGE_SIZE)),
         1..=MAX_PAGE_SIZE => Ok(u64::from(size)),
-        _ => Err(Error::invalid("page_size", format!("must be at most {MAX_PAGE_SIZE}"))),
+        _ => Err(Error::invalid(
+            "page_size",
+            format!("must be at most {MAX_PAGE_SIZE}"),
+        )),
     }
 }
 
@@ -79,22 +84,43 @@ fn new_key_id() -> String {
 }
 
 impl AdminService {
-    pub fn new(store: Arc<dyn KeyStore>, hasher: SecretHasher, clock: Arc<dyn Clock>, listener: Listener) -> Self {
-        AdminService { store, hasher, clock, listener }
+    pub fn new(
+        store: Arc<dyn KeyStore>,
+        hasher: SecretHasher,
+        clock: Arc<dyn Clock>,
+        listener: Listener,
+    ) -> Self {
+        AdminService {
+            store,
+            hasher,
+            clock,
+            listener,
+        }
     }
 
     pub fn now(&self) -> UnixMillis {
         self.clock.now()
     }
 
-    pub async fn upsert_tenant(&self, id: String, display_name: String, policy: TenantPolicy) -> Result<Tenant> {
+    pub async fn upsert_tenant(
+        &self,
+        id: String,
+        display_name: String,
+        policy: TenantPolicy,
+    ) -> Result<Tenant> {
         text::validate_tenant_id("tenant.id", &id)?;
         text::validate_text("tenant.display_name", &display_name, text::MAX_NAME_CHARS)?;
         policy.validate("tenant.policy")?;
         let now = self.now();
         let tenant = self
             .store
-            .upsert_tenant(Tenant { id, display_name, policy, create_time: now, update_time: now })
+            .upsert_tenant(Tenant {
+                id,
+                display_name,
+                policy,
+                create_time: now,
+                update_time: now,
+            })
             .await?;
         self.listener.tenant_changed(&tenant.id);
         Ok(tenant)
@@ -102,7 +128,10 @@ impl AdminService {
 
     pub async fn get_tenant(&self, id: &str) -> Result<Tenant> {
         text::validate_tenant_id("tenant_id", id)?;
-        self.store.get_tenant(id).await?.ok_or_else(|| Error::not_found("tenant", id))
+        self.store
+            .get_tenant(id)
+            .await?
+            .ok_or_else(|| Error::not_found("tenant", id))
     }
 
     pub async fn list_tenants(&self, page: Page) -> Result<(Vec<Tenant>, String)> {
@@ -114,7 +143,11 @@ impl AdminService {
             Some(page.token.as_str())
         };
         let tenants = self.store.list_tenants(after, limit).await?;
-        let next = if tenants.len() as u64 == limit { tenants.last().map(|t| t.id.clone()).unwrap_or_default() } else { String::new() };
+        let next = if tenants.len() as u64 == limit {
+            tenants.last().map(|t| t.id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
         Ok((tenants, next))
     }
 
@@ -152,7 +185,10 @@ impl AdminService {
             rotated_from: None,
         };
         let (new, secret) = self.mint(record, &head).await?;
-        let key = self.store.insert_key(new, policy.max_active_keys, now).await?;
+        let key = self
+            .store
+            .insert_key(new, policy.max_active_keys, now)
+            .await?;
         tracing::info!(key_id = %key.id, tenant_id = %key.tenant_id, "key created");
         Ok(Issued { key, secret })
     }
@@ -163,15 +199,27 @@ impl AdminService {
         let fresh = ApiKeyFormat::generate(head);
         record.lookup_id = fresh.lookup_id;
         record.display_prefix = fresh.display_prefix;
-        let secret_hash = self.hasher.hash(SecretString::from(fresh.full.expose_secret().to_owned())).await?;
-        Ok((NewKey { record, secret_hash }, fresh.full))
+        let secret_hash = self
+            .hasher
+            .hash(SecretString::from(fresh.full.expose_secret().to_owned()))
+            .await?;
+        Ok((
+            NewKey {
+                record,
+                secret_hash,
+            },
+            fresh.full,
+        ))
     }
 
     pub async fn get_key(&self, id: &str) -> Result<KeyRecord> {
         if id.is_empty() {
             return Err(Error::invalid("key_id", "is required"));
         }
-        self.store.get_key(id).await?.ok_or_else(|| Error::not_found("key", id))
+        self.store
+            .get_key(id)
+            .await?
+            .ok_or_else(|| Error::not_found("key", id))
     }
 
     pub async fn list_keys(
@@ -195,7 +243,14 @@ impl AdminService {
         };
         // Listing a tenant that does not exist is NOT_FOUND, not an empty page.
         self.get_tenant(tenant_id).await?;
-        let query = KeyQuery { tenant_id: tenant_id.to_owned(), after, limit, include_revoked, include_expired, now: self.now() };
+        let query = KeyQuery {
+            tenant_id: tenant_id.to_owned(),
+            after,
+            limit,
+            include_revoked,
+            include_expired,
+            now: self.now(),
+        };
         let keys = self.store.list_keys(&query).await?;
         let next = match keys.last() {
             Some(k) if keys.len() as u64 == limit => format!("{}.{}", k.create_time.0, k.id),
@@ -208,7 +263,10 @@ impl AdminService {
         let mut key = self.get_key(id).await?;
         let now = self.now();
         if key.is_revoked(now) {
-            return Err(Error::precondition("key.state", "a revoked key cannot be changed"));
+            return Err(Error::precondition(
+                "key.state",
+                "a revoked key cannot be changed",
+            ));
         }
         if let Some(name) = patch.name {
             text::validate_name("key.name", &name)?;
@@ -217,7 +275,10 @@ impl AdminService {
         if let Some(scopes) = patch.scopes {
             let tenant = self.get_tenant(&key.tenant_id).await?;
             if let Some(s) = scopes.first_outside(&tenant.policy.scope_catalogue) {
-                return Err(Error::precondition("tenant.policy.scope_catalogue", format!("scope {s} is not in the tenant's scope catalogue")));
+                return Err(Error::precondition(
+                    "tenant.policy.scope_catalogue",
+                    format!("scope {s} is not in the tenant's scope catalogue"),
+                ));
             }
             key.scopes = scopes;
         }
@@ -261,10 +322,16 @@ impl AdminService {
         let old = self.get_key(id).await?;
         let now = self.now();
         if old.revoke_time.is_some() {
-            return Err(Error::precondition("key.state", "the key is revoked or already rotated; rotate its successor"));
+            return Err(Error::precondition(
+                "key.state",
+                "the key is revoked or already rotated; rotate its successor",
+            ));
         }
         if old.is_expired(now) {
-            return Err(Error::precondition("key.state", "an expired key has no remaining lifetime to rotate"));
+            return Err(Error::precondition(
+                "key.state",
+                "an expired key has no remaining lifetime to rotate",
+            ));
         }
         let tenant = self.get_tenant(&old.tenant_id).await?;
         let head = key::key_head(tenant.policy.effective_prefix(), &old.environment);

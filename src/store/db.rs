@@ -1,7 +1,9 @@
 //! Opening the database and applying migrations.
 use crate::error::{Error, Result};
 use keygate_migrations::{Migrator, MigratorTrait};
-use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sea_orm::sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, SqlxSqliteConnector};
 use std::str::FromStr;
 use std::time::Duration;
@@ -26,12 +28,19 @@ impl Backend {
 }
 
 fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> Error {
-    Error::Unavailable { what: "database", source: Box::new(e) }
+    Error::Unavailable {
+        what: "database",
+        source: Box::new(e),
+    }
 }
 
 /// Opens a pool. SQLite runs in WAL mode with `synchronous=FULL` (a key whose secret was
 /// returned survives power loss) and a busy timeout (writers queue instead of failing).
-pub async fn connect(url: &str, max_connections: u32, timeout: Duration) -> Result<DatabaseConnection> {
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    timeout: Duration,
+) -> Result<DatabaseConnection> {
     match Backend::of_url(url) {
         Some(Backend::Sqlite) => {
             let opts = SqliteConnectOptions::from_str(url)
@@ -57,7 +66,10 @@ pub async fn connect(url: &str, max_connections: u32, timeout: Duration) -> Resu
                 .sqlx_logging(false);
             Database::connect(opts).await.map_err(unavailable)
         }
-        None => Err(Error::invalid("database_url", "must start with sqlite: or postgres://")),
+        None => Err(Error::invalid(
+            "database_url",
+            "must start with sqlite: or postgres://",
+        )),
     }
 }
 
@@ -68,6 +80,8 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<()> {
 
 /// Names of migrations this binary has that the database lacks.
 pub async fn pending_migrations(db: &DatabaseConnection) -> Result<Vec<String>> {
-    let pending = Migrator::get_pending_migrations(db).await.map_err(unavailable)?;
+    let pending = Migrator::get_pending_migrations(db)
+        .await
+        .map_err(unavailable)?;
     Ok(pending.iter().map(|m| m.name().to_owned()).collect())
 }

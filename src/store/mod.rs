@@ -51,10 +51,30 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn update_key_settings(&self, key: &KeyRecord) -> Result<()>;
     /// Sets the revocation time unless the key is already revoked at or before `at`.
     /// Returns the key as stored afterwards.
-    async fn revoke_key(&self, id: &str, at: UnixMillis, reason: &str, now: UnixMillis) -> Result<KeyRecord>;
+    async fn revoke_key(
+        &self,
+        id: &str,
+        at: UnixMillis,
+        reason: &str,
+        now: UnixMillis,
+    ) -> Result<KeyRecord>;
     /// Schedules `old_id`'s revocation at `revoke_at` and inserts `new` in one transaction.
-    async fn rotate_key(&self, old_id: &str, revoke_at: UnixMillis, new: NewKey) -> Result<(KeyRecord, KeyRecord)>;
+    async fn rotate_key(
+        &self,
+        old_id: &str,
+        revoke_at: UnixMillis,
+        new: NewKey,
+    ) -> Result<(KeyRecord, KeyRecord)>;
 
-    async fn add_admin_token(&self, id: &str, digest: [u8; 32], description: &str, now: UnixMillis) -> Result<()>;
+    /// Moves each key's `last_used_time` forward to the given time (never backward).
+    async fn record_last_used(&self, uses: &[(String, UnixMillis)]) -> Result<()>;
+
+    async fn add_admin_token(
+        &self,
+        id: &str,
+        digest: [u8; 32],
+        description: &str,
+        now: UnixMillis,
+    ) -> Result<()>;
     async fn admin_tokens(&self) -> Result<Vec<AdminTokenRecord>>;
 }

@@ -5,8 +5,8 @@ use crate::domain::{IpAllowlist, KeyRecord, NewKey, ScopeSet, Tenant, TenantPoli
 use crate::error::{Error, Result};
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, RuntimeErr, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DbErr, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, RuntimeErr, TransactionTrait,
 };
 
 /// The sea-orm store.
@@ -32,19 +32,35 @@ fn db_err(e: DbErr) -> Error {
     let transient = match &e {
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
         DbErr::Exec(RuntimeErr::SqlxError(s)) | DbErr::Query(RuntimeErr::SqlxError(s)) => {
-            matches!(s, Sqlx::Io(_) | Sqlx::PoolTimedOut | Sqlx::PoolClosed | Sqlx::WorkerCrashed | Sqlx::Tls(_))
+            matches!(
+                s,
+                Sqlx::Io(_)
+                    | Sqlx::PoolTimedOut
+                    | Sqlx::PoolClosed
+                    | Sqlx::WorkerCrashed
+                    | Sqlx::Tls(_)
+            )
         }
         _ => false,
     };
     if transient {
-        Error::Unavailable { what: "database", source: Box::new(e) }
+        Error::Unavailable {
+            what: "database",
+            source: Box::new(e),
+        }
     } else {
-        Error::Internal { context: "database", source: Some(Box::new(e)) }
+        Error::Internal {
+            context: "database",
+            source: Some(Box::new(e)),
+        }
     }
 }
 
 fn corrupt(what: &'static str) -> impl FnOnce(serde_json::Error) -> Error {
-    move |e| Error::Internal { context: what, source: Some(Box::new(e)) }
+    move |e| Error::Internal {
+        context: what,
+        source: Some(Box::new(e)),
+    }
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
@@ -53,7 +69,8 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
 
 fn tenant_from(m: tenants::Model) -> Result<Tenant> {
     Ok(Tenant {
-        policy: serde_json::from_str::<TenantPolicy>(&m.policy).map_err(corrupt("stored tenant policy"))?,
+        policy: serde_json::from_str::<TenantPolicy>(&m.policy)
+            .map_err(corrupt("stored tenant policy"))?,
         id: m.id,
         display_name: m.display_name,
         create_time: UnixMillis(m.create_time),
@@ -63,8 +80,12 @@ fn tenant_from(m: tenants::Model) -> Result<Tenant> {
 
 fn key_from(m: api_keys::Model) -> Result<KeyRecord> {
     let scopes: Vec<String> = serde_json::from_str(&m.scopes).map_err(corrupt("stored scopes"))?;
-    let ips: Vec<String> = serde_json::from_str(&m.ip_allowlist).map_err(corrupt("stored ip_allowlist"))?;
-    let bad_row = |e: Error| Error::Internal { context: "stored key row", source: Some(Box::new(e)) };
+    let ips: Vec<String> =
+        serde_json::from_str(&m.ip_allowlist).map_err(corrupt("stored ip_allowlist"))?;
+    let bad_row = |e: Error| Error::Internal {
+        context: "stored key row",
+        source: Some(Box::new(e)),
+    };
     Ok(KeyRecord {
         scopes: ScopeSet::parse("scopes", &scopes).map_err(bad_row)?,
         ip_allowlist: IpAllowlist::parse("ip_allowlist", &ips).map_err(bad_row)?,
@@ -116,16 +137,23 @@ fn key_row(k: &NewKey) -> Result<api_keys::ActiveModel> {
 
 /// Keys that are not revoked at `now`.
 fn not_revoked(now: UnixMillis) -> Condition {
-    Condition::any().add(api_keys::Column::RevokeTime.is_null()).add(api_keys::Column::RevokeTime.gt(now.0))
+    Condition::any()
+        .add(api_keys::Column::RevokeTime.is_null())
+        .add(api_keys::Column::RevokeTime.gt(now.0))
 }
 
 fn not_expired(now: UnixMillis) -> Condition {
-    Condition::any().add(api_keys::Column::ExpireTime.is_null()).add(api_keys::Column::ExpireTime.gt(now.0))
+    Condition::any()
+        .add(api_keys::Column::ExpireTime.is_null())
+        .add(api_keys::Column::ExpireTime.gt(now.0))
 }
 
 impl SeaStore {
     async fn key_in<C: sea_orm::ConnectionTrait>(conn: &C, id: &str) -> Result<KeyRecord> {
-        let m = api_keys::Entity::find_by_id(id.to_owned()).one(conn).await.map_err(db_err)?;
+        let m = api_keys::Entity::find_by_id(id.to_owned())
+            .one(conn)
+            .await
+            .map_err(db_err)?;
         key_from(m.ok_or_else(|| Error::not_found("key", id))?)
     }
 }
@@ -143,26 +171,42 @@ impl KeyStore for SeaStore {
         tenants::Entity::insert(row)
             .on_conflict(
                 OnConflict::column(tenants::Column::Id)
-                    .update_columns([tenants::Column::DisplayName, tenants::Column::Policy, tenants::Column::UpdateTime])
+                    .update_columns([
+                        tenants::Column::DisplayName,
+                        tenants::Column::Policy,
+                        tenants::Column::UpdateTime,
+                    ])
                     .to_owned(),
             )
             .exec(&self.db)
             .await
             .map_err(db_err)?;
-        self.get_tenant(&t.id).await?.ok_or_else(|| Error::internal("tenant vanished after upsert"))
+        self.get_tenant(&t.id)
+            .await?
+            .ok_or_else(|| Error::internal("tenant vanished after upsert"))
     }
 
     async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>> {
-        let m = tenants::Entity::find_by_id(id.to_owned()).one(&self.db).await.map_err(db_err)?;
+        let m = tenants::Entity::find_by_id(id.to_owned())
+            .one(&self.db)
+            .await
+            .map_err(db_err)?;
         m.map(tenant_from).transpose()
     }
 
     async fn list_tenants(&self, after: Option<&str>, limit: u64) -> Result<Vec<Tenant>> {
-        let mut q = tenants::Entity::find().order_by_asc(tenants::Column::Id).limit(limit);
+        let mut q = tenants::Entity::find()
+            .order_by_asc(tenants::Column::Id)
+            .limit(limit);
         if let Some(after) = after {
             q = q.filter(tenants::Column::Id.gt(after));
         }
-        q.all(&self.db).await.map_err(db_err)?.into_iter().map(tenant_from).collect()
+        q.all(&self.db)
+            .await
+            .map_err(db_err)?
+            .into_iter()
+            .map(tenant_from)
+            .collect()
     }
 
     async fn insert_key(&self, key: NewKey, cap: u32, now: UnixMillis) -> Result<KeyRecord> {
@@ -173,7 +217,10 @@ impl KeyStore for SeaStore {
         // lock (SQLite) before anything is read, so concurrent creates for one tenant queue
         // here and each counts the keys the others committed.
         let touched = tenants::Entity::update_many()
-            .col_expr(tenants::Column::UpdateTime, Expr::col(tenants::Column::UpdateTime).into())
+            .col_expr(
+                tenants::Column::UpdateTime,
+                Expr::col(tenants::Column::UpdateTime).into(),
+            )
             .filter(tenants::Column::Id.eq(tenant_id.as_str()))
             .exec(&txn)
             .await
@@ -196,13 +243,19 @@ impl KeyStore for SeaStore {
                 ));
             }
         }
-        api_keys::Entity::insert(row).exec(&txn).await.map_err(db_err)?;
+        api_keys::Entity::insert(row)
+            .exec(&txn)
+            .await
+            .map_err(db_err)?;
         txn.commit().await.map_err(db_err)?;
         Ok(key.record)
     }
 
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>> {
-        let m = api_keys::Entity::find_by_id(id.to_owned()).one(&self.db).await.map_err(db_err)?;
+        let m = api_keys::Entity::find_by_id(id.to_owned())
+            .one(&self.db)
+            .await
+            .map_err(db_err)?;
         m.map(key_from).transpose()
     }
 
@@ -230,9 +283,11 @@ impl KeyStore for SeaStore {
             .limit(q.limit);
         if let Some((t, id)) = &q.after {
             s = s.filter(
-                Condition::any()
-                    .add(C::CreateTime.gt(t.0))
-                    .add(Condition::all().add(C::CreateTime.eq(t.0)).add(C::Id.gt(id.as_str()))),
+                Condition::any().add(C::CreateTime.gt(t.0)).add(
+                    Condition::all()
+                        .add(C::CreateTime.eq(t.0))
+                        .add(C::Id.gt(id.as_str())),
+                ),
             );
         }
         if !q.include_revoked {
@@ -241,7 +296,12 @@ impl KeyStore for SeaStore {
         if !q.include_expired {
             s = s.filter(not_expired(q.now));
         }
-        s.all(&self.db).await.map_err(db_err)?.into_iter().map(key_from).collect()
+        s.all(&self.db)
+            .await
+            .map_err(db_err)?
+            .into_iter()
+            .map(key_from)
+            .collect()
     }
 
     async fn update_key_settings(&self, k: &KeyRecord) -> Result<()> {
@@ -249,7 +309,10 @@ impl KeyStore for SeaStore {
         let res = api_keys::Entity::update_many()
             .col_expr(C::Name, Expr::value(k.name.clone()))
             .col_expr(C::Scopes, Expr::value(to_json(&k.scopes.to_strings())?))
-            .col_expr(C::IpAllowlist, Expr::value(to_json(&k.ip_allowlist.to_strings())?))
+            .col_expr(
+                C::IpAllowlist,
+                Expr::value(to_json(&k.ip_allowlist.to_strings())?),
+            )
             .col_expr(C::RateLimits, Expr::value(to_json(&k.rate_limits)?))
             .col_expr(C::Metadata, Expr::value(to_json(&k.metadata)?))
             .col_expr(C::Enabled, Expr::value(k.enabled))
@@ -264,7 +327,13 @@ impl KeyStore for SeaStore {
         Ok(())
     }
 
-    async fn revoke_key(&self, id: &str, at: UnixMillis, reason: &str, now: UnixMillis) -> Result<KeyRecord> {
+    async fn revoke_key(
+        &self,
+        id: &str,
+        at: UnixMillis,
+        reason: &str,
+        now: UnixMillis,
+    ) -> Result<KeyRecord> {
         use api_keys::Column as C;
         // Only moves revocation earlier: revoking a key twice keeps the first time and reason.
         api_keys::Entity::update_many()
@@ -272,14 +341,23 @@ impl KeyStore for SeaStore {
             .col_expr(C::RevokeReason, Expr::value(reason.to_owned()))
             .col_expr(C::UpdateTime, Expr::value(now.0))
             .filter(C::Id.eq(id))
-            .filter(Condition::any().add(C::RevokeTime.is_null()).add(C::RevokeTime.gt(at.0)))
+            .filter(
+                Condition::any()
+                    .add(C::RevokeTime.is_null())
+                    .add(C::RevokeTime.gt(at.0)),
+            )
             .exec(&self.db)
             .await
             .map_err(db_err)?;
         Self::key_in(&self.db, id).await
     }
 
-    async fn rotate_key(&self, old_id: &str, revoke_at: UnixMillis, new: NewKey) -> Result<(KeyRecord, KeyRecord)> {
+    async fn rotate_key(
+        &self,
+        old_id: &str,
+        revoke_at: UnixMillis,
+        new: NewKey,
+    ) -> Result<(KeyRecord, KeyRecord)> {
         use api_keys::Column as C;
         let row = key_row(&new)?;
         let txn = self.db.begin().await.map_err(db_err)?;
@@ -287,7 +365,10 @@ impl KeyStore for SeaStore {
         // concurrent rotations of one key produce one successor, not two.
         let res = api_keys::Entity::update_many()
             .col_expr(C::RevokeTime, Expr::value(revoke_at.0))
-            .col_expr(C::RevokeReason, Expr::value(format!("rotated:{}", new.record.id)))
+            .col_expr(
+                C::RevokeReason,
+                Expr::value(format!("rotated:{}", new.record.id)),
+            )
             .col_expr(C::UpdateTime, Expr::value(new.record.create_time.0))
             .filter(C::Id.eq(old_id))
             .filter(C::RevokeTime.is_null())
@@ -295,30 +376,68 @@ impl KeyStore for SeaStore {
             .await
             .map_err(db_err)?;
         if res.rows_affected == 0 {
-            return Err(Error::precondition("key.state", "the key is revoked or already rotated"));
+            return Err(Error::precondition(
+                "key.state",
+                "the key is revoked or already rotated",
+            ));
         }
-        api_keys::Entity::insert(row).exec(&txn).await.map_err(db_err)?;
+        api_keys::Entity::insert(row)
+            .exec(&txn)
+            .await
+            .map_err(db_err)?;
         let old = Self::key_in(&txn, old_id).await?;
         txn.commit().await.map_err(db_err)?;
         Ok((old, new.record))
     }
 
-    async fn add_admin_token(&self, id: &str, digest: [u8; 32], description: &str, now: UnixMillis) -> Result<()> {
+    async fn record_last_used(&self, uses: &[(String, UnixMillis)]) -> Result<()> {
+        use api_keys::Column as C;
+        let txn = self.db.begin().await.map_err(db_err)?;
+        for (id, at) in uses {
+            api_keys::Entity::update_many()
+                .col_expr(C::LastUsedTime, Expr::value(at.0))
+                .filter(C::Id.eq(id.as_str()))
+                .filter(
+                    Condition::any()
+                        .add(C::LastUsedTime.is_null())
+                        .add(C::LastUsedTime.lt(at.0)),
+                )
+                .exec(&txn)
+                .await
+                .map_err(db_err)?;
+        }
+        txn.commit().await.map_err(db_err)
+    }
+
+    async fn add_admin_token(
+        &self,
+        id: &str,
+        digest: [u8; 32],
+        description: &str,
+        now: UnixMillis,
+    ) -> Result<()> {
         let row = admin_tokens::ActiveModel {
             id: Set(id.to_owned()),
             token_digest: Set(hex(&digest)),
             description: Set(description.to_owned()),
             create_time: Set(now.0),
         };
-        admin_tokens::Entity::insert(row).exec(&self.db).await.map_err(db_err)?;
+        admin_tokens::Entity::insert(row)
+            .exec(&self.db)
+            .await
+            .map_err(db_err)?;
         Ok(())
     }
 
     async fn admin_tokens(&self) -> Result<Vec<AdminTokenRecord>> {
-        let rows = admin_tokens::Entity::find().all(&self.db).await.map_err(db_err)?;
+        let rows = admin_tokens::Entity::find()
+            .all(&self.db)
+            .await
+            .map_err(db_err)?;
         rows.into_iter()
             .map(|r| {
-                let digest = unhex(&r.token_digest).ok_or_else(|| Error::internal("stored admin token digest"))?;
+                let digest = unhex(&r.token_digest)
+                    .ok_or_else(|| Error::internal("stored admin token digest"))?;
                 Ok(AdminTokenRecord { id: r.id, digest })
             })
             .collect()

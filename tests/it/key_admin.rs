@@ -8,15 +8,28 @@ use tonic::Code;
 const DAY: i64 = 86_400;
 
 fn days(n: i64) -> prost_types::Duration {
-    prost_types::Duration { seconds: n * DAY, nanos: 0 }
+    prost_types::Duration {
+        seconds: n * DAY,
+        nanos: 0,
+    }
 }
 
 fn nesika_policy() -> pb::TenantPolicy {
     pb::TenantPolicy {
         key_prefix: "nes_".into(),
         max_active_keys: 10,
-        allowed_expiries: Some(pb::ExpiryPolicy { durations: [30, 60, 90, 180, 365].map(days).to_vec(), allow_never: false }),
-        default_rate_limits: vec![pb::RateLimit { name: "per-minute".into(), limit: 100, window: Some(prost_types::Duration { seconds: 60, nanos: 0 }) }],
+        allowed_expiries: Some(pb::ExpiryPolicy {
+            durations: [30, 60, 90, 180, 365].map(days).to_vec(),
+            allow_never: false,
+        }),
+        default_rate_limits: vec![pb::RateLimit {
+            name: "per-minute".into(),
+            limit: 100,
+            window: Some(prost_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+        }],
         ..Default::default()
     }
 }
@@ -26,23 +39,54 @@ fn nexus_policy() -> pb::TenantPolicy {
         key_prefix: "nxc_".into(),
         environments: vec!["live".into(), "test".into()],
         max_active_keys: 20,
-        allowed_expiries: Some(pb::ExpiryPolicy { durations: [30, 90, 365].map(days).to_vec(), allow_never: true }),
-        scope_catalogue: ["products:read", "products:write", "orders:read", "orders:write", "ai-jobs:write", "*"].map(String::from).to_vec(),
+        allowed_expiries: Some(pb::ExpiryPolicy {
+            durations: [30, 90, 365].map(days).to_vec(),
+            allow_never: true,
+        }),
+        scope_catalogue: [
+            "products:read",
+            "products:write",
+            "orders:read",
+            "orders:write",
+            "ai-jobs:write",
+            "*",
+        ]
+        .map(String::from)
+        .to_vec(),
         ..Default::default()
     }
 }
 
 pub async fn tenant(admin: &mut Admin, id: &str, policy: pb::TenantPolicy) -> pb::Tenant {
-    let t = pb::Tenant { id: id.into(), display_name: format!("{id} inc"), policy: Some(policy), ..Default::default() };
-    admin.client.upsert_tenant(admin.req(pb::UpsertTenantRequest { tenant: Some(t) })).await.unwrap().into_inner()
+    let t = pb::Tenant {
+        id: id.into(),
+        display_name: format!("{id} inc"),
+        policy: Some(policy),
+        ..Default::default()
+    };
+    admin
+        .client
+        .upsert_tenant(admin.req(pb::UpsertTenantRequest { tenant: Some(t) }))
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 pub fn key_req(tenant_id: &str, name: &str) -> pb::CreateKeyRequest {
-    pb::CreateKeyRequest { tenant_id: tenant_id.into(), name: name.into(), ..Default::default() }
+    pb::CreateKeyRequest {
+        tenant_id: tenant_id.into(),
+        name: name.into(),
+        ..Default::default()
+    }
 }
 
 pub async fn create(admin: &mut Admin, req: pb::CreateKeyRequest) -> pb::CreateKeyResponse {
-    admin.client.create_key(admin.req(req)).await.unwrap().into_inner()
+    admin
+        .client
+        .create_key(admin.req(req))
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 async fn lifecycle(db: Db) {
@@ -57,9 +101,15 @@ async fn lifecycle(db: Db) {
     req.expiry = Some(Expiry::ExpiresIn(days(90)));
     let created = create(&mut a, req).await;
     let key = created.key.unwrap();
-    assert!(created.secret.starts_with("nxc_live_"), "secret has the tenant prefix");
+    assert!(
+        created.secret.starts_with("nxc_live_"),
+        "secret has the tenant prefix"
+    );
     assert_eq!(created.secret.len(), "nxc_live_".len() + 42);
-    assert_eq!(key.display_prefix, created.secret["nxc_live_".len()..]["".len()..8]);
+    assert_eq!(
+        key.display_prefix,
+        created.secret["nxc_live_".len()..]["".len()..8]
+    );
     assert_eq!(key.key_prefix, "nxc_live_");
     assert_eq!(key.state, KeyState::Active as i32);
     assert_eq!(key.scopes, vec!["orders:write", "products:read"]);
@@ -68,49 +118,120 @@ async fn lifecycle(db: Db) {
     let create_time = key.create_time.clone().unwrap();
     assert_eq!(expire.seconds - create_time.seconds, 90 * DAY);
 
-    let got = a.client.get_key(a.req(pb::GetKeyRequest { key_id: key.id.clone() })).await.unwrap().into_inner();
-    assert_eq!(got, key, "GetKey returns what CreateKey returned, minus the secret");
+    let got = a
+        .client
+        .get_key(a.req(pb::GetKeyRequest {
+            key_id: key.id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        got, key,
+        "GetKey returns what CreateKey returned, minus the secret"
+    );
 
     // Update: rename, disable, then enable.
     let mut patch = key.clone();
     patch.name = "Renamed".into();
     patch.enabled = false;
-    let mask = prost_types::FieldMask { paths: vec!["name".into(), "enabled".into()] };
+    let mask = prost_types::FieldMask {
+        paths: vec!["name".into(), "enabled".into()],
+    };
     let updated = a
         .client
-        .update_key(a.req(pb::UpdateKeyRequest { key: Some(patch.clone()), update_mask: Some(mask) }))
+        .update_key(a.req(pb::UpdateKeyRequest {
+            key: Some(patch.clone()),
+            update_mask: Some(mask),
+        }))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(updated.name, "Renamed");
     assert_eq!(updated.state, KeyState::Disabled as i32);
-    assert_eq!(updated.scopes, key.scopes, "fields outside the mask are untouched");
+    assert_eq!(
+        updated.scopes, key.scopes,
+        "fields outside the mask are untouched"
+    );
     patch.enabled = true;
-    let mask = prost_types::FieldMask { paths: vec!["enabled".into()] };
-    let updated = a.client.update_key(a.req(pb::UpdateKeyRequest { key: Some(patch), update_mask: Some(mask) })).await.unwrap().into_inner();
+    let mask = prost_types::FieldMask {
+        paths: vec!["enabled".into()],
+    };
+    let updated = a
+        .client
+        .update_key(a.req(pb::UpdateKeyRequest {
+            key: Some(patch),
+            update_mask: Some(mask),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(updated.state, KeyState::Active as i32);
     assert_eq!(updated.name, "Renamed");
 
     // Revoke: permanent, idempotent, and the key leaves the default listing.
-    let revoked = a.client.revoke_key(a.req(pb::RevokeKeyRequest { key_id: key.id.clone(), reason: "leaked".into() })).await.unwrap().into_inner();
+    let revoked = a
+        .client
+        .revoke_key(a.req(pb::RevokeKeyRequest {
+            key_id: key.id.clone(),
+            reason: "leaked".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(revoked.state, KeyState::Revoked as i32);
     assert_eq!(revoked.revoke_reason, "leaked");
     s.clock.advance(Duration::from_secs(5));
-    let again = a.client.revoke_key(a.req(pb::RevokeKeyRequest { key_id: key.id.clone(), reason: "again".into() })).await.unwrap().into_inner();
-    assert_eq!(again.revoke_time, revoked.revoke_time, "second revoke keeps the first time");
+    let again = a
+        .client
+        .revoke_key(a.req(pb::RevokeKeyRequest {
+            key_id: key.id.clone(),
+            reason: "again".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        again.revoke_time, revoked.revoke_time,
+        "second revoke keeps the first time"
+    );
     assert_eq!(again.revoke_reason, "leaked");
     let listed = list(&mut a, "nexus", false, false).await;
     assert!(listed.is_empty());
     let listed = list(&mut a, "nexus", true, false).await;
     assert_eq!(listed.len(), 1);
-    let mask = prost_types::FieldMask { paths: vec!["name".into()] };
-    let (c, m) = code(a.client.update_key(a.req(pb::UpdateKeyRequest { key: Some(again), update_mask: Some(mask) })).await);
+    let mask = prost_types::FieldMask {
+        paths: vec!["name".into()],
+    };
+    let (c, m) = code(
+        a.client
+            .update_key(a.req(pb::UpdateKeyRequest {
+                key: Some(again),
+                update_mask: Some(mask),
+            }))
+            .await,
+    );
     assert_eq!(c, Code::FailedPrecondition, "{m}");
 }
 
-async fn list(a: &mut Admin, tenant_id: &str, include_revoked: bool, include_expired: bool) -> Vec<pb::Key> {
-    let req = pb::ListKeysRequest { tenant_id: tenant_id.into(), include_revoked, include_expired, ..Default::default() };
-    a.client.list_keys(a.req(req)).await.unwrap().into_inner().keys
+async fn list(
+    a: &mut Admin,
+    tenant_id: &str,
+    include_revoked: bool,
+    include_expired: bool,
+) -> Vec<pb::Key> {
+    let req = pb::ListKeysRequest {
+        tenant_id: tenant_id.into(),
+        include_revoked,
+        include_expired,
+        ..Default::default()
+    };
+    a.client
+        .list_keys(a.req(req))
+        .await
+        .unwrap()
+        .into_inner()
+        .keys
 }
 
 async fn secret_is_shown_once_and_only_a_hash_is_stored(db: Db) {
@@ -126,10 +247,18 @@ async fn secret_is_shown_once_and_only_a_hash_is_stored(db: Db) {
     let secret_part = &body[12..36];
     let id = created.key.unwrap().id;
 
-    let got = a.client.get_key(a.req(pb::GetKeyRequest { key_id: id.clone() })).await.unwrap().into_inner();
+    let got = a
+        .client
+        .get_key(a.req(pb::GetKeyRequest { key_id: id.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
     let listed = list(&mut a, "nesika", true, true).await;
     for shown in [format!("{got:?}"), format!("{listed:?}")] {
-        assert!(!shown.contains(secret_part), "a later RPC returned the secret");
+        assert!(
+            !shown.contains(secret_part),
+            "a later RPC returned the secret"
+        );
         assert!(!shown.contains("argon2"), "a later RPC returned the hash");
     }
 
@@ -137,13 +266,29 @@ async fn secret_is_shown_once_and_only_a_hash_is_stored(db: Db) {
     let conn = sea_orm::Database::connect(&s.db.url).await.unwrap();
     let backend = conn.get_database_backend();
     let rows = conn
-        .query_all(Statement::from_string(backend, "SELECT * FROM api_keys".to_owned()))
+        .query_all(Statement::from_string(
+            backend,
+            "SELECT * FROM api_keys".to_owned(),
+        ))
         .await
         .unwrap();
     assert_eq!(rows.len(), 1);
     let hash: String = rows[0].try_get("", "secret_hash").unwrap();
-    assert!(hash.starts_with("$argon2id$"), "stored hash is argon2id: {}", &hash[..10]);
-    for col in ["id", "name", "lookup_id", "key_prefix", "display_prefix", "secret_hash", "scopes", "metadata"] {
+    assert!(
+        hash.starts_with("$argon2id$"),
+        "stored hash is argon2id: {}",
+        &hash[..10]
+    );
+    for col in [
+        "id",
+        "name",
+        "lookup_id",
+        "key_prefix",
+        "display_prefix",
+        "secret_hash",
+        "scopes",
+        "metadata",
+    ] {
         let v: String = rows[0].try_get("", col).unwrap();
         assert!(!v.contains(secret_part), "column {col} holds the secret");
         assert!(!v.contains(&secret), "column {col} holds the key");
@@ -161,25 +306,58 @@ async fn key_cap_counts_active_keys_only(db: Db) {
     for i in 0..3 {
         let mut r = key_req("capped", &format!("k{i}"));
         if i == 0 {
-            r.expiry = Some(Expiry::ExpiresIn(prost_types::Duration { seconds: 3600, nanos: 0 }));
+            r.expiry = Some(Expiry::ExpiresIn(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }));
         }
         ids.push(create(&mut a, r).await.key.unwrap().id);
     }
     let (c, m) = code(a.client.create_key(a.req(key_req("capped", "k3"))).await);
     assert_eq!(c, Code::FailedPrecondition);
-    assert!(m.contains("max_active_keys") && m.contains("cap is 3"), "{m}");
+    assert!(
+        m.contains("max_active_keys") && m.contains("cap is 3"),
+        "{m}"
+    );
 
     // A disabled key still counts.
-    let mut k = a.client.get_key(a.req(pb::GetKeyRequest { key_id: ids[1].clone() })).await.unwrap().into_inner();
+    let mut k = a
+        .client
+        .get_key(a.req(pb::GetKeyRequest {
+            key_id: ids[1].clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
     k.enabled = false;
-    let mask = prost_types::FieldMask { paths: vec!["enabled".into()] };
-    a.client.update_key(a.req(pb::UpdateKeyRequest { key: Some(k), update_mask: Some(mask) })).await.unwrap();
-    assert_eq!(code(a.client.create_key(a.req(key_req("capped", "k3"))).await).0, Code::FailedPrecondition);
+    let mask = prost_types::FieldMask {
+        paths: vec!["enabled".into()],
+    };
+    a.client
+        .update_key(a.req(pb::UpdateKeyRequest {
+            key: Some(k),
+            update_mask: Some(mask),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        code(a.client.create_key(a.req(key_req("capped", "k3"))).await).0,
+        Code::FailedPrecondition
+    );
 
     // A revoked key does not.
-    a.client.revoke_key(a.req(pb::RevokeKeyRequest { key_id: ids[2].clone(), reason: String::new() })).await.unwrap();
+    a.client
+        .revoke_key(a.req(pb::RevokeKeyRequest {
+            key_id: ids[2].clone(),
+            reason: String::new(),
+        }))
+        .await
+        .unwrap();
     create(&mut a, key_req("capped", "k3")).await;
-    assert_eq!(code(a.client.create_key(a.req(key_req("capped", "k4"))).await).0, Code::FailedPrecondition);
+    assert_eq!(
+        code(a.client.create_key(a.req(key_req("capped", "k4"))).await).0,
+        Code::FailedPrecondition
+    );
 
     // Nor does an expired one.
     s.clock.advance(Duration::from_secs(3601));
@@ -195,14 +373,22 @@ async fn concurrent_creates_never_exceed_the_cap(db: Db) {
     tenant(&mut a, "race", p).await;
     let calls = (0..50).map(|i| {
         let mut a = a.clone();
-        tokio::spawn(async move { a.client.create_key(a.req(key_req("race", &format!("k{i}")))).await })
+        tokio::spawn(async move {
+            a.client
+                .create_key(a.req(key_req("race", &format!("k{i}"))))
+                .await
+        })
     });
     let results = futures::future::join_all(calls).await;
     let mut ok = 0;
     for r in results {
         match r.unwrap() {
             Ok(_) => ok += 1,
-            Err(s) => assert_eq!(s.code(), Code::FailedPrecondition, "unexpected failure: {s:?}"),
+            Err(s) => assert_eq!(
+                s.code(),
+                Code::FailedPrecondition,
+                "unexpected failure: {s:?}"
+            ),
         }
     }
     assert_eq!(ok, 10, "exactly the cap succeeded");
@@ -217,16 +403,25 @@ async fn tenant_expiry_rules(db: Db) {
     r.expiry = Some(Expiry::ExpiresIn(days(31)));
     let (c, m) = code(a.client.create_key(a.req(r.clone())).await);
     assert_eq!(c, Code::FailedPrecondition);
-    assert!(m.contains("allowed_expiries") && m.contains("30d, 60d, 90d, 180d, 365d"), "{m}");
+    assert!(
+        m.contains("allowed_expiries") && m.contains("30d, 60d, 90d, 180d, 365d"),
+        "{m}"
+    );
     r.expiry = Some(Expiry::NeverExpires(true));
     let (c, m) = code(a.client.create_key(a.req(r.clone())).await);
     assert_eq!(c, Code::FailedPrecondition);
     assert!(m.contains("must expire"), "{m}");
     r.expiry = None;
-    assert_eq!(code(a.client.create_key(a.req(r.clone())).await).0, Code::FailedPrecondition);
+    assert_eq!(
+        code(a.client.create_key(a.req(r.clone())).await).0,
+        Code::FailedPrecondition
+    );
     r.expiry = Some(Expiry::ExpiresIn(days(365)));
     let k = create(&mut a, r.clone()).await.key.unwrap();
-    assert_eq!(k.expire_time.unwrap().seconds - k.create_time.unwrap().seconds, 365 * DAY);
+    assert_eq!(
+        k.expire_time.unwrap().seconds - k.create_time.unwrap().seconds,
+        365 * DAY
+    );
     let past = keygate::grpc::convert::timestamp(s.now());
     r.expiry = Some(Expiry::ExpireTime(past));
     let (c, m) = code(a.client.create_key(a.req(r)).await);
@@ -249,7 +444,10 @@ async fn scopes_and_environments_follow_the_tenant(db: Db) {
     let mut r = key_req("nexus", "k");
     let (c, m) = code(a.client.create_key(a.req(r.clone())).await);
     assert_eq!(c, Code::InvalidArgument);
-    assert!(m.starts_with("environment:") && m.contains("live, test"), "{m}");
+    assert!(
+        m.starts_with("environment:") && m.contains("live, test"),
+        "{m}"
+    );
     r.environment = "staging".into();
     let (c, m) = code(a.client.create_key(a.req(r.clone())).await);
     assert_eq!(c, Code::FailedPrecondition);
@@ -258,7 +456,10 @@ async fn scopes_and_environments_follow_the_tenant(db: Db) {
     r.scopes = vec!["billing:read".into()];
     let (c, m) = code(a.client.create_key(a.req(r.clone())).await);
     assert_eq!(c, Code::FailedPrecondition);
-    assert!(m.contains("scope_catalogue") && m.contains("billing:read"), "{m}");
+    assert!(
+        m.contains("scope_catalogue") && m.contains("billing:read"),
+        "{m}"
+    );
     r.scopes = vec!["orders:read".into(), "Orders:Write".into()];
     let (c, m) = code(a.client.create_key(a.req(r.clone())).await);
     assert_eq!(c, Code::InvalidArgument);
@@ -271,23 +472,45 @@ async fn scopes_and_environments_follow_the_tenant(db: Db) {
     let nearq = pb::TenantPolicy {
         key_prefix: "niq_".into(),
         environments: vec!["live".into()],
-        scope_catalogue: ["competitors:read", "alerts:read", "usage:read", "export", "webhooks:manage"].map(String::from).to_vec(),
-        default_scopes: ["competitors:read", "alerts:read", "usage:read"].map(String::from).to_vec(),
+        scope_catalogue: [
+            "competitors:read",
+            "alerts:read",
+            "usage:read",
+            "export",
+            "webhooks:manage",
+        ]
+        .map(String::from)
+        .to_vec(),
+        default_scopes: ["competitors:read", "alerts:read", "usage:read"]
+            .map(String::from)
+            .to_vec(),
         ..Default::default()
     };
     tenant(&mut a, "neariq", nearq).await;
     let mut r = key_req("neariq", "zapier");
     r.environment = "live".into();
     let k = create(&mut a, r.clone()).await.key.unwrap();
-    assert_eq!(k.scopes, vec!["alerts:read", "competitors:read", "usage:read"]);
+    assert_eq!(
+        k.scopes,
+        vec!["alerts:read", "competitors:read", "usage:read"]
+    );
     r.scopes = vec!["export".into()];
     assert_eq!(create(&mut a, r).await.key.unwrap().scopes, vec!["export"]);
 
     // Scope updates respect the catalogue too.
     let mut patch = k.clone();
     patch.scopes = vec!["admin".into()];
-    let mask = prost_types::FieldMask { paths: vec!["scopes".into()] };
-    let (c, m) = code(a.client.update_key(a.req(pb::UpdateKeyRequest { key: Some(patch), update_mask: Some(mask) })).await);
+    let mask = prost_types::FieldMask {
+        paths: vec!["scopes".into()],
+    };
+    let (c, m) = code(
+        a.client
+            .update_key(a.req(pb::UpdateKeyRequest {
+                key: Some(patch),
+                update_mask: Some(mask),
+            }))
+            .await,
+    );
     assert_eq!(c, Code::FailedPrecondition, "{m}");
 }
 
@@ -297,63 +520,222 @@ async fn bad_input_names_the_field(db: Db) {
     tenant(&mut a, "t1", pb::TenantPolicy::default()).await;
     let base = key_req("t1", "ok");
     let cases: Vec<(pb::CreateKeyRequest, &str)> = vec![
-        (pb::CreateKeyRequest { name: String::new(), ..base.clone() }, "name:"),
-        (pb::CreateKeyRequest { name: "x".repeat(101), ..base.clone() }, "name:"),
-        (pb::CreateKeyRequest { name: "bell\u{7}".into(), ..base.clone() }, "name:"),
-        (pb::CreateKeyRequest { tenant_id: "bad id!".into(), ..base.clone() }, "tenant_id:"),
-        (pb::CreateKeyRequest { ip_allowlist: vec!["10.0.0.1".into(), "999.1.1.1".into()], ..base.clone() }, "ip_allowlist[1]:"),
-        (pb::CreateKeyRequest { metadata: (0..33).map(|i| (format!("k{i}"), "v".into())).collect(), ..base.clone() }, "metadata:"),
         (
-            pb::CreateKeyRequest { rate_limits: vec![pb::RateLimit { name: "m".into(), limit: 0, window: Some(prost_types::Duration { seconds: 60, nanos: 0 }) }], ..base.clone() },
+            pb::CreateKeyRequest {
+                name: String::new(),
+                ..base.clone()
+            },
+            "name:",
+        ),
+        (
+            pb::CreateKeyRequest {
+                name: "x".repeat(101),
+                ..base.clone()
+            },
+            "name:",
+        ),
+        (
+            pb::CreateKeyRequest {
+                name: "bell\u{7}".into(),
+                ..base.clone()
+            },
+            "name:",
+        ),
+        (
+            pb::CreateKeyRequest {
+                tenant_id: "bad id!".into(),
+                ..base.clone()
+            },
+            "tenant_id:",
+        ),
+        (
+            pb::CreateKeyRequest {
+                ip_allowlist: vec!["10.0.0.1".into(), "999.1.1.1".into()],
+                ..base.clone()
+            },
+            "ip_allowlist[1]:",
+        ),
+        (
+            pb::CreateKeyRequest {
+                metadata: (0..33).map(|i| (format!("k{i}"), "v".into())).collect(),
+                ..base.clone()
+            },
+            "metadata:",
+        ),
+        (
+            pb::CreateKeyRequest {
+                rate_limits: vec![pb::RateLimit {
+                    name: "m".into(),
+                    limit: 0,
+                    window: Some(prost_types::Duration {
+                        seconds: 60,
+                        nanos: 0,
+                    }),
+                }],
+                ..base.clone()
+            },
             "rate_limits[0].limit:",
         ),
-        (pb::CreateKeyRequest { rate_limits: vec![pb::RateLimit { name: "m".into(), limit: 5, window: None }], ..base.clone() }, "rate_limits[0].window:"),
-        (pb::CreateKeyRequest { expiry: Some(Expiry::ExpiresIn(prost_types::Duration { seconds: -5, nanos: 0 })), ..base.clone() }, "expires_in:"),
-        (pb::CreateKeyRequest { environment: "live".into(), ..base.clone() }, "environment:"),
+        (
+            pb::CreateKeyRequest {
+                rate_limits: vec![pb::RateLimit {
+                    name: "m".into(),
+                    limit: 5,
+                    window: None,
+                }],
+                ..base.clone()
+            },
+            "rate_limits[0].window:",
+        ),
+        (
+            pb::CreateKeyRequest {
+                expiry: Some(Expiry::ExpiresIn(prost_types::Duration {
+                    seconds: -5,
+                    nanos: 0,
+                })),
+                ..base.clone()
+            },
+            "expires_in:",
+        ),
+        (
+            pb::CreateKeyRequest {
+                environment: "live".into(),
+                ..base.clone()
+            },
+            "environment:",
+        ),
     ];
     for (req, field) in cases {
         let (c, m) = code(a.client.create_key(a.req(req)).await);
         assert_eq!(c, Code::InvalidArgument, "{field} {m}");
-        assert!(m.starts_with(field), "expected message naming {field}, got {m:?}");
+        assert!(
+            m.starts_with(field),
+            "expected message naming {field}, got {m:?}"
+        );
     }
-    assert_eq!(list(&mut a, "t1", true, true).await.len(), 0, "no bad request left a row");
+    assert_eq!(
+        list(&mut a, "t1", true, true).await.len(),
+        0,
+        "no bad request left a row"
+    );
 
     let bad_tenant = |policy: pb::TenantPolicy| pb::UpsertTenantRequest {
-        tenant: Some(pb::Tenant { id: "t2".into(), policy: Some(policy), ..Default::default() }),
+        tenant: Some(pb::Tenant {
+            id: "t2".into(),
+            policy: Some(policy),
+            ..Default::default()
+        }),
     };
     let policy_cases: Vec<(pb::TenantPolicy, &str)> = vec![
-        (pb::TenantPolicy { key_prefix: "NXC".into(), ..Default::default() }, "tenant.policy.key_prefix:"),
-        (pb::TenantPolicy { environments: vec!["live".into(), "Live".into()], ..Default::default() }, "tenant.policy.environments[1]:"),
-        (pb::TenantPolicy { scope_catalogue: vec!["a::b".into()], ..Default::default() }, "tenant.policy.scope_catalogue[0]:"),
-        (pb::TenantPolicy { scope_catalogue: vec!["read".into()], default_scopes: vec!["write".into()], ..Default::default() }, "tenant.policy.default_scopes:"),
+        (
+            pb::TenantPolicy {
+                key_prefix: "NXC".into(),
+                ..Default::default()
+            },
+            "tenant.policy.key_prefix:",
+        ),
+        (
+            pb::TenantPolicy {
+                environments: vec!["live".into(), "Live".into()],
+                ..Default::default()
+            },
+            "tenant.policy.environments[1]:",
+        ),
+        (
+            pb::TenantPolicy {
+                scope_catalogue: vec!["a::b".into()],
+                ..Default::default()
+            },
+            "tenant.policy.scope_catalogue[0]:",
+        ),
+        (
+            pb::TenantPolicy {
+                scope_catalogue: vec!["read".into()],
+                default_scopes: vec!["write".into()],
+                ..Default::default()
+            },
+            "tenant.policy.default_scopes:",
+        ),
     ];
     for (p, field) in policy_cases {
         let (c, m) = code(a.client.upsert_tenant(a.req(bad_tenant(p))).await);
         assert_eq!(c, Code::InvalidArgument);
         assert!(m.starts_with(field), "expected {field}, got {m:?}");
     }
-    let (c, m) = code(a.client.upsert_tenant(a.req(pb::UpsertTenantRequest { tenant: None })).await);
+    let (c, m) = code(
+        a.client
+            .upsert_tenant(a.req(pb::UpsertTenantRequest { tenant: None }))
+            .await,
+    );
     assert_eq!(c, Code::InvalidArgument);
     assert!(m.starts_with("tenant:"), "{m}");
 
     let k = create(&mut a, base).await.key.unwrap();
-    let (c, m) = code(a.client.update_key(a.req(pb::UpdateKeyRequest { key: Some(k.clone()), update_mask: Some(prost_types::FieldMask { paths: vec!["tenant_id".into()] }) })).await);
+    let (c, m) = code(
+        a.client
+            .update_key(a.req(pb::UpdateKeyRequest {
+                key: Some(k.clone()),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["tenant_id".into()],
+                }),
+            }))
+            .await,
+    );
     assert_eq!(c, Code::InvalidArgument);
     assert!(m.starts_with("update_mask.paths:"), "{m}");
-    let (c, m) = code(a.client.update_key(a.req(pb::UpdateKeyRequest { key: Some(k), update_mask: None })).await);
+    let (c, m) = code(
+        a.client
+            .update_key(a.req(pb::UpdateKeyRequest {
+                key: Some(k),
+                update_mask: None,
+            }))
+            .await,
+    );
     assert_eq!(c, Code::InvalidArgument);
     assert!(m.starts_with("update_mask:"), "{m}");
-    let (c, m) = code(a.client.list_keys(a.req(pb::ListKeysRequest { tenant_id: "t1".into(), page_size: 5000, ..Default::default() })).await);
+    let (c, m) = code(
+        a.client
+            .list_keys(a.req(pb::ListKeysRequest {
+                tenant_id: "t1".into(),
+                page_size: 5000,
+                ..Default::default()
+            }))
+            .await,
+    );
     assert_eq!(c, Code::InvalidArgument);
     assert!(m.starts_with("page_size:"), "{m}");
-    let (c, m) = code(a.client.list_keys(a.req(pb::ListKeysRequest { tenant_id: "t1".into(), page_token: "garbage".into(), ..Default::default() })).await);
+    let (c, m) = code(
+        a.client
+            .list_keys(a.req(pb::ListKeysRequest {
+                tenant_id: "t1".into(),
+                page_token: "garbage".into(),
+                ..Default::default()
+            }))
+            .await,
+    );
     assert_eq!(c, Code::InvalidArgument);
     assert!(m.starts_with("page_token:"), "{m}");
-    let (c, _) = code(a.client.get_key(a.req(pb::GetKeyRequest { key_id: "key_nope".into() })).await);
+    let (c, _) = code(
+        a.client
+            .get_key(a.req(pb::GetKeyRequest {
+                key_id: "key_nope".into(),
+            }))
+            .await,
+    );
     assert_eq!(c, Code::NotFound);
-    let (c, _) = code(a.client.create_key(a.req(key_req("no-such-tenant", "k"))).await);
+    let (c, _) = code(
+        a.client
+            .create_key(a.req(key_req("no-such-tenant", "k")))
+            .await,
+    );
     assert_eq!(c, Code::NotFound);
-    let (c, _) = code(a.client.get_tenant(a.req(pb::GetTenantRequest { tenant_id: "no-such-tenant".into() })).await);
+    let (c, _) = code(
+        a.client
+            .get_tenant(a.req(pb::GetTenantRequest {
+                tenant_id: "no-such-tenant".into(),
+            }))
+            .await,
+    );
     assert_eq!(c, Code::NotFound);
 }
 
@@ -363,14 +745,25 @@ async fn pagination_walks_every_key_once(db: Db) {
     tenant(&mut a, "pages", pb::TenantPolicy::default()).await;
     let mut made = vec![];
     for i in 0..25 {
-        made.push(create(&mut a, key_req("pages", &format!("k{i:02}"))).await.key.unwrap().id);
+        made.push(
+            create(&mut a, key_req("pages", &format!("k{i:02}")))
+                .await
+                .key
+                .unwrap()
+                .id,
+        );
         if i % 3 == 0 {
             s.clock.advance(Duration::from_millis(1));
         }
     }
     let (mut seen, mut token, mut pages) = (vec![], String::new(), 0);
     loop {
-        let req = pb::ListKeysRequest { tenant_id: "pages".into(), page_size: 10, page_token: token.clone(), ..Default::default() };
+        let req = pb::ListKeysRequest {
+            tenant_id: "pages".into(),
+            page_size: 10,
+            page_token: token.clone(),
+            ..Default::default()
+        };
         let resp = a.client.list_keys(a.req(req)).await.unwrap().into_inner();
         pages += 1;
         seen.extend(resp.keys.into_iter().map(|k| k.id));
@@ -392,9 +785,25 @@ async fn pagination_walks_every_key_once(db: Db) {
     for i in 0..5 {
         tenant(&mut a, &format!("tenant-{i}"), pb::TenantPolicy::default()).await;
     }
-    let first = a.client.list_tenants(a.req(pb::ListTenantsRequest { page_size: 4, page_token: String::new() })).await.unwrap().into_inner();
+    let first = a
+        .client
+        .list_tenants(a.req(pb::ListTenantsRequest {
+            page_size: 4,
+            page_token: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(first.tenants.len(), 4);
-    let second = a.client.list_tenants(a.req(pb::ListTenantsRequest { page_size: 4, page_token: first.next_page_token })).await.unwrap().into_inner();
+    let second = a
+        .client
+        .list_tenants(a.req(pb::ListTenantsRequest {
+            page_size: 4,
+            page_token: first.next_page_token,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(second.tenants.len(), 2);
     assert!(second.next_page_token.is_empty());
 }
@@ -411,10 +820,16 @@ async fn rotation_keeps_settings_and_remaining_expiry(db: Db) {
     let old_key = old.key.unwrap();
     s.clock.advance(Duration::from_secs(10 * DAY as u64));
 
-    let grace = prost_types::Duration { seconds: 3600, nanos: 0 };
+    let grace = prost_types::Duration {
+        seconds: 3600,
+        nanos: 0,
+    };
     let rotated = a
         .client
-        .rotate_key(a.req(pb::RotateKeyRequest { key_id: old_key.id.clone(), grace_period: Some(grace) }))
+        .rotate_key(a.req(pb::RotateKeyRequest {
+            key_id: old_key.id.clone(),
+            grace_period: Some(grace),
+        }))
         .await
         .unwrap()
         .into_inner();
@@ -424,21 +839,68 @@ async fn rotation_keeps_settings_and_remaining_expiry(db: Db) {
     assert!(rotated.secret.starts_with("nes_"));
     assert_ne!(new_key.id, old_key.id);
     assert_eq!(new_key.rotated_from_key_id, old_key.id);
-    assert_eq!((&new_key.name, &new_key.scopes, &new_key.metadata), (&old_key.name, &old_key.scopes, &old_key.metadata));
-    assert_eq!(new_key.expire_time, old_key.expire_time, "the successor keeps the remaining expiry, not a fresh 30 days");
-    assert_eq!(prev.state, KeyState::Active as i32, "old secret still valid during grace");
+    assert_eq!(
+        (&new_key.name, &new_key.scopes, &new_key.metadata),
+        (&old_key.name, &old_key.scopes, &old_key.metadata)
+    );
+    assert_eq!(
+        new_key.expire_time, old_key.expire_time,
+        "the successor keeps the remaining expiry, not a fresh 30 days"
+    );
+    assert_eq!(
+        prev.state,
+        KeyState::Active as i32,
+        "old secret still valid during grace"
+    );
     let now = keygate::grpc::convert::timestamp(s.now());
     assert_eq!(prev.revoke_time.unwrap().seconds, now.seconds + 3600);
 
     // Rotating the old key again is refused; the successor can be rotated, with no grace.
-    let (c, m) = code(a.client.rotate_key(a.req(pb::RotateKeyRequest { key_id: old_key.id.clone(), grace_period: None })).await);
+    let (c, m) = code(
+        a.client
+            .rotate_key(a.req(pb::RotateKeyRequest {
+                key_id: old_key.id.clone(),
+                grace_period: None,
+            }))
+            .await,
+    );
     assert_eq!(c, Code::FailedPrecondition, "{m}");
     s.clock.advance(Duration::from_secs(3601));
-    let got = a.client.get_key(a.req(pb::GetKeyRequest { key_id: old_key.id.clone() })).await.unwrap().into_inner();
-    assert_eq!(got.state, KeyState::Revoked as i32, "grace over: old key revoked");
-    let third = a.client.rotate_key(a.req(pb::RotateKeyRequest { key_id: new_key.id.clone(), grace_period: None })).await.unwrap().into_inner();
-    assert_eq!(third.previous_key.unwrap().state, KeyState::Revoked as i32, "no grace: revoked at once");
-    let (c, m) = code(a.client.rotate_key(a.req(pb::RotateKeyRequest { key_id: third.key.unwrap().id, grace_period: Some(days(31)) })).await);
+    let got = a
+        .client
+        .get_key(a.req(pb::GetKeyRequest {
+            key_id: old_key.id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        got.state,
+        KeyState::Revoked as i32,
+        "grace over: old key revoked"
+    );
+    let third = a
+        .client
+        .rotate_key(a.req(pb::RotateKeyRequest {
+            key_id: new_key.id.clone(),
+            grace_period: None,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        third.previous_key.unwrap().state,
+        KeyState::Revoked as i32,
+        "no grace: revoked at once"
+    );
+    let (c, m) = code(
+        a.client
+            .rotate_key(a.req(pb::RotateKeyRequest {
+                key_id: third.key.unwrap().id,
+                grace_period: Some(days(31)),
+            }))
+            .await,
+    );
     assert_eq!(c, Code::InvalidArgument);
     assert!(m.starts_with("grace_period:"), "{m}");
 }
@@ -447,13 +909,24 @@ async fn tenant_upsert_keeps_create_time(db: Db) {
     let s = server_or_skip!(db);
     let mut a = s.admin().await;
     let first = tenant(&mut a, "acme", pb::TenantPolicy::default()).await;
-    assert_eq!(first.policy.as_ref().unwrap().key_prefix, "kg_", "default prefix is shown");
+    assert_eq!(
+        first.policy.as_ref().unwrap().key_prefix,
+        "kg_",
+        "default prefix is shown"
+    );
     s.clock.advance(Duration::from_secs(60));
     let second = tenant(&mut a, "acme", nesika_policy()).await;
     assert_eq!(second.create_time, first.create_time);
     assert_ne!(second.update_time, first.update_time);
     assert_eq!(second.policy.unwrap().key_prefix, "nes_");
-    let got = a.client.get_tenant(a.req(pb::GetTenantRequest { tenant_id: "acme".into() })).await.unwrap().into_inner();
+    let got = a
+        .client
+        .get_tenant(a.req(pb::GetTenantRequest {
+            tenant_id: "acme".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(got.policy.unwrap().max_active_keys, 10);
 }
 
@@ -467,15 +940,33 @@ async fn admin_calls_need_an_admin_token(db: Db) {
     let (c, m) = code(client.list_tenants(pb::ListTenantsRequest::default()).await);
     assert_eq!(c, Code::Unauthenticated, "{m}");
     for (header, want) in [
-        ("Bearer wrong-token-wrong-token".to_string(), Code::Unauthenticated),
-        (format!("Basic {}", crate::support::ADMIN_TOKEN), Code::Unauthenticated),
+        (
+            "Bearer wrong-token-wrong-token".to_string(),
+            Code::Unauthenticated,
+        ),
+        (
+            format!("Basic {}", crate::support::ADMIN_TOKEN),
+            Code::Unauthenticated,
+        ),
         (format!("Bearer {api_key}"), Code::PermissionDenied),
         (format!("bearer {}", crate::support::ADMIN_TOKEN), Code::Ok),
     ] {
         let mut r = tonic::Request::new(pb::ListTenantsRequest::default());
-        r.metadata_mut().insert("authorization", header.parse().unwrap());
-        let got = client.list_tenants(r).await.map(|_| ()).map_err(|s| s.code()).err().unwrap_or(Code::Ok);
-        assert_eq!(got, want, "authorization: {}", header.split(' ').next().unwrap());
+        r.metadata_mut()
+            .insert("authorization", header.parse().unwrap());
+        let got = client
+            .list_tenants(r)
+            .await
+            .map(|_| ())
+            .map_err(|s| s.code())
+            .err()
+            .unwrap_or(Code::Ok);
+        assert_eq!(
+            got,
+            want,
+            "authorization: {}",
+            header.split(' ').next().unwrap()
+        );
     }
 }
 

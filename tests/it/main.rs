@@ -4,4 +4,5 @@
 mod support;
 
 mod binary;
+mod check;
 mod key_admin;

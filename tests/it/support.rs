@@ -1,7 +1,8 @@
 //! The test harness: start a real Keygate on a free port over a fresh database.
 #![allow(dead_code)]
 use keygate::config::Config;
-use keygate::domain::{ManualClock, SystemClock, Clock, UnixMillis};
+use keygate::domain::{Clock, ManualClock, SystemClock, UnixMillis};
+use keygate::grpc::pb::authorize_client::AuthorizeClient;
 use keygate::grpc::pb::key_admin_client::KeyAdminClient;
 use keygate::Options;
 use std::net::SocketAddr;
@@ -36,8 +37,12 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 async fn pg_exec(sql: &str) -> Result<(), String> {
     use sea_orm::ConnectionTrait;
-    let db = sea_orm::Database::connect(PG_ADMIN_URL).await.map_err(|e| e.to_string())?;
-    db.execute_unprepared(sql).await.map_err(|e| e.to_string())?;
+    let db = sea_orm::Database::connect(PG_ADMIN_URL)
+        .await
+        .map_err(|e| e.to_string())?;
+    db.execute_unprepared(sql)
+        .await
+        .map_err(|e| e.to_string())?;
     db.close().await.map_err(|e| e.to_string())
 }
 
@@ -49,7 +54,11 @@ impl TestDb {
             Db::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let url = format!("sqlite://{}", dir.path().join("keygate.db").display());
-                Some(TestDb { url, pg_name: None, _dir: Some(dir) })
+                Some(TestDb {
+                    url,
+                    pg_name: None,
+                    _dir: Some(dir),
+                })
             }
             Db::Postgres => {
                 let name = format!(
@@ -70,7 +79,9 @@ impl TestDb {
                         );
                         None
                     }
-                    Err(e) => panic!("PostgreSQL is required under CI=true and is unreachable: {e}"),
+                    Err(e) => {
+                        panic!("PostgreSQL is required under CI=true and is unreachable: {e}")
+                    }
                 }
             }
         }
@@ -82,8 +93,13 @@ impl Drop for TestDb {
         if let Some(name) = self.pg_name.take() {
             // Async work in Drop: a runtime of its own on a thread of its own.
             let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                let _ = rt.block_on(pg_exec(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")));
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let _ = rt.block_on(pg_exec(&format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )));
             })
             .join();
         }
@@ -93,6 +109,8 @@ impl Drop for TestDb {
 /// A running server.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The server's hasher: its verify count shows how often argon2 ran.
+    pub hasher: keygate::hashing::SecretHasher,
     pub clock: Arc<ManualClock>,
     pub db: TestDb,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -128,20 +146,37 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let opts = Options { clock: clock.clone() };
-        let handle = tokio::spawn(keygate::run_with(cfg, listener, opts, async move {
+        let opts = Options {
+            clock: clock.clone(),
+        };
+        let app = keygate::App::build(cfg, opts).await.expect("server builds");
+        let hasher = app.hasher.clone();
+        let handle = tokio::spawn(app.serve(listener, async move {
             let _ = rx.await;
         }));
-        let server = TestServer { addr, clock, db, stop: Some(tx), handle: Some(handle) };
+        let server = TestServer {
+            addr,
+            hasher,
+            clock,
+            db,
+            stop: Some(tx),
+            handle: Some(handle),
+        };
         server.wait_ready().await;
         server
     }
 
     async fn wait_ready(&self) {
         for _ in 0..200 {
-            if let Ok(ch) = Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await {
+            if let Ok(ch) = Channel::from_shared(format!("http://{}", self.addr))
+                .unwrap()
+                .connect()
+                .await
+            {
                 let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
-                let req = tonic_health::pb::HealthCheckRequest { service: "keygate.v1.KeyAdmin".into() };
+                let req = tonic_health::pb::HealthCheckRequest {
+                    service: "keygate.v1.KeyAdmin".into(),
+                };
                 if h.check(req).await.is_ok_and(|r| r.get_ref().status == 1) {
                     return;
                 }
@@ -152,11 +187,22 @@ impl TestServer {
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.unwrap()
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
     }
 
     pub async fn admin(&self) -> Admin {
-        Admin { client: KeyAdminClient::new(self.channel().await), token: ADMIN_TOKEN.into() }
+        Admin {
+            client: KeyAdminClient::new(self.channel().await),
+            token: ADMIN_TOKEN.into(),
+        }
+    }
+
+    pub async fn authorize(&self) -> AuthorizeClient<Channel> {
+        AuthorizeClient::new(self.channel().await)
     }
 
     pub fn now(&self) -> UnixMillis {
@@ -188,7 +234,10 @@ pub struct Admin {
 impl Admin {
     pub fn req<T>(&self, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
-        r.metadata_mut().insert("authorization", format!("Bearer {}", self.token).parse().unwrap());
+        r.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.token).parse().unwrap(),
+        );
         r
     }
 }
@@ -231,7 +280,9 @@ macro_rules! server_or_skip {
 }
 
 /// The status code of a failed call, with its message for assertions.
-pub fn code<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> (tonic::Code, String) {
+pub fn code<T: std::fmt::Debug>(
+    r: Result<tonic::Response<T>, tonic::Status>,
+) -> (tonic::Code, String) {
     let s = r.expect_err("call should have failed");
     (s.code(), s.message().to_owned())
 }

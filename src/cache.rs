@@ -1,0 +1,217 @@
+//! Verified keys and tenants held in memory so a hot key's check touches neither the
+//! database nor argon2.
+//!
+//! Keys are cached under the SHA-256 of the full presented key (never the key itself).
+//! Loads are single-flight: concurrent misses for one key share one store lookup and one
+//! argon2 verify. Invalidation has to beat a race: a load that read the row *before* an
+//! admin change may insert its entry *after* the change was announced. So every entry
+//! records the change epoch at which its load began, every change leaves a tombstone with
+//! a newer epoch, and a hit on an entry older than its tombstone is a miss.
+use crate::config::CacheConfig;
+use crate::domain::{KeyRecord, Tenant};
+use crate::error::{Error, Result};
+use crate::service::ChangeListener;
+use sha2::{Digest, Sha256};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// SHA-256 of a presented key: the cache's key.
+pub type KeyDigest = [u8; 32];
+
+pub fn digest(presented: &str) -> KeyDigest {
+    Sha256::digest(presented.as_bytes()).into()
+}
+
+/// A cached value and the change epoch its load started at.
+#[derive(Debug)]
+pub struct Loaded<T> {
+    pub value: T,
+    pub epoch: u64,
+}
+
+impl<T> std::ops::Deref for Loaded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+/// Why a key did not resolve; cached briefly so a flood of one bad key stays off the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unknown;
+
+/// The caches of verified keys, unknown keys and tenants.
+pub struct KeyCache {
+    epoch: AtomicU64,
+    keys: moka::future::Cache<KeyDigest, Arc<Loaded<KeyRecord>>>,
+    unknown: moka::future::Cache<KeyDigest, ()>,
+    tenants: moka::future::Cache<String, Arc<Loaded<Tenant>>>,
+    key_tombstones: moka::sync::Cache<String, u64>,
+    tenant_tombstones: moka::sync::Cache<String, u64>,
+}
+
+/// What a key load produced: the key, or "no such key / wrong secret".
+pub enum Resolved {
+    Key(Arc<Loaded<KeyRecord>>),
+    Unknown,
+}
+
+impl KeyCache {
+    pub fn new(cfg: &CacheConfig) -> Self {
+        let ttl = Duration::from_secs(cfg.ttl_secs);
+        // A tombstone must outlive every entry loaded before it.
+        let tomb_ttl = ttl + Duration::from_secs(5);
+        KeyCache {
+            epoch: AtomicU64::new(1),
+            keys: moka::future::Cache::builder()
+                .max_capacity(cfg.max_entries)
+                .time_to_live(ttl)
+                .build(),
+            unknown: moka::future::Cache::builder()
+                .max_capacity(cfg.negative_max_entries)
+                .time_to_live(Duration::from_secs(cfg.negative_ttl_secs.max(1)))
+                .build(),
+            tenants: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+            key_tombstones: moka::sync::Cache::builder()
+                .max_capacity(cfg.max_entries)
+                .time_to_live(tomb_ttl)
+                .build(),
+            tenant_tombstones: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(tomb_ttl)
+                .build(),
+        }
+    }
+
+    fn current_epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// The key for `digest`, loading it with `load` on a miss (single-flight). `load`
+    /// returns `Ok(None)` for an unknown key or a wrong secret.
+    pub async fn key<F>(&self, digest: KeyDigest, lookup_id: &str, load: F) -> Result<Resolved>
+    where
+        F: Future<Output = Result<Option<KeyRecord>>>,
+    {
+        if let Some(hit) = self.keys.get(&digest).await {
+            if self
+                .key_tombstones
+                .get(lookup_id)
+                .is_none_or(|t| hit.epoch >= t)
+            {
+                return Ok(Resolved::Key(hit));
+            }
+            self.keys.invalidate(&digest).await;
+        }
+        if self.unknown.contains_key(&digest) {
+            return Ok(Resolved::Unknown);
+        }
+        let epoch = self.current_epoch();
+        let loaded = self
+            .keys
+            .try_get_with(digest, async move {
+                match load.await? {
+                    Some(value) => Ok(Arc::new(Loaded { value, epoch })),
+                    None => Err(Error::not_found("key", "")),
+                }
+            })
+            .await;
+        match loaded {
+            Ok(k) => Ok(Resolved::Key(k)),
+            Err(e) => match &*e {
+                Error::NotFound { .. } => {
+                    self.unknown.insert(digest, ()).await;
+                    Ok(Resolved::Unknown)
+                }
+                _ => Err(shared(e)),
+            },
+        }
+    }
+
+    /// The tenant `id`, loading it with `load` on a miss (single-flight).
+    pub async fn tenant<F>(&self, id: &str, load: F) -> Result<Arc<Loaded<Tenant>>>
+    where
+        F: Future<Output = Result<Tenant>>,
+    {
+        if let Some(hit) = self.tenants.get(id).await {
+            if self
+                .tenant_tombstones
+                .get(id)
+                .is_none_or(|t| hit.epoch >= t)
+            {
+                return Ok(hit);
+            }
+            self.tenants.invalidate(id).await;
+        }
+        let epoch = self.current_epoch();
+        self.tenants
+            .try_get_with_by_ref(id, async move {
+                Ok::<_, Error>(Arc::new(Loaded {
+                    value: load.await?,
+                    epoch,
+                }))
+            })
+            .await
+            .map_err(shared)
+    }
+
+    fn bump(&self) -> u64 {
+        self.epoch.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Entries currently held (approximate; for metrics and tests).
+    pub fn len(&self) -> u64 {
+        self.keys.entry_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// moka hands a failed load's error to every waiter behind an `Arc`; rebuild an owned
+/// error of the same kind (the original cause is logged where it happened).
+fn shared(e: Arc<Error>) -> Error {
+    match &*e {
+        Error::Unavailable { what, .. } => Error::Unavailable {
+            what,
+            source: Box::new(ArcError(e.clone())),
+        },
+        _ => Error::Internal {
+            context: "loading a key",
+            source: Some(Box::new(ArcError(e.clone()))),
+        },
+    }
+}
+
+#[derive(Debug)]
+struct ArcError(Arc<Error>);
+
+impl std::fmt::Display for ArcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for ArcError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&*self.0)
+    }
+}
+
+impl ChangeListener for KeyCache {
+    fn key_changed(&self, _key_id: &str, lookup_id: &str) {
+        let e = self.bump();
+        self.key_tombstones.insert(lookup_id.to_owned(), e);
+    }
+
+    fn tenant_changed(&self, tenant_id: &str) {
+        let e = self.bump();
+        self.tenant_tombstones.insert(tenant_id.to_owned(), e);
+    }
+}

@@ -1,0 +1,118 @@
+//! `keygate.v1.Authorize/Check`: convert, decide, convert back.
+use super::{convert, pb};
+use crate::domain::{ip, Scope};
+use crate::error::{Error, Result};
+use crate::service::check::{CheckInput, CheckService, Decision, Reason};
+use std::net::IpAddr;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub struct AuthorizeApi {
+    svc: Arc<CheckService>,
+}
+
+impl AuthorizeApi {
+    pub fn new(svc: Arc<CheckService>) -> Self {
+        AuthorizeApi { svc }
+    }
+}
+
+/// Parses a client address; empty means unknown.
+pub fn client_ip(field: &str, raw: &str) -> Result<Option<IpAddr>> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    raw.trim()
+        .parse::<IpAddr>()
+        .map(|a| Some(ip::unmap(a)))
+        .map_err(|_| Error::invalid(field, format!("{raw:?} is not an IPv4 or IPv6 address")))
+}
+
+fn input(r: pb::CheckRequest) -> Result<CheckInput> {
+    let required_scopes = r
+        .required_scopes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Scope::parse(&format!("required_scopes[{i}]"), s))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(CheckInput {
+        client_ip: client_ip("client_ip", &r.client_ip)?,
+        required_scopes,
+        tenant_id: Some(r.tenant_id).filter(|t| !t.is_empty()),
+        method: Some(r.method).filter(|m| !m.is_empty()),
+        path: Some(r.path).filter(|p| !p.is_empty()),
+        cost: u64::from(r.cost.max(1)),
+        dry_run: r.dry_run,
+        api_key: r.api_key,
+    })
+}
+
+fn reason(r: Reason) -> pb::Reason {
+    match r {
+        Reason::Ok => pb::Reason::Ok,
+        Reason::MissingCredential => pb::Reason::MissingCredential,
+        Reason::MalformedKey => pb::Reason::MalformedKey,
+        Reason::KeyNotFound => pb::Reason::KeyNotFound,
+        Reason::KeyRevoked => pb::Reason::KeyRevoked,
+        Reason::KeyExpired => pb::Reason::KeyExpired,
+        Reason::KeyDisabled => pb::Reason::KeyDisabled,
+        Reason::TenantMismatch => pb::Reason::TenantMismatch,
+        Reason::InsufficientScope => pb::Reason::InsufficientScope,
+        Reason::IpNotAllowed => pb::Reason::IpNotAllowed,
+        Reason::RateLimited => pb::Reason::RateLimited,
+    }
+}
+
+/// The wire form of a decision.
+pub fn response(d: Decision) -> pb::CheckResponse {
+    let mut resp = pb::CheckResponse {
+        decision: if d.allowed() {
+            pb::Decision::Allow
+        } else {
+            pb::Decision::Deny
+        } as i32,
+        reason: reason(d.reason) as i32,
+        http_status: u32::from(d.reason.http_status()),
+        message: d.reason.message().to_owned(),
+        scopes: d.scopes.to_strings(),
+        rate_limit: d.rate_limit.map(|l| pb::RateLimitStatus {
+            limit: l.limit,
+            remaining: l.remaining,
+            reset_time: Some(convert::timestamp(l.reset)),
+            retry_after: l.retry_after.map(convert::duration),
+            name: l.name,
+        }),
+        ..Default::default()
+    };
+    if let Some(k) = d.key {
+        resp.key_id = k.id.clone();
+        resp.tenant_id = k.tenant_id.clone();
+        resp.key_name = k.name.clone();
+        resp.environment = k.environment.clone();
+        resp.metadata = k
+            .metadata
+            .iter()
+            .map(|(a, b)| (a.clone(), b.clone()))
+            .collect();
+    }
+    resp
+}
+
+#[tonic::async_trait]
+impl pb::authorize_server::Authorize for AuthorizeApi {
+    #[tracing::instrument(skip_all, fields(key_id, tenant_id, reason))]
+    async fn check(
+        &self,
+        req: Request<pb::CheckRequest>,
+    ) -> Result<Response<pb::CheckResponse>, Status> {
+        let input = input(req.into_inner())?;
+        let decision = self.svc.check(&input).await?;
+        let span = tracing::Span::current();
+        if let Some(k) = &decision.key {
+            span.record("key_id", k.id.as_str());
+            span.record("tenant_id", k.tenant_id.as_str());
+        }
+        span.record("reason", tracing::field::debug(decision.reason));
+        Ok(Response::new(response(decision)))
+    }
+}

@@ -1,0 +1,174 @@
+//! The in-memory limiter: exact for one replica, bounded in memory.
+use super::{LimitOutcome, LimitStatus, RateLimiter, Window};
+use crate::domain::{RateLimitSpec, UnixMillis};
+use crate::error::Result;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Counters of one bucket (one key), one window per limit, guarded together so a call is
+/// decided and spent on all limits atomically.
+#[derive(Default)]
+struct Bucket {
+    windows: Vec<(String, Window)>,
+    /// The longest window among the limits, for expiry.
+    longest: Duration,
+}
+
+struct Idle;
+
+impl moka::Expiry<String, Arc<Mutex<Bucket>>> for Idle {
+    fn expire_after_read(
+        &self,
+        _: &String,
+        v: &Arc<Mutex<Bucket>>,
+        _: std::time::Instant,
+        _: Option<Duration>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(ttl(v))
+    }
+    fn expire_after_create(
+        &self,
+        _: &String,
+        v: &Arc<Mutex<Bucket>>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(ttl(v))
+    }
+}
+
+/// A bucket idle for two of its longest windows holds nothing that matters any more.
+fn ttl(v: &Arc<Mutex<Bucket>>) -> Duration {
+    let longest = v
+        .lock()
+        .map(|b| b.longest)
+        .unwrap_or(Duration::from_secs(60));
+    (longest * 2).max(Duration::from_secs(60))
+}
+
+/// The embedded limiter.
+pub struct MemoryLimiter {
+    buckets: moka::sync::Cache<String, Arc<Mutex<Bucket>>>,
+}
+
+impl MemoryLimiter {
+    /// Holds at most `max_buckets` keys' counters (least recently used go first).
+    pub fn new(max_buckets: u64) -> Self {
+        MemoryLimiter {
+            buckets: moka::sync::Cache::builder()
+                .max_capacity(max_buckets)
+                .expire_after(Idle)
+                .build(),
+        }
+    }
+}
+
+impl Default for MemoryLimiter {
+    fn default() -> Self {
+        Self::new(1_000_000)
+    }
+}
+
+/// Decides and (unless `dry_run`) spends on `windows`; shared by every limiter that keeps
+/// its windows in process.
+pub fn decide(
+    windows: &mut [Window],
+    limits: &[RateLimitSpec],
+    cost: u64,
+    now: i64,
+    dry_run: bool,
+) -> LimitOutcome {
+    for (w, l) in windows.iter_mut().zip(limits) {
+        w.roll(now, l.window.as_millis() as i64);
+    }
+    let refusing = windows
+        .iter()
+        .zip(limits)
+        .filter(|(w, l)| !w.admits(now, l.limit, cost))
+        .max_by_key(|(w, l)| w.next_admission(now, l.limit, cost).unwrap_or(i64::MAX));
+    if let Some((w, l)) = refusing {
+        let retry_after = w
+            .next_admission(now, l.limit, cost)
+            .map(|at| Duration::from_millis((at - now).max(0) as u64));
+        let status = LimitStatus {
+            name: l.name.clone(),
+            limit: l.limit,
+            remaining: w.remaining(now, l.limit),
+            reset: UnixMillis(w.reset(now)),
+            retry_after,
+        };
+        return LimitOutcome {
+            allowed: false,
+            status: Some(status),
+        };
+    }
+    if !dry_run {
+        for w in windows.iter_mut() {
+            w.current += cost;
+        }
+    }
+    let tightest = windows
+        .iter()
+        .zip(limits)
+        .min_by_key(|(w, l)| w.remaining(now, l.limit));
+    let status = tightest.map(|(w, l)| LimitStatus {
+        name: l.name.clone(),
+        limit: l.limit,
+        remaining: w.remaining(now, l.limit),
+        reset: UnixMillis(w.reset(now)),
+        retry_after: None,
+    });
+    LimitOutcome {
+        allowed: true,
+        status,
+    }
+}
+
+#[async_trait::async_trait]
+impl RateLimiter for MemoryLimiter {
+    async fn check(
+        &self,
+        bucket: &str,
+        limits: &[RateLimitSpec],
+        cost: u64,
+        now: UnixMillis,
+        dry_run: bool,
+    ) -> Result<LimitOutcome> {
+        if limits.is_empty() {
+            return Ok(LimitOutcome {
+                allowed: true,
+                status: None,
+            });
+        }
+        let entry = self
+            .buckets
+            .get_with_by_ref(bucket, || Arc::new(Mutex::new(Bucket::default())));
+        let mut b = entry.lock().unwrap_or_else(|p| p.into_inner());
+        // Line the stored windows up with the current limits (by name); a limit whose
+        // window length changed starts afresh, one that is unchanged keeps its counts.
+        if b.windows.len() != limits.len()
+            || b.windows.iter().zip(limits).any(|((n, _), l)| *n != l.name)
+        {
+            let old = std::mem::take(&mut b.windows);
+            b.windows = limits
+                .iter()
+                .map(|l| {
+                    (
+                        l.name.clone(),
+                        old.iter()
+                            .find(|(n, _)| *n == l.name)
+                            .map(|(_, w)| *w)
+                            .unwrap_or_default(),
+                    )
+                })
+                .collect();
+            b.longest = limits.iter().map(|l| l.window).max().unwrap_or_default();
+        }
+        let mut windows: Vec<Window> = b.windows.iter().map(|(_, w)| *w).collect();
+        let outcome = decide(&mut windows, limits, cost, now.0, dry_run);
+        for ((_, stored), w) in b.windows.iter_mut().zip(windows) {
+            *stored = w;
+        }
+        Ok(outcome)
+    }
+}

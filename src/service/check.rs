@@ -1,0 +1,256 @@
+//! The one decision procedure. `keygate.v1.Authorize/Check` and Envoy's ext_authz both
+//! call [`CheckService::check`]; neither decides anything itself.
+//!
+//! Order (first failure wins): credential → format → key exists → revoked / disabled /
+//! expired → tenant → IP → scope → rate limit.
+use super::last_used::LastUsed;
+use crate::cache::{self, KeyCache, Loaded, Resolved};
+use crate::domain::key;
+use crate::domain::{Clock, KeyRecord, Scope, ScopeSet, Tenant};
+use crate::error::{Error, Result};
+use crate::hashing::SecretHasher;
+use crate::limiter::{LimitStatus, RateLimiter};
+use crate::store::KeyStore;
+use secrecy::SecretString;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// What a caller asks.
+#[derive(Debug, Clone, Default)]
+pub struct CheckInput {
+    /// The key as presented. Held only for the duration of the check; never logged.
+    pub api_key: String,
+    pub tenant_id: Option<String>,
+    pub required_scopes: Vec<Scope>,
+    /// `None` = unknown: a key with an IP allowlist is then denied.
+    pub client_ip: Option<IpAddr>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    /// At least 1.
+    pub cost: u64,
+    pub dry_run: bool,
+}
+
+/// Why a decision was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Ok,
+    MissingCredential,
+    MalformedKey,
+    KeyNotFound,
+    KeyRevoked,
+    KeyExpired,
+    KeyDisabled,
+    TenantMismatch,
+    InsufficientScope,
+    IpNotAllowed,
+    RateLimited,
+}
+
+impl Reason {
+    /// What a gateway should answer.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Reason::Ok => 200,
+            Reason::InsufficientScope | Reason::IpNotAllowed => 403,
+            Reason::RateLimited => 429,
+            _ => 401,
+        }
+    }
+
+    /// Text safe to show the client: it never contains the key.
+    pub fn message(self) -> &'static str {
+        match self {
+            Reason::Ok => "allowed",
+            Reason::MissingCredential => "no API key was presented",
+            Reason::MalformedKey => "the API key is not well-formed",
+            Reason::KeyNotFound => "invalid API key",
+            Reason::KeyRevoked => "the API key has been revoked",
+            Reason::KeyExpired => "the API key has expired",
+            Reason::KeyDisabled => "the API key is disabled",
+            Reason::TenantMismatch => "the API key does not belong to this tenant",
+            Reason::InsufficientScope => "the API key's scopes do not allow this call",
+            Reason::IpNotAllowed => {
+                "requests from this IP address are not allowed for this API key"
+            }
+            Reason::RateLimited => "rate limit exceeded",
+        }
+    }
+}
+
+/// The answer. A denial is data, not an error.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub reason: Reason,
+    /// Set once the key was identified (even when later denied); shared with the cache.
+    pub key: Option<Arc<Loaded<KeyRecord>>>,
+    /// The key's effective scopes under its tenant's current catalogue.
+    pub scopes: ScopeSet,
+    pub rate_limit: Option<LimitStatus>,
+}
+
+impl Decision {
+    pub fn allowed(&self) -> bool {
+        self.reason == Reason::Ok
+    }
+
+    fn deny(reason: Reason) -> Self {
+        Decision {
+            reason,
+            key: None,
+            scopes: ScopeSet::default(),
+            rate_limit: None,
+        }
+    }
+}
+
+/// Scopes implied by an HTTP method when the tenant turns on `scopes_from_method`.
+/// Safe methods need `read`; anything else (including unknown methods) needs `write`.
+fn method_scope(method: &str) -> Scope {
+    let word = match method.to_ascii_uppercase().as_str() {
+        "GET" | "HEAD" | "OPTIONS" => "read",
+        _ => "write",
+    };
+    Scope::parse("method", word).unwrap_or_else(|_| unreachable!("literal scopes parse"))
+}
+
+pub struct CheckService {
+    store: Arc<dyn KeyStore>,
+    hasher: SecretHasher,
+    cache: Arc<KeyCache>,
+    limiter: Arc<dyn RateLimiter>,
+    clock: Arc<dyn Clock>,
+    last_used: Arc<LastUsed>,
+}
+
+impl CheckService {
+    pub fn new(
+        store: Arc<dyn KeyStore>,
+        hasher: SecretHasher,
+        cache: Arc<KeyCache>,
+        limiter: Arc<dyn RateLimiter>,
+        clock: Arc<dyn Clock>,
+        last_used: Arc<LastUsed>,
+    ) -> Self {
+        CheckService {
+            store,
+            hasher,
+            cache,
+            limiter,
+            clock,
+            last_used,
+        }
+    }
+
+    /// Decides one call. Errors only when Keygate cannot decide (store unreachable:
+    /// `Unavailable`, so gateways apply their failure mode).
+    pub async fn check(&self, input: &CheckInput) -> Result<Decision> {
+        if input.api_key.is_empty() {
+            return Ok(Decision::deny(Reason::MissingCredential));
+        }
+        let Ok(parsed) = key::parse(&input.api_key) else {
+            return Ok(Decision::deny(Reason::MalformedKey));
+        };
+        let key = match self
+            .resolve(&input.api_key, parsed.lookup_id, parsed.head)
+            .await?
+        {
+            Resolved::Key(k) => k,
+            Resolved::Unknown => return Ok(Decision::deny(Reason::KeyNotFound)),
+        };
+        let record = &key.value;
+        let now = self.clock.now();
+        let tenant = self.tenant(&record.tenant_id).await?;
+        let policy = &tenant.policy;
+        let scopes = record.scopes.limited_to(&policy.scope_catalogue);
+        let limits = if record.rate_limits.is_empty() {
+            &policy.default_rate_limits
+        } else {
+            &record.rate_limits
+        };
+        let mut decision = Decision {
+            reason: Reason::Ok,
+            key: Some(key.clone()),
+            scopes,
+            rate_limit: None,
+        };
+
+        let reason = if record.is_revoked(now) {
+            Reason::KeyRevoked
+        } else if !record.enabled {
+            Reason::KeyDisabled
+        } else if record.is_expired(now) {
+            Reason::KeyExpired
+        } else if input
+            .tenant_id
+            .as_deref()
+            .is_some_and(|t| t != record.tenant_id)
+        {
+            Reason::TenantMismatch
+        } else if !record.ip_allowlist.admits(input.client_ip) {
+            Reason::IpNotAllowed
+        } else if !self.scopes_suffice(input, policy.scopes_from_method, &decision.scopes) {
+            Reason::InsufficientScope
+        } else {
+            let outcome = self
+                .limiter
+                .check(&record.id, limits, input.cost.max(1), now, input.dry_run)
+                .await?;
+            decision.rate_limit = outcome.status;
+            if outcome.allowed {
+                Reason::Ok
+            } else {
+                Reason::RateLimited
+            }
+        };
+        decision.reason = reason;
+        if !input.dry_run {
+            self.last_used.note(&record.id, now);
+        }
+        Ok(decision)
+    }
+
+    fn scopes_suffice(&self, input: &CheckInput, from_method: bool, granted: &ScopeSet) -> bool {
+        if !input.required_scopes.is_empty() {
+            return input.required_scopes.iter().all(|s| granted.grants(s));
+        }
+        match (&input.method, from_method) {
+            (Some(m), true) if !m.is_empty() => granted.grants(&method_scope(m)),
+            _ => true,
+        }
+    }
+
+    /// Cache, else one indexed lookup and one argon2 verify (single-flight). An unknown
+    /// lookup id still costs a verify against a dummy hash, so timing reveals nothing.
+    async fn resolve(&self, presented: &str, lookup_id: &str, head: &str) -> Result<Resolved> {
+        let digest = cache::digest(presented);
+        let store = self.store.clone();
+        let hasher = self.hasher.clone();
+        let secret = SecretString::from(presented.to_owned());
+        let (lookup, head) = (lookup_id.to_owned(), head.to_owned());
+        self.cache
+            .key(digest, lookup_id, async move {
+                let found = store.find_by_lookup_id(&lookup).await?;
+                let (record, hash) = match found {
+                    Some((r, h)) => (Some(r), Some(h)),
+                    None => (None, None),
+                };
+                let verified = hasher.verify(secret, hash).await?;
+                Ok(record.filter(|r| verified && r.key_prefix == head))
+            })
+            .await
+    }
+
+    async fn tenant(&self, id: &str) -> Result<Arc<Loaded<Tenant>>> {
+        let store = self.store.clone();
+        let owned = id.to_owned();
+        self.cache
+            .tenant(id, async move {
+                store.get_tenant(&owned).await?.ok_or(Error::Internal {
+                    context: "key without a tenant",
+                    source: None,
+                })
+            })
+            .await
+    }
+}
