@@ -15,9 +15,12 @@ pub struct Actor {
     pub token_id: String,
 }
 
-/// SHA-256 digests of accepted admin tokens, with their ids.
+/// An accepted token: its id and the SHA-256 digest of the token.
+type TokenEntry = (String, [u8; 32]);
+
+/// The admin tokens this server accepts.
 #[derive(Clone, Default)]
-pub struct AdminTokens(Arc<RwLock<Vec<(String, [u8; 32])>>>);
+pub struct AdminTokens(Arc<RwLock<Vec<TokenEntry>>>);
 
 pub fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()

@@ -8,10 +8,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// A running `keygate` process and every stderr line it printed so far.
-struct Proc {
-    child: Child,
+pub struct Proc {
+    pub child: Child,
     lines: Arc<Mutex<Vec<String>>>,
-    addr: String,
+    pub addr: String,
 }
 
 fn command(db_url: &str, extra_env: &[(&str, &str)], args: &[&str]) -> Command {
@@ -31,7 +31,7 @@ fn command(db_url: &str, extra_env: &[(&str, &str)], args: &[&str]) -> Command {
     cmd
 }
 
-async fn spawn(db_url: &str, extra_env: &[(&str, &str)], args: &[&str]) -> Proc {
+pub async fn spawn(db_url: &str, extra_env: &[(&str, &str)], args: &[&str]) -> Proc {
     let mut child = command(db_url, extra_env, args)
         .spawn()
         .expect("spawn keygate");
@@ -78,7 +78,7 @@ impl Proc {
         }
     }
 
-    fn output(&self) -> String {
+    pub fn output(&self) -> String {
         self.lines.lock().unwrap().join("\n")
     }
 }

@@ -114,8 +114,8 @@ async fn lifecycle(db: Db) {
     assert_eq!(key.state, KeyState::Active as i32);
     assert_eq!(key.scopes, vec!["orders:write", "products:read"]);
     assert_eq!(key.ip_allowlist, vec!["10.0.0.0/8", "192.0.2.1"]);
-    let expire = key.expire_time.clone().unwrap();
-    let create_time = key.create_time.clone().unwrap();
+    let expire = key.expire_time.unwrap();
+    let create_time = key.create_time.unwrap();
     assert_eq!(expire.seconds - create_time.seconds, 90 * DAY);
 
     let got = a

@@ -6,3 +6,4 @@ mod support;
 mod binary;
 mod check;
 mod key_admin;
+mod readme;

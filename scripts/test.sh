@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs Keygate's whole test suite: unit tests, and the integration suite against the real
+# server, real SQLite, the machine's real PostgreSQL, and real grpcurl for the README.
+#
+# It installs the tools it needs (scripts/install-tools.sh) and starts PostgreSQL/Redis if
+# they are down (scripts/services.sh). Under CI=true a missing service or tool fails the
+# suite; otherwise such tests skip with a loud message saying how to get it.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+tools_bin="$("$root/scripts/install-tools.sh")" || {
+  echo "test.sh: could not install the test tools" >&2
+  [ "${CI:-}" = true ] && exit 1
+}
+export PATH="${tools_bin:+$tools_bin:}$PATH"
+
+if ! "$root/scripts/services.sh"; then
+  if [ "${CI:-}" = true ]; then
+    echo "test.sh: PostgreSQL/Redis are required under CI=true" >&2
+    exit 1
+  fi
+  echo "test.sh: WARNING: a service is down; tests needing it will skip (see messages)" >&2
+fi
+
+cargo test --workspace --lib --bins --tests --locked "$@"

@@ -1,0 +1,94 @@
+//! The README's grpcurl walkthrough, run verbatim against the real binary with real grpcurl.
+use crate::binary::spawn;
+use crate::support::{in_ci, Db, TestDb};
+use std::path::{Path, PathBuf};
+
+/// Every ```sh block between the readme-test markers, in order.
+fn walkthrough() -> String {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find("<!-- readme-test:begin").expect("begin marker");
+    let end = readme.find("<!-- readme-test:end -->").expect("end marker");
+    let mut script = String::new();
+    let mut in_block = false;
+    for line in readme[start..end].lines() {
+        match (in_block, line.trim_end()) {
+            (false, "```sh") => in_block = true,
+            (true, "```") => in_block = false,
+            (true, l) => {
+                script.push_str(l);
+                script.push('\n');
+            }
+            _ => {}
+        }
+    }
+    assert!(script.contains("grpcurl"), "no sh blocks found");
+    script
+}
+
+fn find_grpcurl() -> Option<PathBuf> {
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/venv/bin");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::iter::once(local)
+        .chain(std::env::split_paths(&path))
+        .map(|d| d.join("grpcurl"))
+        .find(|p| p.is_file())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_grpcurl_walkthrough_works_as_written() {
+    let Some(grpcurl) = find_grpcurl() else {
+        assert!(
+            !in_ci(),
+            "grpcurl is required under CI=true (scripts/install-tools.sh installs it)"
+        );
+        eprintln!("\n!!! SKIPPING the README walkthrough: grpcurl not found. Run ./scripts/install-tools.sh\n");
+        return;
+    };
+    let token = "readme-test-admin-token-0123456789";
+    let db = TestDb::new(Db::Sqlite).await.unwrap();
+    let p = spawn(&db.url, &[("KEYGATE_ADMIN_TOKEN", token)], &[]).await;
+    let path = format!(
+        "{}:{}",
+        grpcurl.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = tokio::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -euo pipefail\n{}", walkthrough()))
+        .env("PATH", path)
+        .env("KG", &p.addr)
+        .env("TOKEN", token)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "walkthrough failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- server\n{}",
+        p.output()
+    );
+    for want in [
+        "keygate.v1.KeyAdmin",
+        "\"decision\": \"ALLOW\"",
+        "INSUFFICIENT_SCOPE",
+        "IP_NOT_ALLOWED",
+        "TENANT_MISMATCH",
+        "MALFORMED_KEY",
+        "KEY_DISABLED",
+        "KEY_REVOKED",
+        "\"name\": \"Warehouse (EU)\"",
+        "old_secret_valid_until",
+    ] {
+        assert!(
+            stdout.contains(want),
+            "walkthrough output lacks {want:?}:\n{stdout}"
+        );
+    }
+    assert_eq!(
+        stdout.matches("\"decision\": \"ALLOW\"").count(),
+        2,
+        "{stdout}"
+    );
+}
