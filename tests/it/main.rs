@@ -6,4 +6,6 @@ mod support;
 mod binary;
 mod check;
 mod key_admin;
+mod limiter;
+mod outage;
 mod readme;

@@ -1,0 +1,205 @@
+//! The rate-limiter behaviour suite. Every `RateLimiter` implementation runs it unchanged
+//! (`limiter_suite!` below); the Redis limiter joins with one line.
+use keygate::domain::{RateLimitSpec, UnixMillis};
+use keygate::limiter::RateLimiter;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn lim(name: &str, limit: u64, window_s: u64) -> RateLimitSpec {
+    RateLimitSpec {
+        name: name.into(),
+        limit,
+        window: Duration::from_secs(window_s),
+    }
+}
+
+/// A window-aligned instant, `offset_ms` into a 60 s window, far from epoch 0.
+fn at(offset_ms: i64) -> UnixMillis {
+    UnixMillis(1_800_000_000_000 - 1_800_000_000_000 % 3_600_000 + offset_ms)
+}
+
+pub async fn limit_plus_one_is_refused_with_an_exact_retry_after(l: Arc<dyn RateLimiter>) {
+    let limits = [lim("m", 10, 60)];
+    for i in 0..10 {
+        assert!(
+            l.check("k1", &limits, 1, at(1000 + i), false)
+                .await
+                .unwrap()
+                .allowed
+        );
+    }
+    let refused = l.check("k1", &limits, 1, at(2000), false).await.unwrap();
+    assert!(!refused.allowed);
+    let st = refused.status.unwrap();
+    assert_eq!((st.name.as_str(), st.limit, st.remaining), ("m", 10, 0));
+    let retry = st.retry_after.unwrap().as_millis() as i64;
+    assert!(
+        !l.check("k1", &limits, 1, at(2000 + retry - 1), true)
+            .await
+            .unwrap()
+            .allowed,
+        "1 ms early"
+    );
+    assert!(
+        l.check("k1", &limits, 1, at(2000 + retry), false)
+            .await
+            .unwrap()
+            .allowed,
+        "at retry_after"
+    );
+}
+
+pub async fn budget_returns_as_the_window_slides(l: Arc<dyn RateLimiter>) {
+    let limits = [lim("m", 100, 60)];
+    assert!(
+        l.check("k2", &limits, 100, at(0), false)
+            .await
+            .unwrap()
+            .allowed
+    );
+    // A quarter of the next window gone: a quarter of the budget back, not all of it.
+    let o = l
+        .check("k2", &limits, 1, at(60_000 + 15_000), true)
+        .await
+        .unwrap();
+    assert_eq!(o.status.unwrap().remaining, 25);
+    assert!(
+        l.check("k2", &limits, 25, at(75_000), false)
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        !l.check("k2", &limits, 1, at(75_000), false)
+            .await
+            .unwrap()
+            .allowed
+    );
+    // Two full windows later everything is back.
+    let o = l.check("k2", &limits, 1, at(180_000), true).await.unwrap();
+    assert_eq!(o.status.unwrap().remaining, 100);
+}
+
+pub async fn all_limits_or_none_are_spent(l: Arc<dyn RateLimiter>) {
+    let limits = [lim("per-second", 5, 1), lim("per-hour", 7, 3600)];
+    assert!(
+        l.check("k3", &limits, 5, at(0), false)
+            .await
+            .unwrap()
+            .allowed
+    );
+    // The per-second limit refuses; the hourly one must not be charged.
+    let o = l.check("k3", &limits, 1, at(10), false).await.unwrap();
+    assert!(!o.allowed);
+    assert_eq!(o.status.unwrap().name, "per-second");
+    let o = l.check("k3", &limits, 2, at(2_500), false).await.unwrap();
+    assert!(o.allowed, "hourly budget still has 2");
+    let st = o.status.unwrap();
+    assert_eq!(
+        (st.name.as_str(), st.remaining),
+        ("per-hour", 0),
+        "tightest limit reported"
+    );
+    let o = l.check("k3", &limits, 1, at(5_000), false).await.unwrap();
+    assert_eq!(
+        o.status.unwrap().name,
+        "per-hour",
+        "the refusing limit is named"
+    );
+}
+
+pub async fn dry_run_spends_nothing(l: Arc<dyn RateLimiter>) {
+    let limits = [lim("m", 3, 60)];
+    for _ in 0..10 {
+        assert!(
+            l.check("k4", &limits, 3, at(0), true)
+                .await
+                .unwrap()
+                .allowed
+        );
+    }
+    assert!(
+        l.check("k4", &limits, 3, at(0), false)
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        !l.check("k4", &limits, 1, at(0), true)
+            .await
+            .unwrap()
+            .allowed
+    );
+}
+
+pub async fn buckets_are_independent_and_no_limits_admit(l: Arc<dyn RateLimiter>) {
+    let limits = [lim("m", 1, 60)];
+    assert!(
+        l.check("a", &limits, 1, at(0), false)
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        l.check("b", &limits, 1, at(0), false)
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        !l.check("a", &limits, 1, at(0), false)
+            .await
+            .unwrap()
+            .allowed
+    );
+    let o = l.check("a", &[], 1, at(0), false).await.unwrap();
+    assert!(o.allowed && o.status.is_none());
+}
+
+pub async fn concurrent_calls_admit_exactly_the_limit(l: Arc<dyn RateLimiter>) {
+    let limits = Arc::new([lim("m", 100, 60)]);
+    let calls = (0..1000).map(|_| {
+        let (l, limits) = (l.clone(), limits.clone());
+        tokio::spawn(async move {
+            l.check("hot", &limits[..], 1, at(0), false)
+                .await
+                .unwrap()
+                .allowed
+        })
+    });
+    let admitted = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap())
+        .count();
+    assert_eq!(admitted, 100);
+}
+
+macro_rules! limiter_suite {
+    ($modname:ident, $make:expr) => {
+        mod $modname {
+            use super::*;
+            limiter_suite!(@tests $make;
+                limit_plus_one_is_refused_with_an_exact_retry_after,
+                budget_returns_as_the_window_slides,
+                all_limits_or_none_are_spent,
+                dry_run_spends_nothing,
+                buckets_are_independent_and_no_limits_admit,
+                concurrent_calls_admit_exactly_the_limit);
+        }
+    };
+    (@tests $make:expr; $($t:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $t() {
+                let l: Arc<dyn RateLimiter> = $make;
+                super::$t(l).await
+            }
+        )*
+    };
+}
+
+limiter_suite!(
+    memory,
+    Arc::new(keygate::limiter::memory::MemoryLimiter::default())
+);

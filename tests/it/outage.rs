@@ -1,0 +1,68 @@
+//! A store that goes away: cached keys keep working, uncached ones get UNAVAILABLE (so
+//! gateways apply their failure mode), and service resumes when the store returns.
+use crate::check::check_req;
+use crate::key_admin::{create, key_req, tenant};
+use crate::support::{config_for, Db, Proxy, TestDb, TestServer};
+use keygate::grpc::pb::{self, Reason};
+use std::time::Duration;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_cut_cached_keys_allow_uncached_unavailable_then_recovery() {
+    let Some(db) = TestDb::new(Db::Postgres).await else {
+        return;
+    };
+    let proxy = Proxy::start("127.0.0.1:5432").await;
+    let via_proxy = db.url.replace("127.0.0.1:5432", &proxy.addr.to_string());
+    let mut cfg = config_for(&via_proxy);
+    cfg.database.timeout_ms = 1000;
+    let s = TestServer::start_on(db, cfg).await;
+    let mut a = s.admin().await;
+    tenant(&mut a, "t", pb::TenantPolicy::default()).await;
+    let warm = create(&mut a, key_req("t", "warm")).await.secret;
+    let cold = create(&mut a, key_req("t", "cold")).await.secret;
+    let mut c = s.authorize().await;
+    assert_eq!(
+        c.check(check_req(&warm)).await.unwrap().into_inner().reason,
+        Reason::Ok as i32
+    );
+
+    proxy.cut();
+    assert_eq!(
+        c.check(check_req(&warm)).await.unwrap().into_inner().reason,
+        Reason::Ok as i32,
+        "cached key needs no store"
+    );
+    let err = c
+        .check(check_req(&cold))
+        .await
+        .expect_err("uncached key cannot be decided");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        !err.message().contains(&cold[..20]),
+        "the key is not in the error"
+    );
+    let err = a
+        .client
+        .create_key(a.req(key_req("t", "during-outage")))
+        .await
+        .expect_err("admin write fails");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+
+    proxy.restore();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match c.check(check_req(&cold)).await {
+            Ok(r) => {
+                assert_eq!(r.into_inner().reason, Reason::Ok as i32);
+                break;
+            }
+            Err(e) => assert_eq!(e.code(), Code::Unavailable, "{e:?}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no recovery after the store returned"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
