@@ -13,9 +13,11 @@ fn lim(name: &str, limit: u64, window_s: u64) -> RateLimitSpec {
     }
 }
 
-/// A window-aligned instant, `offset_ms` into a 60 s window, far from epoch 0.
+/// An instant `offset_ms` after an hour boundary (1.8e12 ms is a multiple of 3,600,000, so
+/// every window length used here starts there).
 fn at(offset_ms: i64) -> UnixMillis {
-    UnixMillis(1_800_000_000_000 - 1_800_000_000_000 % 3_600_000 + offset_ms)
+    const HOUR_ALIGNED: i64 = 1_800_000_000_000;
+    UnixMillis(HOUR_ALIGNED + offset_ms)
 }
 
 pub async fn limit_plus_one_is_refused_with_an_exact_retry_after(l: Arc<dyn RateLimiter>) {
