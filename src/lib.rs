@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod config;
 pub mod domain;
+pub mod envoy;
 pub mod error;
 pub mod grpc;
 pub mod hashing;
@@ -29,6 +30,7 @@ use crate::service::admin::AdminService;
 use crate::service::check::CheckService;
 use crate::service::last_used::LastUsed;
 use crate::store::{Backend, KeyStore, SeaStore};
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use secrecy::ExposeSecret;
 use std::future::Future;
 use std::sync::Arc;
@@ -191,6 +193,7 @@ impl App {
     ) -> Result<()> {
         type AdminSvc = KeyAdminServer<grpc::key_admin::KeyAdminApi>;
         type AuthzSvc = AuthorizeServer<grpc::authorize::AuthorizeApi>;
+        type EnvoySvc = AuthorizationServer<envoy::ExtAuthz>;
         let App {
             config,
             store,
@@ -203,6 +206,7 @@ impl App {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<AdminSvc>().await;
         health.set_serving::<AuthzSvc>().await;
+        health.set_serving::<EnvoySvc>().await;
         let reflection = |b: tonic_reflection::server::Builder<'static>| {
             b.register_encoded_file_descriptor_set(grpc::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -221,6 +225,8 @@ impl App {
             grpc::key_admin::KeyAdminApi::new(admin),
             move |req| tokens.check(req),
         );
+        let ext_authz =
+            AuthorizationServer::new(envoy::ExtAuthz::new(check.clone(), config.envoy.clone()));
         let authorize = AuthorizeServer::new(grpc::authorize::AuthorizeApi::new(check));
 
         let addr = listener.local_addr().map_err(|e| Error::Internal {
@@ -240,6 +246,7 @@ impl App {
             tracing::info!("shutdown requested: draining in-flight calls");
             health_on_stop.set_not_serving::<AdminSvc>().await;
             health_on_stop.set_not_serving::<AuthzSvc>().await;
+            health_on_stop.set_not_serving::<EnvoySvc>().await;
             let _ = stop_tx.send(true);
         });
         let mut drained = stop_rx.clone();
@@ -250,6 +257,7 @@ impl App {
             .add_service(reflection_v1alpha)
             .add_service(key_admin)
             .add_service(authorize)
+            .add_service(ext_authz)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 let _ = stop_server.wait_for(|stop| *stop).await;
             });

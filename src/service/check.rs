@@ -61,19 +61,19 @@ impl Reason {
     /// Text safe to show the client: it never contains the key.
     pub fn message(self) -> &'static str {
         match self {
-            Reason::Ok => "allowed",
-            Reason::MissingCredential => "no API key was presented",
-            Reason::MalformedKey => "the API key is not well-formed",
-            Reason::KeyNotFound => "invalid API key",
-            Reason::KeyRevoked => "the API key has been revoked",
-            Reason::KeyExpired => "the API key has expired",
-            Reason::KeyDisabled => "the API key is disabled",
-            Reason::TenantMismatch => "the API key does not belong to this tenant",
-            Reason::InsufficientScope => "the API key's scopes do not allow this call",
+            Reason::Ok => "Allowed",
+            Reason::MissingCredential => "No API key was presented",
+            Reason::MalformedKey => "Invalid API key",
+            Reason::KeyNotFound => "Invalid API key",
+            Reason::KeyRevoked => "The API key has been revoked",
+            Reason::KeyExpired => "The API key has expired",
+            Reason::KeyDisabled => "The API key is disabled",
+            Reason::TenantMismatch => "The API key does not belong to this tenant",
+            Reason::InsufficientScope => "Your plan or API key scopes do not allow this endpoint",
             Reason::IpNotAllowed => {
-                "requests from this IP address are not allowed for this API key"
+                "Requests from this IP address are not allowed for this API key"
             }
-            Reason::RateLimited => "rate limit exceeded",
+            Reason::RateLimited => "Rate limit exceeded",
         }
     }
 }
@@ -140,6 +140,11 @@ impl CheckService {
             clock,
             last_used,
         }
+    }
+
+    /// The service's clock (tests inject one).
+    pub fn now(&self) -> crate::domain::UnixMillis {
+        self.clock.now()
     }
 
     /// Decides one call. Errors only when Keygate cannot decide (store unreachable:

@@ -5,6 +5,7 @@ mod support;
 
 mod binary;
 mod check;
+mod envoy;
 mod key_admin;
 mod limiter;
 mod outage;

@@ -1,0 +1,381 @@
+//! Envoy's `envoy.service.auth.v3.Authorization/Check` (ext_authz): translates the HTTP
+//! request Envoy describes into a [`CheckInput`], asks the same [`CheckService`] that
+//! `keygate.v1.Authorize` uses, and turns the decision into Envoy's OK or Denied response.
+//! No decision logic lives here.
+pub mod settings;
+
+use crate::domain::{Scope, UnixMillis};
+use crate::error::Result;
+use crate::service::check::{CheckInput, CheckService, Decision, Reason};
+use base64::Engine;
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode,
+};
+use envoy_types::ext_authz::v3::{
+    CheckRequestExt, CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
+};
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+use settings::{Credential, EnvoyConfig, ErrorFormat, ResetFormat, RouteSettings};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// Headers Keygate sets for the upstream; any a client sends itself are stripped.
+pub const UPSTREAM_PREFIX: &str = "x-keygate-";
+
+/// The ext_authz service.
+pub struct ExtAuthz {
+    check: Arc<CheckService>,
+    config: EnvoyConfig,
+}
+
+impl ExtAuthz {
+    pub fn new(check: Arc<CheckService>, config: EnvoyConfig) -> Self {
+        ExtAuthz { check, config }
+    }
+}
+
+/// The presented key, from the first source that has one.
+fn credential(headers: &HashMap<String, String>, sources: &[Credential]) -> Option<String> {
+    for source in sources {
+        let Some(value) = headers.get(source.header()) else {
+            continue;
+        };
+        let found = match source {
+            Credential::Header(_) => Some(value.trim().to_owned()),
+            Credential::Bearer => value
+                .split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, k)| k.trim().to_owned()),
+            Credential::Basic => value
+                .split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+                .and_then(|(_, b64)| {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(b64.trim())
+                        .ok()
+                })
+                .and_then(|raw| String::from_utf8(raw).ok())
+                .map(|userpass| {
+                    // The key is the user name (Nanonets); some clients put it in the
+                    // password with an empty user name instead.
+                    let (user, pass) = userpass.split_once(':').unwrap_or((userpass.as_str(), ""));
+                    if user.is_empty() { pass } else { user }.to_owned()
+                }),
+        };
+        if let Some(k) = found.filter(|k| !k.is_empty()) {
+            return Some(k);
+        }
+    }
+    None
+}
+
+/// The client's address: the connection's source, or with `trusted` proxies in front of
+/// Envoy the `x-forwarded-for` entry the outermost trusted proxy appended.
+fn client_ip(
+    source: Option<&String>,
+    headers: &HashMap<String, String>,
+    trusted: usize,
+) -> Option<IpAddr> {
+    if trusted > 0 {
+        let xff: Vec<&str> = headers
+            .get("x-forwarded-for")?
+            .split(',')
+            .map(str::trim)
+            .collect();
+        let entry = xff.len().checked_sub(trusted).and_then(|i| xff.get(i))?;
+        return entry.parse::<IpAddr>().ok().map(crate::domain::ip::unmap);
+    }
+    source
+        .and_then(|s| s.parse::<IpAddr>().ok())
+        .map(crate::domain::ip::unmap)
+}
+
+/// Translates Envoy's request. Errors only for a misconfigured route.
+pub fn translate(config: &EnvoyConfig, req: &CheckRequest) -> Result<(CheckInput, RouteSettings)> {
+    let empty = HashMap::new();
+    let attrs = req.attributes.as_ref();
+    let ext = attrs.map(|a| &a.context_extensions).unwrap_or(&empty);
+    let settings = config.for_route(ext)?;
+    let http = attrs
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref());
+    let headers = req.get_client_headers().unwrap_or(&empty);
+    let api_key = credential(headers, &settings.credentials).unwrap_or_default();
+    let tenant_id = settings.tenant.clone().or_else(|| {
+        headers
+            .get(&settings.tenant_header)
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+    });
+    let required_scopes = settings
+        .scopes
+        .iter()
+        .map(|s| Scope::parse("keygate.scopes", s))
+        .collect::<Result<Vec<_>>>()?;
+    let path = http
+        .map(|h| h.path.split('?').next().unwrap_or_default().to_owned())
+        .filter(|p| !p.is_empty());
+    let input = CheckInput {
+        api_key,
+        tenant_id,
+        required_scopes,
+        client_ip: client_ip(req.get_client_address(), headers, settings.trusted_proxies),
+        method: http.map(|h| h.method.clone()).filter(|m| !m.is_empty()),
+        path,
+        cost: u64::from(settings.cost.max(1)),
+        dry_run: false,
+    };
+    Ok((input, settings))
+}
+
+fn string(v: &str) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(v.to_owned())),
+    }
+}
+
+fn ratelimit_headers(
+    d: &Decision,
+    settings: &RouteSettings,
+    now: UnixMillis,
+) -> Vec<(&'static str, String)> {
+    let Some(rl) = &d.rate_limit else {
+        return vec![];
+    };
+    let reset = match settings.reset_format {
+        ResetFormat::Epoch => (rl.reset.0 + 999) / 1000,
+        ResetFormat::Delta => (now.until(rl.reset).as_millis() as i64 + 999) / 1000,
+    };
+    let mut h = vec![
+        ("x-ratelimit-limit", rl.limit.to_string()),
+        ("x-ratelimit-remaining", rl.remaining.to_string()),
+        ("x-ratelimit-reset", reset.to_string()),
+    ];
+    if let Some(after) = rl.retry_after {
+        h.push((
+            "retry-after",
+            after.as_millis().div_ceil(1000).max(1).to_string(),
+        ));
+    }
+    h
+}
+
+/// The deny body in the route's dialect. Never contains the key.
+pub fn deny_body(d: &Decision, format: ErrorFormat) -> String {
+    let message = d.reason.message();
+    let body = match format {
+        ErrorFormat::Nesika => {
+            serde_json::json!({ "success": false, "data": null, "message": message })
+        }
+        ErrorFormat::Default => {
+            let (code, details) = match d.reason.http_status() {
+                429 => {
+                    let retry = d
+                        .rate_limit
+                        .as_ref()
+                        .and_then(|r| r.retry_after)
+                        .map(|a| a.as_millis().div_ceil(1000).max(1));
+                    (
+                        "rate_limit_exceeded",
+                        serde_json::json!({ "retry_after": retry }),
+                    )
+                }
+                403 => (
+                    "forbidden",
+                    serde_json::json!({ "error": format!("{:?}", d.reason) }),
+                ),
+                _ => (
+                    "unauthorized",
+                    serde_json::json!({ "error": "Authentication failed" }),
+                ),
+            };
+            serde_json::json!({ "code": code, "message": message, "details": details })
+        }
+    };
+    body.to_string()
+}
+
+fn www_authenticate(settings: &RouteSettings) -> String {
+    match settings.credentials.first() {
+        Some(Credential::Basic) => r#"Basic realm="keygate""#.to_owned(),
+        Some(Credential::Header(h)) => format!(r#"ApiKey realm="keygate", header="{h}""#),
+        _ => r#"Bearer realm="keygate""#.to_owned(),
+    }
+}
+
+/// Envoy's answer for a decision.
+pub fn respond(
+    d: &Decision,
+    settings: &RouteSettings,
+    incoming: &HashMap<String, String>,
+    now: UnixMillis,
+) -> CheckResponse {
+    let mut resp = CheckResponse::new();
+    let rl = ratelimit_headers(d, settings, now);
+    if d.allowed() {
+        resp.set_status(Status::ok(""));
+        let mut ok = OkHttpResponseBuilder::new();
+        let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
+        let mut upstream: Vec<(String, String)> = Vec::new();
+        if let Some(k) = &d.key {
+            upstream.push(("x-keygate-key-id".into(), k.id.clone()));
+            upstream.push(("x-keygate-tenant-id".into(), k.tenant_id.clone()));
+            upstream.push(("x-keygate-scopes".into(), d.scopes.to_strings().join(" ")));
+            if !k.environment.is_empty() {
+                upstream.push(("x-keygate-environment".into(), k.environment.clone()));
+            }
+            if settings.forward_metadata {
+                for (name, value) in &k.metadata {
+                    let safe = name
+                        .to_ascii_lowercase()
+                        .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-");
+                    upstream.push((format!("x-keygate-meta-{safe}"), value.clone()));
+                }
+            }
+            let fields = [
+                ("key_id", string(&k.id)),
+                ("tenant_id", string(&k.tenant_id)),
+            ];
+            resp.set_dynamic_metadata(Some(Struct {
+                fields: fields.into_iter().map(|(a, b)| (a.to_owned(), b)).collect(),
+            }));
+        }
+        // Nothing a client sends can pose as Keygate's verdict: headers we set overwrite
+        // the client's; other x-keygate-* headers are removed (Envoy applies removals after
+        // additions, so a header we set must not also be removed).
+        for name in incoming.keys().filter(|h| h.starts_with(UPSTREAM_PREFIX)) {
+            if !upstream.iter().any(|(n, _)| n == name) {
+                ok.remove_header(name.clone());
+            }
+        }
+        // The upstream never sees the key.
+        for c in &settings.credentials {
+            ok.remove_header(c.header());
+        }
+        for (name, value) in upstream {
+            ok.add_header(name, value, overwrite, true);
+        }
+        for (name, value) in rl {
+            ok.add_response_header(name, value, overwrite, false);
+        }
+        resp.set_http_response(ok);
+    } else {
+        let status = match d.reason {
+            Reason::RateLimited => Status::resource_exhausted(d.reason.message()),
+            Reason::InsufficientScope | Reason::IpNotAllowed => {
+                Status::permission_denied(d.reason.message())
+            }
+            _ => Status::unauthenticated(d.reason.message()),
+        };
+        resp.set_status(status);
+        let mut denied = DeniedHttpResponseBuilder::new();
+        let code = HttpStatusCode::try_from(i32::from(d.reason.http_status()))
+            .unwrap_or(HttpStatusCode::Forbidden);
+        denied.set_http_status(code);
+        denied.add_header("content-type", "application/json", None, false);
+        if d.reason.http_status() == 401 {
+            denied.add_header("www-authenticate", www_authenticate(settings), None, false);
+        }
+        for (name, value) in rl {
+            denied.add_header(name, value, None, false);
+        }
+        denied.set_body(deny_body(d, settings.error_format));
+        resp.set_http_response(denied);
+    }
+    resp
+}
+
+#[tonic::async_trait]
+impl Authorization for ExtAuthz {
+    #[tracing::instrument(skip_all, fields(key_id, tenant_id, reason))]
+    async fn check(&self, req: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        let req = req.into_inner();
+        let (input, settings) = translate(&self.config, &req)?;
+        // A store outage is a gRPC error, not a deny: Envoy's failure_mode_allow and
+        // status_on_error decide what the client gets.
+        let decision = self.check.check(&input).await?;
+        let span = tracing::Span::current();
+        if let Some(k) = &decision.key {
+            span.record("key_id", k.id.as_str());
+            span.record("tenant_id", k.tenant_id.as_str());
+        }
+        span.record("reason", tracing::field::debug(decision.reason));
+        let empty = HashMap::new();
+        let headers = req.get_client_headers().unwrap_or(&empty);
+        Ok(Response::new(respond(
+            &decision,
+            &settings,
+            headers,
+            self.check.now(),
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn credentials_in_order_and_basic_variants() {
+        let all = EnvoyConfig::default()
+            .for_route(&HashMap::new())
+            .unwrap()
+            .credentials;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let h = headers(&[
+            ("x-api-key", "from-header"),
+            ("authorization", "Bearer from-bearer"),
+        ]);
+        assert_eq!(
+            credential(&h, &all).as_deref(),
+            Some("from-header"),
+            "first source wins"
+        );
+        let h = headers(&[("authorization", &format!("Basic {}", b64("the-key:")))]);
+        assert_eq!(credential(&h, &all).as_deref(), Some("the-key"));
+        let h = headers(&[("authorization", &format!("basic {}", b64(":in-password")))]);
+        assert_eq!(credential(&h, &all).as_deref(), Some("in-password"));
+        let h = headers(&[("authorization", "Basic !!notbase64")]);
+        assert_eq!(credential(&h, &all), None);
+        let h = headers(&[("authorization", "Bearer ")]);
+        assert_eq!(credential(&h, &all), None);
+    }
+
+    #[test]
+    fn forwarded_for_is_trusted_only_when_configured() {
+        let h = headers(&[("x-forwarded-for", "198.51.100.9, 203.0.113.5, 10.0.0.2")]);
+        let src = "127.0.0.1".to_string();
+        assert_eq!(
+            client_ip(Some(&src), &h, 0),
+            Some("127.0.0.1".parse().unwrap()),
+            "XFF ignored by default"
+        );
+        assert_eq!(
+            client_ip(Some(&src), &h, 1),
+            Some("10.0.0.2".parse().unwrap())
+        );
+        assert_eq!(
+            client_ip(Some(&src), &h, 2),
+            Some("203.0.113.5".parse().unwrap())
+        );
+        assert_eq!(
+            client_ip(Some(&src), &h, 4),
+            None,
+            "fewer entries than trusted hops: unknown"
+        );
+        let mapped = "::ffff:192.0.2.1".to_string();
+        assert_eq!(
+            client_ip(Some(&mapped), &HashMap::new(), 0),
+            Some("192.0.2.1".parse().unwrap())
+        );
+    }
+}

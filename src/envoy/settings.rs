@@ -1,0 +1,241 @@
+//! Where the ext_authz adapter finds the key, the tenant and the scopes: listener-wide
+//! defaults from config, overridable per route through Envoy's `context_extensions`.
+use crate::error::{Error, Result};
+use serde::Deserialize;
+
+/// Where a key may be presented, tried in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// The whole value of a header (`x-api-key`, `x-nearIQ-key`). Header names are matched
+    /// case-insensitively; the key itself is case-sensitive.
+    Header(String),
+    /// `authorization: Bearer <key>`.
+    Bearer,
+    /// `authorization: Basic base64(<key>:)` — the key as user name, empty password.
+    Basic,
+}
+
+impl Credential {
+    /// `header:<name>`, `bearer` or `basic`.
+    pub fn parse(field: &str, raw: &str) -> Result<Credential> {
+        match raw.trim() {
+            "bearer" => Ok(Credential::Bearer),
+            "basic" => Ok(Credential::Basic),
+            other => match other.strip_prefix("header:") {
+                Some(h)
+                    if !h.is_empty()
+                        && h.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+                {
+                    Ok(Credential::Header(h.to_ascii_lowercase()))
+                }
+                _ => Err(Error::invalid(
+                    field,
+                    format!(
+                        "{other:?} is not a credential source: use header:<name>, bearer or basic"
+                    ),
+                )),
+            },
+        }
+    }
+
+    /// The header the credential travels in (removed before the request goes upstream).
+    pub fn header(&self) -> &str {
+        match self {
+            Credential::Header(h) => h,
+            Credential::Bearer | Credential::Basic => "authorization",
+        }
+    }
+}
+
+/// Deny-body dialect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorFormat {
+    /// `{"code":"unauthorized","message":"…","details":{…}}` (Nanonets).
+    Default,
+    /// `{"success":false,"data":null,"message":"…"}` (Nesika).
+    Nesika,
+}
+
+/// How `X-RateLimit-Reset` is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResetFormat {
+    /// Unix time in seconds, e.g. `1711843200` (NexaDesk).
+    Epoch,
+    /// Seconds from now, as in the IETF RateLimit header draft.
+    Delta,
+}
+
+/// The `[envoy]` config section: listener-wide defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EnvoyConfig {
+    /// Credential sources in order. Default `["header:x-api-key", "bearer", "basic"]`.
+    pub credentials: Vec<String>,
+    /// Header naming the tenant; a key of another tenant is denied. Default `x-tenant-id`.
+    pub tenant_header: String,
+    /// Proxies in front of Envoy whose `x-forwarded-for` entries are trusted. 0 (default)
+    /// = the connection's source address is the client; XFF is ignored.
+    pub trusted_proxies: usize,
+    pub error_format: ErrorFormat,
+    pub reset_format: ResetFormat,
+    /// Also send the key's metadata upstream as `x-keygate-meta-<name>` headers.
+    pub forward_metadata: bool,
+}
+
+impl Default for EnvoyConfig {
+    fn default() -> Self {
+        EnvoyConfig {
+            credentials: vec!["header:x-api-key".into(), "bearer".into(), "basic".into()],
+            tenant_header: "x-tenant-id".into(),
+            trusted_proxies: 0,
+            error_format: ErrorFormat::Default,
+            reset_format: ResetFormat::Epoch,
+            forward_metadata: false,
+        }
+    }
+}
+
+/// The settings for one request: config defaults with the route's overrides applied.
+#[derive(Debug, Clone)]
+pub struct RouteSettings {
+    pub credentials: Vec<Credential>,
+    pub tenant_header: String,
+    /// A tenant fixed by the route (`keygate.tenant`); wins over the header.
+    pub tenant: Option<String>,
+    /// Required scopes from `keygate.scopes` (space-separated).
+    pub scopes: Vec<String>,
+    pub cost: u32,
+    pub error_format: ErrorFormat,
+    pub reset_format: ResetFormat,
+    pub forward_metadata: bool,
+    pub trusted_proxies: usize,
+}
+
+/// Every `context_extensions` key Keygate reads.
+pub const CONTEXT_KEYS: &[&str] = &[
+    "keygate.credentials",
+    "keygate.tenant",
+    "keygate.tenant_header",
+    "keygate.scopes",
+    "keygate.cost",
+    "keygate.error_format",
+    "keygate.reset_format",
+    "keygate.forward_metadata",
+];
+
+impl EnvoyConfig {
+    pub fn validate(&self) -> Result<()> {
+        self.defaults().map(|_| ())
+    }
+
+    fn defaults(&self) -> Result<RouteSettings> {
+        if self.credentials.is_empty() {
+            return Err(Error::invalid(
+                "envoy.credentials",
+                "must name at least one source",
+            ));
+        }
+        let credentials = self
+            .credentials
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Credential::parse(&format!("envoy.credentials[{i}]"), c))
+            .collect::<Result<_>>()?;
+        Ok(RouteSettings {
+            credentials,
+            tenant_header: self.tenant_header.to_ascii_lowercase(),
+            tenant: None,
+            scopes: vec![],
+            cost: 1,
+            error_format: self.error_format,
+            reset_format: self.reset_format,
+            forward_metadata: self.forward_metadata,
+            trusted_proxies: self.trusted_proxies,
+        })
+    }
+
+    /// The settings for a request whose route carries `ext` as `context_extensions`.
+    /// A malformed value is an error naming the key: a misconfigured route must fail
+    /// loudly rather than silently authorise with the wrong rules.
+    pub fn for_route(
+        &self,
+        ext: &std::collections::HashMap<String, String>,
+    ) -> Result<RouteSettings> {
+        let mut s = self.defaults()?;
+        for (k, v) in ext {
+            match k.as_str() {
+                "keygate.credentials" => {
+                    s.credentials = v
+                        .split([',', ' '])
+                        .filter(|c| !c.is_empty())
+                        .map(|c| Credential::parse(k, c))
+                        .collect::<Result<_>>()?;
+                    if s.credentials.is_empty() {
+                        return Err(Error::invalid(k.as_str(), "names no credential source"));
+                    }
+                }
+                "keygate.tenant" => s.tenant = Some(v.clone()).filter(|t| !t.is_empty()),
+                "keygate.tenant_header" => s.tenant_header = v.to_ascii_lowercase(),
+                "keygate.scopes" => s.scopes = v.split_whitespace().map(str::to_owned).collect(),
+                "keygate.cost" => {
+                    s.cost = v
+                        .parse()
+                        .map_err(|_| Error::invalid(k.as_str(), "must be a whole number"))?
+                }
+                "keygate.error_format" => s.error_format = parse_enum(k, v)?,
+                "keygate.reset_format" => s.reset_format = parse_enum(k, v)?,
+                "keygate.forward_metadata" => s.forward_metadata = v == "true",
+                // Other filters' keys share the map: not ours, not an error.
+                _ => {}
+            }
+        }
+        Ok(s)
+    }
+}
+
+fn parse_enum<T: for<'de> Deserialize<'de>>(k: &str, v: &str) -> Result<T> {
+    serde_json::from_value(serde_json::Value::String(v.to_owned()))
+        .map_err(|_| Error::invalid(k, format!("{v:?} is not a valid value")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn route_overrides() {
+        let cfg = EnvoyConfig::default();
+        let ext: HashMap<String, String> = [
+            ("keygate.credentials", "header:X-NearIQ-Key"),
+            ("keygate.scopes", "orders:write  products:read"),
+            ("keygate.error_format", "nesika"),
+            ("keygate.reset_format", "delta"),
+            ("unrelated", "x"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        let s = cfg.for_route(&ext).unwrap();
+        assert_eq!(
+            s.credentials,
+            vec![Credential::Header("x-neariq-key".into())]
+        );
+        assert_eq!(s.scopes, vec!["orders:write", "products:read"]);
+        assert_eq!(
+            (s.error_format, s.reset_format),
+            (ErrorFormat::Nesika, ResetFormat::Delta)
+        );
+        let bad: HashMap<String, String> =
+            [("keygate.error_format".to_string(), "xml".to_string())].into();
+        assert!(cfg
+            .for_route(&bad)
+            .unwrap_err()
+            .to_string()
+            .starts_with("keygate.error_format:"));
+        assert!(Credential::parse("c", "cookie").is_err());
+    }
+}
