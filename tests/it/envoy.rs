@@ -379,7 +379,9 @@ async fn deny_reasons_statuses_and_bodies() {
     assert_eq!(limited.status, 429, "{limited:?}");
     assert_eq!(limited.json()["code"], "rate_limit_exceeded");
     let retry: u64 = limited.headers["retry-after"].parse().unwrap();
-    assert!((1..=60).contains(&retry));
+    // Budget returns gradually during the *next* window (limit 2: half-way into it), so
+    // the wait is at most the rest of this window plus half the next one.
+    assert!((1..=90).contains(&retry), "retry-after {retry}");
     assert_eq!(limited.json()["details"]["retry_after"], retry);
     assert_eq!(limited.headers["x-ratelimit-remaining"], "0");
 
