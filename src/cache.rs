@@ -45,6 +45,8 @@ pub struct Unknown;
 /// The caches of verified keys, unknown keys and tenants.
 pub struct KeyCache {
     epoch: AtomicU64,
+    /// Entries loaded before this epoch are stale (set by `invalidate_all`).
+    all_before: AtomicU64,
     keys: moka::future::Cache<KeyDigest, Arc<Loaded<KeyRecord>>>,
     unknown: moka::future::Cache<KeyDigest, ()>,
     tenants: moka::future::Cache<String, Arc<Loaded<Tenant>>>,
@@ -65,6 +67,7 @@ impl KeyCache {
         let tomb_ttl = ttl + Duration::from_secs(5);
         KeyCache {
             epoch: AtomicU64::new(1),
+            all_before: AtomicU64::new(0),
             keys: moka::future::Cache::builder()
                 .max_capacity(cfg.max_entries)
                 .time_to_live(ttl)
@@ -162,6 +165,15 @@ impl KeyCache {
 
     fn bump(&self) -> u64 {
         self.epoch.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Treats every entry loaded so far as stale (after missed change notifications).
+    pub fn invalidate_all(&self) {
+        let e = self.bump();
+        self.all_before.store(e, Ordering::SeqCst);
+        self.keys.invalidate_all();
+        self.tenants.invalidate_all();
+        self.unknown.invalidate_all();
     }
 
     /// Entries currently held (approximate; for metrics and tests).

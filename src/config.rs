@@ -30,6 +30,17 @@ pub struct Config {
     pub argon2: Argon2Config,
     pub cache: CacheConfig,
     pub log: LogConfig,
+    /// `memory` (default: exact per replica) or `redis` (one budget shared by every
+    /// replica) (`KEYGATE_RATE_LIMITER`).
+    pub rate_limiter: LimiterKind,
+    /// Redis for the shared limiter (`KEYGATE_REDIS_URL`). May hold a password: never printed.
+    pub redis_url: SecretString,
+    /// Prefix of every Redis key Keygate writes. Default `keygate`.
+    pub redis_key_prefix: String,
+    /// Longest wait for Redis per check, in milliseconds. Default 100.
+    pub redis_timeout_ms: u64,
+    /// When Redis fails: `local` (default), `deny` or `allow` (`KEYGATE_ON_LIMITER_ERROR`).
+    pub on_limiter_error: crate::limiter::resilient::OnLimiterError,
     /// The Envoy ext_authz adapter's listener-wide defaults (`[envoy]`).
     pub envoy: crate::envoy::settings::EnvoyConfig,
     /// How often batched `last_used_time` updates are written, in milliseconds. Default 2000.
@@ -63,6 +74,13 @@ pub struct CacheConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
+pub enum LimiterKind {
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Pretty,
     Json,
@@ -89,6 +107,11 @@ impl Default for Config {
             cache: CacheConfig::default(),
             log: LogConfig::default(),
             envoy: Default::default(),
+            rate_limiter: LimiterKind::Memory,
+            redis_url: SecretString::from("redis://127.0.0.1:6379"),
+            redis_key_prefix: "keygate".into(),
+            redis_timeout_ms: 100,
+            on_limiter_error: crate::limiter::resilient::OnLimiterError::Local,
             shutdown_grace_secs: 30,
             last_used_flush_ms: 2000,
         }
@@ -203,6 +226,13 @@ impl Config {
             ));
         }
         self.envoy.validate()?;
+        if self.redis_timeout_ms == 0 {
+            return Err(Error::invalid("redis_timeout_ms", "must be at least 1"));
+        }
+        if self.rate_limiter == LimiterKind::Redis {
+            redis::Client::open(self.redis_url.expose_secret())
+                .map_err(|_| Error::invalid("redis_url", "is not a redis:// URL"))?;
+        }
         if self.last_used_flush_ms < 10 {
             return Err(Error::invalid("last_used_flush_ms", "must be at least 10"));
         }

@@ -138,6 +138,24 @@ async fn admin_tokens(
     Ok(tokens)
 }
 
+/// The configured limiter: in memory, or Redis behind the `on_limiter_error` fallback.
+fn build_limiter(config: &Config) -> Result<Arc<dyn RateLimiter>> {
+    Ok(match config.rate_limiter {
+        config::LimiterKind::Memory => Arc::new(MemoryLimiter::default()),
+        config::LimiterKind::Redis => {
+            let redis = limiter::redis::RedisLimiter::new(
+                config.redis_url.expose_secret(),
+                &config.redis_key_prefix,
+                Duration::from_millis(config.redis_timeout_ms),
+            )?;
+            Arc::new(limiter::resilient::Resilient::new(
+                Arc::new(redis),
+                config.on_limiter_error,
+            ))
+        }
+    })
+}
+
 /// A built Keygate: store opened, schema checked, services wired; not yet serving.
 pub struct App {
     config: Config,
@@ -148,21 +166,30 @@ pub struct App {
     pub check: Arc<CheckService>,
     last_used: Arc<LastUsed>,
     tokens: AdminTokens,
+    /// Whether to LISTEN for other replicas' changes (PostgreSQL store).
+    listen_changes: bool,
 }
 
 impl App {
     pub async fn build(config: Config, options: Options) -> Result<App> {
-        let store: Arc<dyn KeyStore> = Arc::new(open_store(&config).await?);
+        let sea = open_store(&config).await?;
+        // With a shared (PostgreSQL) store there may be other replicas to tell of changes.
+        let pg_pool = (Backend::of_url(config.database_url.expose_secret())
+            == Some(Backend::Postgres))
+        .then(|| sea.connection().get_postgres_connection_pool().clone());
+        let store: Arc<dyn KeyStore> = Arc::new(sea);
         let hasher = SecretHasher::new(config.argon2)?;
         let tokens = admin_tokens(&config, store.as_ref(), options.clock.as_ref()).await?;
         let cache = Arc::new(KeyCache::new(&config.cache));
-        let limiter: Arc<dyn RateLimiter> = Arc::new(MemoryLimiter::default());
+        let limiter = build_limiter(&config)?;
         let last_used = Arc::new(LastUsed::default());
+        let listen_changes = pg_pool.is_some();
+        let broadcast = Arc::new(service::changes::Broadcast::new(cache.clone(), pg_pool));
         let admin = AdminService::new(
             store.clone(),
             hasher.clone(),
             options.clock.clone(),
-            cache.clone(),
+            broadcast,
         );
         let check = Arc::new(CheckService::new(
             store.clone(),
@@ -173,6 +200,7 @@ impl App {
             last_used.clone(),
         ));
         Ok(App {
+            listen_changes,
             config,
             store,
             hasher,
@@ -201,6 +229,8 @@ impl App {
             check,
             last_used,
             tokens,
+            cache,
+            listen_changes,
             ..
         } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -235,6 +265,10 @@ impl App {
         })?;
         let grace = Duration::from_secs(config.shutdown_grace_secs);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        if listen_changes {
+            let url = config.database_url.expose_secret().to_owned();
+            tokio::spawn(service::changes::listen(url, cache, stop_rx.clone()));
+        }
         let flusher = tokio::spawn(last_used.run(
             store,
             Duration::from_millis(config.last_used_flush_ms),

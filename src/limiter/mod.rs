@@ -13,6 +13,8 @@
 //! `2 × limit − 1`; with typical traffic the error is well under 1%. `retry_after` is
 //! exact under this model: a call of the same cost made then is admitted.
 pub mod memory;
+pub mod redis;
+pub mod resilient;
 
 use crate::domain::{RateLimitSpec, UnixMillis};
 use crate::error::Result;

@@ -1,6 +1,7 @@
 //! Keygate's operations, generic over the store: the key lifecycle (`admin`) and the one
 //! decision procedure every entry point shares (`check`).
 pub mod admin;
+pub mod changes;
 pub mod check;
 pub mod last_used;
 

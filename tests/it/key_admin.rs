@@ -263,7 +263,7 @@ async fn secret_is_shown_once_and_only_a_hash_is_stored(db: Db) {
     }
 
     // Read the table itself: no column holds the key or its secret part.
-    let conn = sea_orm::Database::connect(&s.db.url).await.unwrap();
+    let conn = sea_orm::Database::connect(&s.url).await.unwrap();
     let backend = conn.get_database_backend();
     let rows = conn
         .query_all(Statement::from_string(

@@ -10,3 +10,4 @@ mod key_admin;
 mod limiter;
 mod outage;
 mod readme;
+mod replicas;

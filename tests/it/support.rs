@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 
 /// The store a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,7 +113,10 @@ pub struct TestServer {
     /// The server's hasher: its verify count shows how often argon2 ran.
     pub hasher: keygate::hashing::SecretHasher,
     pub clock: Arc<ManualClock>,
-    pub db: TestDb,
+    /// The database URL (shared by replicas).
+    pub url: String,
+    /// The database this server owns (dropped with it); `None` for a second replica.
+    pub db: Option<TestDb>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<keygate::error::Result<()>>>,
 }
@@ -144,6 +148,18 @@ impl TestServer {
     }
 
     pub async fn start_on(db: TestDb, cfg: Config) -> TestServer {
+        let url = db.url.clone();
+        Self::start_shared(Some(db), url, cfg).await
+    }
+
+    /// Another replica on `url`, which some other server owns.
+    pub async fn start_replica(url: &str, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let mut cfg = config_for(url);
+        tweak(&mut cfg);
+        Self::start_shared(None, url.to_owned(), cfg).await
+    }
+
+    async fn start_shared(db: Option<TestDb>, url: String, cfg: Config) -> TestServer {
         let clock = Arc::new(ManualClock::new(SystemClock.now()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -160,6 +176,7 @@ impl TestServer {
             addr,
             hasher,
             clock,
+            url,
             db,
             stop: Some(tx),
             handle: Some(handle),

@@ -1,0 +1,108 @@
+//! Announcing KeyAdmin changes to every replica. Locally the cache is told at once; with a
+//! PostgreSQL store each change is also sent with `NOTIFY` after it committed, and every
+//! replica's listener drops the affected entries, so a revocation reaches all replicas in
+//! milliseconds instead of a cache TTL.
+use super::ChangeListener;
+use crate::cache::KeyCache;
+use sea_orm::sqlx::postgres::{PgListener, PgPool};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The channel Keygate replicas share.
+pub const CHANNEL: &str = "keygate_changes";
+
+/// Tells the local cache, then the other replicas.
+pub struct Broadcast {
+    local: Arc<KeyCache>,
+    pool: Option<PgPool>,
+}
+
+impl Broadcast {
+    /// `pool`: the PostgreSQL store's pool, or `None` for a single replica (SQLite).
+    pub fn new(local: Arc<KeyCache>, pool: Option<PgPool>) -> Self {
+        Broadcast { local, pool }
+    }
+
+    fn announce(&self, payload: String) {
+        let Some(pool) = self.pool.clone() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let sent = sea_orm::sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(&payload)
+                .execute(&pool)
+                .await;
+            if let Err(e) = sent {
+                // Other replicas then rely on the cache TTL for this change.
+                tracing::warn!(error = %e, "could not announce a change to other replicas");
+            }
+        });
+    }
+}
+
+impl ChangeListener for Broadcast {
+    fn key_changed(&self, key_id: &str, lookup_id: &str) {
+        self.local.key_changed(key_id, lookup_id);
+        self.announce(format!("k:{lookup_id}"));
+    }
+
+    fn tenant_changed(&self, tenant_id: &str) {
+        self.local.tenant_changed(tenant_id);
+        self.announce(format!("t:{tenant_id}"));
+    }
+}
+
+fn apply(cache: &KeyCache, payload: &str) {
+    match payload.split_once(':') {
+        Some(("k", lookup)) => cache.key_changed("", lookup),
+        Some(("t", tenant)) => cache.tenant_changed(tenant),
+        _ => tracing::warn!("ignoring a malformed change notification"),
+    }
+}
+
+/// Listens until `stop`, reconnecting after failures. Whenever the connection was lost,
+/// notifications may have been missed, so the whole cache is dropped.
+pub async fn listen(
+    url: String,
+    cache: Arc<KeyCache>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut connected_once = false;
+    while !*stop.borrow() {
+        let mut listener = match PgListener::connect(&url).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "change listener cannot connect; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = stop.changed() => break,
+                }
+            }
+        };
+        if let Err(e) = listener.listen(CHANNEL).await {
+            tracing::warn!(error = %e, "change listener cannot LISTEN; retrying");
+            continue;
+        }
+        if connected_once {
+            cache.invalidate_all();
+            tracing::info!("change listener reconnected; cache dropped");
+        }
+        connected_once = true;
+        loop {
+            tokio::select! {
+                n = listener.try_recv() => match n {
+                    Ok(Some(n)) => apply(&cache, n.payload()),
+                    // None: the connection was lost (sqlx reconnects on the next call, but
+                    // what was sent meanwhile is gone).
+                    Ok(None) | Err(_) => {
+                        cache.invalidate_all();
+                        tracing::warn!("change listener lost its connection; cache dropped");
+                        break;
+                    }
+                },
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}

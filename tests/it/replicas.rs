@@ -1,0 +1,395 @@
+//! Several replicas on one PostgreSQL database and one Redis: one shared rate budget, and
+//! KeyAdmin changes on one replica reaching the others' caches within a second.
+use crate::check::check_req;
+use crate::key_admin::{create, key_req, tenant};
+use crate::server_or_skip;
+use crate::support::{in_ci, Db, TestServer, REDIS_URL};
+use keygate::config::LimiterKind;
+use keygate::grpc::pb::{self, authorize_client::AuthorizeClient, Reason};
+use keygate::limiter::resilient::OnLimiterError;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+fn limit(n: u64, secs: i64) -> pb::RateLimit {
+    pb::RateLimit {
+        name: "shared".into(),
+        limit: n,
+        window: Some(prost_types::Duration {
+            seconds: secs,
+            nanos: 0,
+        }),
+    }
+}
+
+fn unique_prefix() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "kgtest:{}:replicas{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+async fn reason(c: &mut AuthorizeClient<Channel>, req: pb::CheckRequest) -> i32 {
+    c.check(req).await.unwrap().into_inner().reason
+}
+
+/// Polls `c` until the check gives `want`; returns how long that took.
+async fn until(c: &mut AuthorizeClient<Channel>, req: pb::CheckRequest, want: Reason) -> Duration {
+    let start = Instant::now();
+    loop {
+        if reason(c, req.clone()).await == want as i32 {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "never saw {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_on_one_replica_reach_the_others_within_a_second() {
+    let a = server_or_skip!(Db::Postgres);
+    let b = TestServer::start_replica(&a.url, |_| {}).await;
+    let mut admin = a.admin().await;
+    let mut cb = b.authorize().await;
+    tenant(&mut admin, "t", pb::TenantPolicy::default()).await;
+    let k = create(&mut admin, key_req("t", "k")).await;
+    let key = k.key.clone().unwrap();
+    let need = |scope: &str| pb::CheckRequest {
+        api_key: k.secret.clone(),
+        required_scopes: vec![scope.into()],
+        ..Default::default()
+    };
+    // Warm B's cache.
+    assert_eq!(
+        reason(&mut cb, check_req(&k.secret)).await,
+        Reason::Ok as i32
+    );
+
+    let mut report = vec![];
+    let mask = |p: &str| {
+        Some(prost_types::FieldMask {
+            paths: vec![p.into()],
+        })
+    };
+    let mut patch = key.clone();
+    patch.scopes = vec!["read".into()];
+    admin
+        .client
+        .update_key(admin.req(pb::UpdateKeyRequest {
+            key: Some(patch.clone()),
+            update_mask: mask("scopes"),
+        }))
+        .await
+        .unwrap();
+    report.push(("scopes", until(&mut cb, need("read"), Reason::Ok).await));
+    patch.ip_allowlist = vec!["10.0.0.0/8".into()];
+    admin
+        .client
+        .update_key(admin.req(pb::UpdateKeyRequest {
+            key: Some(patch.clone()),
+            update_mask: mask("ip_allowlist"),
+        }))
+        .await
+        .unwrap();
+    report.push((
+        "ip_allowlist",
+        until(&mut cb, check_req(&k.secret), Reason::IpNotAllowed).await,
+    ));
+    patch.enabled = false;
+    admin
+        .client
+        .update_key(admin.req(pb::UpdateKeyRequest {
+            key: Some(patch),
+            update_mask: mask("enabled"),
+        }))
+        .await
+        .unwrap();
+    report.push((
+        "disable",
+        until(&mut cb, check_req(&k.secret), Reason::KeyDisabled).await,
+    ));
+    admin
+        .client
+        .revoke_key(admin.req(pb::RevokeKeyRequest {
+            key_id: key.id.clone(),
+            reason: String::new(),
+        }))
+        .await
+        .unwrap();
+    report.push((
+        "revoke",
+        until(&mut cb, check_req(&k.secret), Reason::KeyRevoked).await,
+    ));
+
+    // A tenant policy change (scope catalogue) reaches B's tenant cache too.
+    let k2 = create(
+        &mut admin,
+        pb::CreateKeyRequest {
+            scopes: vec!["export".into()],
+            ..key_req("t", "k2")
+        },
+    )
+    .await;
+    let need2 = pb::CheckRequest {
+        api_key: k2.secret.clone(),
+        required_scopes: vec!["export".into()],
+        ..Default::default()
+    };
+    assert_eq!(reason(&mut cb, need2.clone()).await, Reason::Ok as i32);
+    tenant(
+        &mut admin,
+        "t",
+        pb::TenantPolicy {
+            scope_catalogue: vec!["read".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    report.push((
+        "tenant policy",
+        until(&mut cb, need2, Reason::InsufficientScope).await,
+    ));
+
+    for (what, delay) in &report {
+        eprintln!("propagation of {what} to another replica: {delay:?}");
+        assert!(*delay < Duration::from_secs(1), "{what} took {delay:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_share_one_budget_on_redis() {
+    let prefix = unique_prefix();
+    let shared = |cfg: &mut keygate::config::Config| {
+        cfg.rate_limiter = LimiterKind::Redis;
+        cfg.redis_url = REDIS_URL.to_owned().into();
+        cfg.redis_key_prefix = prefix.clone();
+        cfg.redis_timeout_ms = 2000;
+        cfg.on_limiter_error = OnLimiterError::Deny;
+    };
+    let a = server_or_skip!(Db::Postgres, shared);
+    let b = TestServer::start_replica(&a.url, shared).await;
+    let c = TestServer::start_replica(&a.url, shared).await;
+    let mut admin = a.admin().await;
+    tenant(&mut admin, "t", pb::TenantPolicy::default()).await;
+    let k = create(
+        &mut admin,
+        pb::CreateKeyRequest {
+            rate_limits: vec![limit(100, 60)],
+            ..key_req("t", "k")
+        },
+    )
+    .await;
+    let clients = [
+        a.authorize().await,
+        b.authorize().await,
+        c.authorize().await,
+    ];
+    // Warm every replica's key cache so the burst below is all rate-limit decisions.
+    for mut cl in clients.clone() {
+        assert_eq!(
+            reason(
+                &mut cl,
+                pb::CheckRequest {
+                    dry_run: true,
+                    ..check_req(&k.secret)
+                }
+            )
+            .await,
+            Reason::Ok as i32
+        );
+    }
+    let calls = (0..300).map(|i| {
+        let mut cl = clients[i % 3].clone();
+        let key = k.secret.clone();
+        tokio::spawn(async move { cl.check(check_req(&key)).await.unwrap().into_inner().reason })
+    });
+    let reasons = futures::future::join_all(calls).await;
+    let allowed = reasons
+        .iter()
+        .filter(|r| *r.as_ref().unwrap() == Reason::Ok as i32)
+        .count();
+    let limited = reasons
+        .iter()
+        .filter(|r| *r.as_ref().unwrap() == Reason::RateLimited as i32)
+        .count();
+    assert_eq!(
+        (allowed, limited),
+        (100, 200),
+        "one budget across three replicas"
+    );
+}
+
+/// A Redis server this test owns, on a free port, to kill and bring back.
+struct OwnRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> Option<OwnRedis> {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn();
+        match child {
+            Ok(c) => Some(OwnRedis {
+                port,
+                child: Some(c),
+            }),
+            Err(e) if !in_ci() => {
+                eprintln!("\n!!! SKIPPING a Redis outage test: cannot run redis-server ({e})\n");
+                None
+            }
+            Err(e) => panic!("redis-server is required under CI=true: {e}"),
+        }
+    }
+
+    async fn wait_up(&self) {
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("own redis did not start");
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_outage_follows_on_limiter_error_then_recovers() {
+    let port = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let Some(mut redis) = OwnRedis::start(port) else {
+        return;
+    };
+    redis.wait_up().await;
+    let mut servers = vec![];
+    for mode in [
+        OnLimiterError::Local,
+        OnLimiterError::Deny,
+        OnLimiterError::Allow,
+    ] {
+        let s = server_or_skip!(Db::Sqlite, |cfg| {
+            cfg.rate_limiter = LimiterKind::Redis;
+            cfg.redis_url = format!("redis://127.0.0.1:{port}").into();
+            cfg.redis_key_prefix = unique_prefix();
+            cfg.redis_timeout_ms = 100;
+            cfg.on_limiter_error = mode;
+        });
+        let mut admin = s.admin().await;
+        tenant(&mut admin, "t", pb::TenantPolicy::default()).await;
+        let k = create(
+            &mut admin,
+            pb::CreateKeyRequest {
+                rate_limits: vec![limit(2, 60)],
+                ..key_req("t", "k")
+            },
+        )
+        .await;
+        let c = s.authorize().await;
+        servers.push((mode, s, c, k.secret));
+    }
+    // Shared counting works while Redis is up.
+    for (_, _, c, key) in servers.iter_mut() {
+        assert_eq!(reason(c, check_req(key)).await, Reason::Ok as i32);
+    }
+
+    redis.kill();
+    for (mode, _, c, key) in servers.iter_mut() {
+        let start = Instant::now();
+        let got: Vec<i32> = [
+            reason(c, check_req(key)).await,
+            reason(c, check_req(key)).await,
+            reason(c, check_req(key)).await,
+        ]
+        .to_vec();
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{mode:?}: checks must not hang on a dead Redis"
+        );
+        let (ok, rl) = (Reason::Ok as i32, Reason::RateLimited as i32);
+        let want = match mode {
+            // A fresh in-memory count: 2 admitted, then refused.
+            OnLimiterError::Local => vec![ok, ok, rl],
+            OnLimiterError::Deny => vec![rl, rl, rl],
+            OnLimiterError::Allow => vec![ok, ok, ok],
+        };
+        assert_eq!(got, want, "{mode:?}");
+    }
+
+    // Redis returns (empty: it keeps nothing on disk): shared counting resumes.
+    let _redis = OwnRedis::start(port).unwrap();
+    _redis.wait_up().await;
+    for (mode, _, c, key) in servers.iter_mut() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Wait until the replica talks to Redis again (a dry run that Redis admits).
+        loop {
+            let r = c
+                .check(pb::CheckRequest {
+                    dry_run: true,
+                    ..check_req(key)
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if r.reason == Reason::Ok as i32
+                && r.rate_limit.as_ref().is_some_and(|l| l.remaining == 2)
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{mode:?}: no recovery after Redis returned"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let got = [
+            reason(c, check_req(key)).await,
+            reason(c, check_req(key)).await,
+            reason(c, check_req(key)).await,
+        ];
+        assert_eq!(
+            got,
+            [
+                Reason::Ok as i32,
+                Reason::Ok as i32,
+                Reason::RateLimited as i32
+            ],
+            "{mode:?}: shared limit again"
+        );
+    }
+}
