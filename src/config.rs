@@ -41,6 +41,12 @@ pub struct Config {
     pub redis_timeout_ms: u64,
     /// When Redis fails: `local` (default), `deny` or `allow` (`KEYGATE_ON_LIMITER_ERROR`).
     pub on_limiter_error: crate::limiter::resilient::OnLimiterError,
+    /// Refuse a key the shared limiter refused, until its retry_after, without asking
+    /// Redis again (`KEYGATE_LIMITER_LOCAL_PRECHECK`). Default false.
+    pub limiter_local_precheck: bool,
+    /// Seconds the store may be unreachable before health reports NOT_SERVING (cached
+    /// keys keep working meanwhile). Default 30.
+    pub store_unready_after_secs: u64,
     /// The Envoy ext_authz adapter's listener-wide defaults (`[envoy]`).
     pub envoy: crate::envoy::settings::EnvoyConfig,
     /// How often batched `last_used_time` updates are written, in milliseconds. Default 2000.
@@ -108,6 +114,8 @@ impl Default for Config {
             log: LogConfig::default(),
             envoy: Default::default(),
             rate_limiter: LimiterKind::Memory,
+            limiter_local_precheck: false,
+            store_unready_after_secs: 30,
             redis_url: SecretString::from("redis://127.0.0.1:6379"),
             redis_key_prefix: "keygate".into(),
             redis_timeout_ms: 100,

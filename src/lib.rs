@@ -151,6 +151,7 @@ fn build_limiter(config: &Config) -> Result<Arc<dyn RateLimiter>> {
             Arc::new(limiter::resilient::Resilient::new(
                 Arc::new(redis),
                 config.on_limiter_error,
+                config.limiter_local_precheck,
             ))
         }
     })
@@ -265,6 +266,12 @@ impl App {
         })?;
         let grace = Duration::from_secs(config.shutdown_grace_secs);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(watch_store(
+            store.clone(),
+            health.clone(),
+            Duration::from_secs(config.store_unready_after_secs),
+            stop_rx.clone(),
+        ));
         if listen_changes {
             let url = config.database_url.expose_secret().to_owned();
             tokio::spawn(service::changes::listen(url, cache, stop_rx.clone()));
@@ -310,6 +317,59 @@ impl App {
         let _ = flusher.await;
         tracing::info!("keygate stopped");
         Ok(())
+    }
+}
+
+/// Pings the store every second. Health turns NOT_SERVING (readiness) only once the store
+/// has been unreachable for `unready_after` — cached keys keep working meanwhile — and
+/// SERVING again as soon as it answers.
+async fn watch_store(
+    store: Arc<dyn KeyStore>,
+    health: tonic_health::server::HealthReporter,
+    unready_after: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use tonic_health::ServingStatus;
+    const SERVICES: [&str; 4] = [
+        "",
+        "keygate.v1.KeyAdmin",
+        "keygate.v1.Authorize",
+        "envoy.service.auth.v3.Authorization",
+    ];
+    let mut down_since: Option<std::time::Instant> = None;
+    let mut serving = true;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    while !*stop.borrow() {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => break,
+        }
+        let up = matches!(
+            tokio::time::timeout(Duration::from_secs(1), store.ping()).await,
+            Ok(Ok(()))
+        );
+        down_since = if up {
+            None
+        } else {
+            down_since.or(Some(std::time::Instant::now()))
+        };
+        let want = down_since.is_none_or(|t| t.elapsed() < unready_after);
+        if want != serving && !*stop.borrow() {
+            serving = want;
+            let status = if want {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            if want {
+                tracing::info!("store reachable again: health SERVING");
+            } else {
+                tracing::warn!(after = ?unready_after, "store unreachable: health NOT_SERVING");
+            }
+            for s in SERVICES {
+                health.set_service_status(s, status).await;
+            }
+        }
     }
 }
 

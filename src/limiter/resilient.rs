@@ -21,9 +21,12 @@ pub enum OnLimiterError {
     Local,
 }
 
-/// A shared limiter with a fallback.
+/// A shared limiter with a fallback, and an optional local pre-check.
 pub struct Resilient {
     primary: Arc<dyn RateLimiter>,
+    /// With the pre-check on: buckets the shared limiter refused, until when, and the
+    /// figures it gave. A call in that time is refused here without a round trip.
+    refused: Option<moka::sync::Cache<String, (UnixMillis, LimitOutcome)>>,
     local: MemoryLimiter,
     mode: OnLimiterError,
     failures: AtomicU64,
@@ -31,9 +34,18 @@ pub struct Resilient {
 }
 
 impl Resilient {
-    pub fn new(primary: Arc<dyn RateLimiter>, mode: OnLimiterError) -> Self {
+    /// `local_precheck`: remember refusals until their `retry_after` (see the README's
+    /// "Running several replicas" for the accuracy trade-off).
+    pub fn new(primary: Arc<dyn RateLimiter>, mode: OnLimiterError, local_precheck: bool) -> Self {
+        let refused = local_precheck.then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(31 * 24 * 3600))
+                .build()
+        });
         Resilient {
             primary,
+            refused,
             local: MemoryLimiter::default(),
             mode,
             failures: AtomicU64::new(0),
@@ -57,8 +69,27 @@ impl RateLimiter for Resilient {
         now: UnixMillis,
         dry_run: bool,
     ) -> Result<LimitOutcome> {
+        if let Some(refused) = &self.refused {
+            if let Some((until, outcome)) = refused.get(bucket) {
+                if now < until {
+                    let mut outcome = outcome;
+                    if let Some(st) = outcome.status.as_mut() {
+                        st.retry_after = Some(now.until(until));
+                    }
+                    return Ok(outcome);
+                }
+                refused.invalidate(bucket);
+            }
+        }
         let err = match self.primary.check(bucket, limits, cost, now, dry_run).await {
-            Ok(o) => return Ok(o),
+            Ok(o) => {
+                if let (Some(refused), false) = (&self.refused, o.allowed) {
+                    if let Some(after) = o.status.as_ref().and_then(|s| s.retry_after) {
+                        refused.insert(bucket.to_owned(), (now.plus(after), o.clone()));
+                    }
+                }
+                return Ok(o);
+            }
             Err(e) => e,
         };
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;

@@ -61,8 +61,13 @@ fn apply(cache: &KeyCache, payload: &str) {
     }
 }
 
-/// Listens until `stop`, reconnecting after failures. Whenever the connection was lost,
-/// notifications may have been missed, so the whole cache is dropped.
+/// Listens until `stop`, reconnecting after failures.
+///
+/// While the listening connection is down, notifications are missed, so on every
+/// *reconnection* the whole cache is dropped. It is not dropped at the moment of the loss:
+/// that is usually a database outage, during which no change can commit and cached keys
+/// must keep working. A change committed elsewhere during a listener-only gap therefore
+/// reaches this replica when the listener reconnects, or after `cache.ttl_secs` at most.
 pub async fn listen(
     url: String,
     cache: Arc<KeyCache>,
@@ -96,8 +101,7 @@ pub async fn listen(
                     // None: the connection was lost (sqlx reconnects on the next call, but
                     // what was sent meanwhile is gone).
                     Ok(None) | Err(_) => {
-                        cache.invalidate_all();
-                        tracing::warn!("change listener lost its connection; cache dropped");
+                        tracing::warn!("change listener lost its connection; reconnecting");
                         break;
                     }
                 },

@@ -66,6 +66,9 @@ pub trait KeyStore: Send + Sync + 'static {
         new: NewKey,
     ) -> Result<(KeyRecord, KeyRecord)>;
 
+    /// Whether the store answers (health).
+    async fn ping(&self) -> Result<()>;
+
     /// Moves each key's `last_used_time` forward to the given time (never backward).
     async fn record_last_used(&self, uses: &[(String, UnixMillis)]) -> Result<()>;
 

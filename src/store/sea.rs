@@ -390,6 +390,10 @@ impl KeyStore for SeaStore {
         Ok((old, new.record))
     }
 
+    async fn ping(&self) -> Result<()> {
+        self.db.ping().await.map_err(db_err)
+    }
+
     async fn record_last_used(&self, uses: &[(String, UnixMillis)]) -> Result<()> {
         use api_keys::Column as C;
         let txn = self.db.begin().await.map_err(db_err)?;

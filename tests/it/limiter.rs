@@ -236,3 +236,65 @@ limiter_suite!(
     Some(Arc::new(keygate::limiter::memory::MemoryLimiter::default()))
 );
 limiter_suite!(redis, redis_limiter().await);
+
+/// Counts the calls that reach the shared limiter.
+struct Counting(
+    keygate::limiter::memory::MemoryLimiter,
+    std::sync::atomic::AtomicUsize,
+);
+
+#[async_trait::async_trait]
+impl RateLimiter for Counting {
+    async fn check(
+        &self,
+        b: &str,
+        l: &[RateLimitSpec],
+        c: u64,
+        now: UnixMillis,
+        d: bool,
+    ) -> keygate::error::Result<keygate::limiter::LimitOutcome> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.check(b, l, c, now, d).await
+    }
+}
+
+#[tokio::test]
+async fn local_precheck_refuses_without_a_round_trip_until_retry_after() {
+    use keygate::limiter::resilient::{OnLimiterError, Resilient};
+    use std::sync::atomic::Ordering::SeqCst;
+    let shared = Arc::new(Counting(Default::default(), Default::default()));
+    let l = Resilient::new(shared.clone(), OnLimiterError::Deny, true);
+    let limits = [lim("m", 2, 60)];
+    assert!(
+        l.check("k", &limits, 2, at(0), false)
+            .await
+            .unwrap()
+            .allowed
+    );
+    let refused = l.check("k", &limits, 1, at(10), false).await.unwrap();
+    assert!(!refused.allowed);
+    let retry = refused.status.unwrap().retry_after.unwrap().as_millis() as i64;
+    assert_eq!(shared.1.load(SeqCst), 2);
+    let again = l.check("k", &limits, 1, at(20), false).await.unwrap();
+    assert!(!again.allowed);
+    assert_eq!(
+        again.status.unwrap().retry_after.unwrap().as_millis() as i64,
+        retry - 10,
+        "retry_after counts down"
+    );
+    assert_eq!(shared.1.load(SeqCst), 2, "refused locally, no round trip");
+    assert!(
+        l.check("k", &limits, 1, at(10 + retry), false)
+            .await
+            .unwrap()
+            .allowed,
+        "at retry_after the shared limiter decides again"
+    );
+    assert_eq!(shared.1.load(SeqCst), 3);
+    // Off by default: every call goes to the shared limiter.
+    let plain = Resilient::new(shared.clone(), OnLimiterError::Deny, false);
+    plain.check("k2", &limits, 2, at(0), false).await.unwrap();
+    plain.check("k2", &limits, 1, at(1), false).await.unwrap();
+    plain.check("k2", &limits, 1, at(2), false).await.unwrap();
+    assert_eq!(shared.1.load(SeqCst), 6);
+}

@@ -16,6 +16,7 @@ async fn postgres_cut_cached_keys_allow_uncached_unavailable_then_recovery() {
     let via_proxy = db.url.replace("127.0.0.1:5432", &proxy.addr.to_string());
     let mut cfg = config_for(&via_proxy);
     cfg.database.timeout_ms = 1000;
+    cfg.store_unready_after_secs = 1;
     let s = TestServer::start_on(db, cfg).await;
     let mut a = s.admin().await;
     tenant(&mut a, "t", pb::TenantPolicy::default()).await;
@@ -49,7 +50,32 @@ async fn postgres_cut_cached_keys_allow_uncached_unavailable_then_recovery() {
         .expect_err("admin write fails");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
 
+    // Readiness follows the store once it has been gone for store_unready_after_secs.
+    let channel = s.channel().await;
+    let health = |want: i32| {
+        let channel = channel.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            let mut h = tonic_health::pb::health_client::HealthClient::new(channel);
+            loop {
+                let req = tonic_health::pb::HealthCheckRequest {
+                    service: "keygate.v1.Authorize".into(),
+                };
+                if h.check(req).await.unwrap().into_inner().status == want {
+                    return;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "health never became {want}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    health(2).await; // NOT_SERVING
+
     proxy.restore();
+    health(1).await; // SERVING
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         match c.check(check_req(&cold)).await {
