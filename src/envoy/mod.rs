@@ -184,7 +184,7 @@ pub fn deny_body(d: &Decision, format: ErrorFormat) -> String {
                 }
                 403 => (
                     "forbidden",
-                    serde_json::json!({ "error": format!("{:?}", d.reason) }),
+                    serde_json::json!({ "reason": d.reason.code() }),
                 ),
                 _ => (
                     "unauthorized",

@@ -58,6 +58,23 @@ impl Reason {
         }
     }
 
+    /// The documented name of the reason (as in the protobuf enum).
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::Ok => "OK",
+            Reason::MissingCredential => "MISSING_CREDENTIAL",
+            Reason::MalformedKey => "MALFORMED_KEY",
+            Reason::KeyNotFound => "KEY_NOT_FOUND",
+            Reason::KeyRevoked => "KEY_REVOKED",
+            Reason::KeyExpired => "KEY_EXPIRED",
+            Reason::KeyDisabled => "KEY_DISABLED",
+            Reason::TenantMismatch => "TENANT_MISMATCH",
+            Reason::InsufficientScope => "INSUFFICIENT_SCOPE",
+            Reason::IpNotAllowed => "IP_NOT_ALLOWED",
+            Reason::RateLimited => "RATE_LIMITED",
+        }
+    }
+
     /// Text safe to show the client: it never contains the key.
     pub fn message(self) -> &'static str {
         match self {

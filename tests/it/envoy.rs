@@ -348,6 +348,7 @@ async fn deny_reasons_statuses_and_bodies() {
     let wrong_ip = s.get("/v1/x", &h).await;
     assert_eq!(wrong_ip.status, 403, "{wrong_ip:?}");
     assert_eq!(wrong_ip.json()["code"], "forbidden");
+    assert_eq!(wrong_ip.json()["details"]["reason"], "IP_NOT_ALLOWED");
 
     let ok = http(s.envoy, "127.0.0.5", "GET", "/v1/x", &h).await;
     assert_eq!(ok.status, 200, "allowlisted source address");
@@ -384,6 +385,65 @@ async fn deny_reasons_statuses_and_bodies() {
     assert!((1..=90).contains(&retry), "retry-after {retry}");
     assert_eq!(limited.json()["details"]["retry_after"], retry);
     assert_eq!(limited.headers["x-ratelimit-remaining"], "0");
+
+    // Not found (a forged well-formed key), disabled and expired keys: 401 each.
+    let secret = &k.secret;
+    let forged = keygate::domain::key::assemble("kg_", &secret[3..15], &"A".repeat(24));
+    let not_found = http(
+        s.envoy,
+        "127.0.0.5",
+        "GET",
+        "/v1/x",
+        &[("x-api-key", &forged)],
+    )
+    .await;
+    assert_eq!(
+        (not_found.status, not_found.json()["message"].as_str()),
+        (401, Some("Invalid API key"))
+    );
+    let mut r = key_req("demo", "short");
+    r.expiry = Some(Expiry::ExpiresIn(prost_types::Duration {
+        seconds: 60,
+        nanos: 0,
+    }));
+    let short = create(&mut s.admin, r).await;
+    let mut key = short.key.clone().unwrap();
+    key.enabled = false;
+    let mask = Some(prost_types::FieldMask {
+        paths: vec!["enabled".into()],
+    });
+    s.admin
+        .client
+        .update_key(s.admin.req(pb::UpdateKeyRequest {
+            key: Some(key.clone()),
+            update_mask: mask.clone(),
+        }))
+        .await
+        .unwrap();
+    let disabled = s.get("/v1/x", &[("x-api-key", &short.secret)]).await;
+    assert_eq!(
+        (disabled.status, disabled.json()["message"].as_str()),
+        (401, Some("The API key is disabled"))
+    );
+    key.enabled = true;
+    s.admin
+        .client
+        .update_key(s.admin.req(pb::UpdateKeyRequest {
+            key: Some(key),
+            update_mask: mask,
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get("/v1/x", &[("x-api-key", &short.secret)]).await.status,
+        200
+    );
+    s.keygate.clock.advance(Duration::from_secs(61));
+    let expired = s.get("/v1/x", &[("x-api-key", &short.secret)]).await;
+    assert_eq!(
+        (expired.status, expired.json()["message"].as_str()),
+        (401, Some("The API key has expired"))
+    );
 
     s.admin
         .client

@@ -76,6 +76,10 @@ async fn readme_grpcurl_walkthrough_works_as_written() {
         "IP_NOT_ALLOWED",
         "TENANT_MISMATCH",
         "MALFORMED_KEY",
+        "MISSING_CREDENTIAL",
+        "KEY_NOT_FOUND",
+        "KEY_EXPIRED",
+        "RATE_LIMITED",
         "KEY_DISABLED",
         "KEY_REVOKED",
         "\"name\": \"Warehouse (EU)\"",
@@ -88,7 +92,7 @@ async fn readme_grpcurl_walkthrough_works_as_written() {
     }
     assert_eq!(
         stdout.matches("\"decision\": \"ALLOW\"").count(),
-        2,
+        3,
         "{stdout}"
     );
 }
