@@ -131,6 +131,8 @@ async fn start_keygate(dir: &tempfile::TempDir, admin_token: &str) -> Result<Run
         database_url: format!("sqlite://{}", dir.path().join("bench.db").display()).into(),
         admin_token: Some(admin_token.to_owned().into()),
         auto_migrate: true,
+        // No metrics port: it would collide with anything on 9464 and is not measured.
+        metrics_enabled: false,
         ..Config::default()
     };
     let app = keygate::App::build(cfg, keygate::Options::default()).await?;

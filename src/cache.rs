@@ -176,7 +176,13 @@ impl KeyCache {
         self.unknown.invalidate_all();
     }
 
-    /// Entries currently held (approximate; for metrics and tests).
+    /// Entries currently held, after moka's pending bookkeeping has run (for metrics).
+    pub async fn entries(&self) -> u64 {
+        self.keys.run_pending_tasks().await;
+        self.keys.entry_count()
+    }
+
+    /// Entries currently held (approximate: moka counts lazily).
     pub fn len(&self) -> u64 {
         self.keys.entry_count()
     }

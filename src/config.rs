@@ -47,6 +47,11 @@ pub struct Config {
     /// Seconds the store may be unreachable before health reports NOT_SERVING (cached
     /// keys keep working meanwhile). Default 30.
     pub store_unready_after_secs: u64,
+    /// Address of the plain-HTTP `/metrics`, `/healthz` and `/readyz` endpoints
+    /// (`KEYGATE_METRICS_LISTEN`). Default `127.0.0.1:9464`.
+    pub metrics_listen: SocketAddr,
+    /// Serve them at all (`KEYGATE_METRICS_ENABLED`). Default true.
+    pub metrics_enabled: bool,
     /// The Envoy ext_authz adapter's listener-wide defaults (`[envoy]`).
     pub envoy: crate::envoy::settings::EnvoyConfig,
     /// How often batched `last_used_time` updates are written, in milliseconds. Default 2000.
@@ -113,6 +118,8 @@ impl Default for Config {
             cache: CacheConfig::default(),
             log: LogConfig::default(),
             envoy: Default::default(),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            metrics_enabled: true,
             rate_limiter: LimiterKind::Memory,
             limiter_local_precheck: false,
             store_unready_after_secs: 30,

@@ -13,6 +13,7 @@ pub mod error;
 pub mod grpc;
 pub mod hashing;
 pub mod limiter;
+pub mod metrics;
 pub mod service;
 pub mod store;
 pub mod telemetry;
@@ -139,7 +140,7 @@ async fn admin_tokens(
 }
 
 /// The configured limiter: in memory, or Redis behind the `on_limiter_error` fallback.
-fn build_limiter(config: &Config) -> Result<Arc<dyn RateLimiter>> {
+fn build_limiter(config: &Config, metrics: &metrics::Metrics) -> Result<Arc<dyn RateLimiter>> {
     Ok(match config.rate_limiter {
         config::LimiterKind::Memory => Arc::new(MemoryLimiter::default()),
         config::LimiterKind::Redis => {
@@ -148,11 +149,14 @@ fn build_limiter(config: &Config) -> Result<Arc<dyn RateLimiter>> {
                 &config.redis_key_prefix,
                 Duration::from_millis(config.redis_timeout_ms),
             )?;
-            Arc::new(limiter::resilient::Resilient::new(
-                Arc::new(redis),
-                config.on_limiter_error,
-                config.limiter_local_precheck,
-            ))
+            Arc::new(
+                limiter::resilient::Resilient::new(
+                    Arc::new(redis),
+                    config.on_limiter_error,
+                    config.limiter_local_precheck,
+                )
+                .with_counter(metrics.limiter_fallbacks.clone()),
+            )
         }
     })
 }
@@ -169,9 +173,18 @@ pub struct App {
     tokens: AdminTokens,
     /// Whether to LISTEN for other replicas' changes (PostgreSQL store).
     listen_changes: bool,
+    pub metrics: Arc<metrics::Metrics>,
+    metrics_listener: Option<TcpListener>,
 }
 
 impl App {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, if they are.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     pub async fn build(config: Config, options: Options) -> Result<App> {
         let sea = open_store(&config).await?;
         // With a shared (PostgreSQL) store there may be other replicas to tell of changes.
@@ -182,7 +195,21 @@ impl App {
         let hasher = SecretHasher::new(config.argon2)?;
         let tokens = admin_tokens(&config, store.as_ref(), options.clock.as_ref()).await?;
         let cache = Arc::new(KeyCache::new(&config.cache));
-        let limiter = build_limiter(&config)?;
+        let metrics = metrics::Metrics::new();
+        let limiter = build_limiter(&config, &metrics)?;
+        let metrics_listener = match config.metrics_enabled {
+            true => Some(
+                TcpListener::bind(config.metrics_listen)
+                    .await
+                    .map_err(|e| {
+                        Error::invalid(
+                            "metrics_listen",
+                            format!("cannot bind {}: {e}", config.metrics_listen),
+                        )
+                    })?,
+            ),
+            false => None,
+        };
         let last_used = Arc::new(LastUsed::default());
         let listen_changes = pg_pool.is_some();
         let broadcast = Arc::new(service::changes::Broadcast::new(cache.clone(), pg_pool));
@@ -199,8 +226,11 @@ impl App {
             limiter,
             options.clock.clone(),
             last_used.clone(),
+            metrics.clone(),
         ));
         Ok(App {
+            metrics,
+            metrics_listener,
             listen_changes,
             config,
             store,
@@ -232,7 +262,9 @@ impl App {
             tokens,
             cache,
             listen_changes,
-            ..
+            metrics,
+            metrics_listener,
+            hasher,
         } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<AdminSvc>().await;
@@ -266,9 +298,25 @@ impl App {
         })?;
         let grace = Duration::from_secs(config.shutdown_grace_secs);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        if let Some(listener) = metrics_listener {
+            let app = metrics::router(metrics.clone(), cache.clone(), hasher);
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+                {
+                    tracing::error!(error = %e, "metrics server failed");
+                }
+            });
+        }
         tokio::spawn(watch_store(
             store.clone(),
             health.clone(),
+            metrics.ready.clone(),
             Duration::from_secs(config.store_unready_after_secs),
             stop_rx.clone(),
         ));
@@ -326,6 +374,7 @@ impl App {
 async fn watch_store(
     store: Arc<dyn KeyStore>,
     health: tonic_health::server::HealthReporter,
+    ready: Arc<std::sync::atomic::AtomicBool>,
     unready_after: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -356,6 +405,7 @@ async fn watch_store(
         let want = down_since.is_none_or(|t| t.elapsed() < unready_after);
         if want != serving && !*stop.borrow() {
             serving = want;
+            ready.store(want, std::sync::atomic::Ordering::Relaxed);
             let status = if want {
                 ServingStatus::Serving
             } else {

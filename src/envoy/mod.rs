@@ -6,6 +6,7 @@ pub mod settings;
 
 use crate::domain::{Scope, UnixMillis};
 use crate::error::Result;
+use crate::metrics::Source;
 use crate::service::check::{CheckInput, CheckService, Decision, Reason};
 use base64::Engine;
 use envoy_types::ext_authz::v3::pb::{
@@ -295,13 +296,7 @@ impl Authorization for ExtAuthz {
         let (input, settings) = translate(&self.config, &req)?;
         // A store outage is a gRPC error, not a deny: Envoy's failure_mode_allow and
         // status_on_error decide what the client gets.
-        let decision = self.check.check(&input).await?;
-        let span = tracing::Span::current();
-        if let Some(k) = &decision.key {
-            span.record("key_id", k.id.as_str());
-            span.record("tenant_id", k.tenant_id.as_str());
-        }
-        span.record("reason", tracing::field::debug(decision.reason));
+        let decision = self.check.check_recorded(Source::ExtAuthz, &input).await?;
         let empty = HashMap::new();
         let headers = req.get_client_headers().unwrap_or(&empty);
         Ok(Response::new(respond(

@@ -2,6 +2,7 @@
 use super::{convert, pb};
 use crate::domain::{ip, Scope};
 use crate::error::{Error, Result};
+use crate::metrics::Source;
 use crate::service::check::{CheckInput, CheckService, Decision, Reason};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -106,13 +107,7 @@ impl pb::authorize_server::Authorize for AuthorizeApi {
         req: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
         let input = input(req.into_inner())?;
-        let decision = self.svc.check(&input).await?;
-        let span = tracing::Span::current();
-        if let Some(k) = &decision.key {
-            span.record("key_id", k.id.as_str());
-            span.record("tenant_id", k.tenant_id.as_str());
-        }
-        span.record("reason", tracing::field::debug(decision.reason));
+        let decision = self.svc.check_recorded(Source::Grpc, &input).await?;
         Ok(Response::new(response(decision)))
     }
 }

@@ -30,6 +30,7 @@ pub struct Resilient {
     local: MemoryLimiter,
     mode: OnLimiterError,
     failures: AtomicU64,
+    counter: Option<prometheus::IntCounter>,
     last_logged: AtomicI64,
 }
 
@@ -49,8 +50,15 @@ impl Resilient {
             local: MemoryLimiter::default(),
             mode,
             failures: AtomicU64::new(0),
+            counter: None,
             last_logged: AtomicI64::new(0),
         }
+    }
+
+    /// Also counts fallbacks in this metric.
+    pub fn with_counter(mut self, counter: prometheus::IntCounter) -> Self {
+        self.counter = Some(counter);
+        self
     }
 
     /// Checks that fell back since start (a metric).
@@ -93,6 +101,9 @@ impl RateLimiter for Resilient {
             Err(e) => e,
         };
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(c) = &self.counter {
+            c.inc();
+        }
         // One line per second at most: a dead Redis must not flood the logs.
         let sec = now.0 / 1000;
         if self.last_logged.swap(sec, Ordering::Relaxed) != sec {

@@ -138,6 +138,7 @@ pub struct CheckService {
     limiter: Arc<dyn RateLimiter>,
     clock: Arc<dyn Clock>,
     last_used: Arc<LastUsed>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl CheckService {
@@ -148,6 +149,7 @@ impl CheckService {
         limiter: Arc<dyn RateLimiter>,
         clock: Arc<dyn Clock>,
         last_used: Arc<LastUsed>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         CheckService {
             store,
@@ -156,12 +158,45 @@ impl CheckService {
             limiter,
             clock,
             last_used,
+            metrics,
         }
     }
 
     /// The service's clock (tests inject one).
     pub fn now(&self) -> crate::domain::UnixMillis {
         self.clock.now()
+    }
+
+    /// [`check`](Self::check), plus what every entry point records: metrics by source,
+    /// and the key id, tenant and reason on the current span (never the key).
+    pub async fn check_recorded(
+        &self,
+        source: crate::metrics::Source,
+        input: &CheckInput,
+    ) -> Result<Decision> {
+        let started = std::time::Instant::now();
+        match self.check(input).await {
+            Ok(d) => {
+                self.metrics
+                    .check(source, d.allowed(), d.reason.code(), started.elapsed());
+                let span = tracing::Span::current();
+                if let Some(k) = &d.key {
+                    span.record("key_id", k.id.as_str());
+                    span.record("tenant_id", k.tenant_id.as_str());
+                }
+                span.record("reason", d.reason.code());
+                Ok(d)
+            }
+            Err(e) => {
+                let code = match e {
+                    Error::Unavailable { .. } => tonic::Code::Unavailable,
+                    Error::InvalidArgument { .. } => tonic::Code::InvalidArgument,
+                    _ => tonic::Code::Internal,
+                };
+                self.metrics.check_error(source, code);
+                Err(e)
+            }
+        }
     }
 
     /// Decides one call. Errors only when Keygate cannot decide (store unreachable:
@@ -250,8 +285,12 @@ impl CheckService {
         let hasher = self.hasher.clone();
         let secret = SecretString::from(presented.to_owned());
         let (lookup, head) = (lookup_id.to_owned(), head.to_owned());
-        self.cache
+        let loaded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = loaded.clone();
+        let resolved = self
+            .cache
             .key(digest, lookup_id, async move {
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
                 let found = store.find_by_lookup_id(&lookup).await?;
                 let (record, hash) = match found {
                     Some((r, h)) => (Some(r), Some(h)),
@@ -260,7 +299,17 @@ impl CheckService {
                 let verified = hasher.verify(secret, hash).await?;
                 Ok(record.filter(|r| verified && r.key_prefix == head))
             })
-            .await
+            .await?;
+        let result = match (&resolved, loaded.load(std::sync::atomic::Ordering::Relaxed)) {
+            (_, true) => "miss",
+            (Resolved::Key(_), false) => "hit",
+            (Resolved::Unknown, false) => "negative",
+        };
+        self.metrics
+            .cache_lookups
+            .with_label_values(&[result])
+            .inc();
+        Ok(resolved)
     }
 
     async fn tenant(&self, id: &str) -> Result<Arc<Loaded<Tenant>>> {

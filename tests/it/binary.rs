@@ -19,6 +19,7 @@ fn command(db_url: &str, extra_env: &[(&str, &str)], args: &[&str]) -> Command {
     cmd.env_clear()
         .env("KEYGATE_DATABASE_URL", db_url)
         .env("KEYGATE_LISTEN", "127.0.0.1:0")
+        .env("KEYGATE_METRICS_LISTEN", "127.0.0.1:0")
         .env("KEYGATE_LOG__FORMAT", "json")
         .args(args)
         .stdin(std::process::Stdio::null())
@@ -113,6 +114,19 @@ async fn every_returned_key_survives_kill_9() {
         assert_eq!(got.state, pb::KeyState::Active as i32);
     }
     crate::check::assert_all_allowed(&p.addr, &issued).await;
+    let logs = p.output();
+    assert!(
+        logs.contains("key created") || logs.contains("keygate serving"),
+        "logs were captured"
+    );
+    for k in &issued {
+        assert!(
+            !logs.contains(&k.secret[k.secret.len() - 30..]),
+            "a key's secret reached the log"
+        );
+    }
+    assert!(!logs.contains(TOKEN), "the admin token reached the log");
+    assert!(!logs.contains("$argon2"), "a hash reached the log");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

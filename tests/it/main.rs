@@ -8,6 +8,7 @@ mod check;
 mod envoy;
 mod key_admin;
 mod limiter;
+mod observability;
 mod outage;
 mod readme;
 mod replicas;

@@ -110,6 +110,8 @@ impl Drop for TestDb {
 /// A running server.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics_addr: SocketAddr,
     /// The server's hasher: its verify count shows how often argon2 ran.
     pub hasher: keygate::hashing::SecretHasher,
     pub clock: Arc<ManualClock>,
@@ -127,6 +129,8 @@ pub fn config_for(url: &str) -> Config {
         admin_token: Some(ADMIN_TOKEN.to_owned().into()),
         auto_migrate: true,
         shutdown_grace_secs: 5,
+        // Tests run in parallel: every server gets its own metrics port.
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
         ..Default::default()
     };
     cfg.database.max_connections = 8;
@@ -169,11 +173,13 @@ impl TestServer {
         };
         let app = keygate::App::build(cfg, opts).await.expect("server builds");
         let hasher = app.hasher.clone();
+        let metrics_addr = app.metrics_addr().expect("metrics enabled in tests");
         let handle = tokio::spawn(app.serve(listener, async move {
             let _ = rx.await;
         }));
         let server = TestServer {
             addr,
+            metrics_addr,
             hasher,
             clock,
             url,

@@ -1,0 +1,181 @@
+//! Prometheus metrics and plain-HTTP probes on a port of their own (`metrics_listen`,
+//! default 127.0.0.1:9464): `/metrics`, `/healthz` (the process is up) and `/readyz` (the
+//! store is reachable, as in `grpc.health.v1`).
+//!
+//! Why the `prometheus` crate: Prometheus scrapes are how operators of a gateway-side
+//! service watch it; the crate is mature, has no runtime of its own, and a registry per
+//! server lets the suite assert exact values with several servers in one process.
+//! Labels never carry keys, key ids or tenants (cardinality, and secrets).
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where a check came from.
+#[derive(Debug, Clone, Copy)]
+pub enum Source {
+    Grpc,
+    ExtAuthz,
+}
+
+impl Source {
+    fn label(self) -> &'static str {
+        match self {
+            Source::Grpc => "grpc",
+            Source::ExtAuthz => "ext_authz",
+        }
+    }
+}
+
+/// One server's metrics.
+pub struct Metrics {
+    registry: Registry,
+    checks: IntCounterVec,
+    check_seconds: HistogramVec,
+    check_errors: IntCounterVec,
+    /// Cache lookups by result: hit, miss (loaded from the store), negative (remembered unknown).
+    pub cache_lookups: IntCounterVec,
+    cache_entries: IntGauge,
+    argon2_verifies: IntCounter,
+    /// Checks whose shared limiter failed and that followed `on_limiter_error`.
+    pub limiter_fallbacks: IntCounter,
+    /// `1` while the store is reachable (readiness).
+    pub ready: Arc<AtomicBool>,
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Metric definitions are literals; a failure is a programming error found by any test.
+    r.unwrap_or_else(|e| panic!("metric definition: {e}"))
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let registry = Registry::new_custom(Some("keygate".into()), None).unwrap_or_default();
+        let checks = must(IntCounterVec::new(
+            Opts::new("checks_total", "Decisions by source, decision and reason"),
+            &["source", "decision", "reason"],
+        ));
+        let check_seconds = must(HistogramVec::new(
+            HistogramOpts::new("check_duration_seconds", "Time to decide a check").buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+            &["source"],
+        ));
+        let check_errors = must(IntCounterVec::new(
+            Opts::new(
+                "check_errors_total",
+                "Checks that could not be decided, by gRPC code",
+            ),
+            &["source", "code"],
+        ));
+        let cache_lookups = must(IntCounterVec::new(
+            Opts::new("cache_lookups_total", "Key cache lookups by result"),
+            &["result"],
+        ));
+        let cache_entries = must(IntGauge::new(
+            "cache_entries",
+            "Verified keys held in the cache",
+        ));
+        let argon2_verifies = must(IntCounter::new(
+            "argon2_verifies_total",
+            "argon2id verifications run",
+        ));
+        let limiter_fallbacks = must(IntCounter::new(
+            "limiter_fallbacks_total",
+            "Checks decided by on_limiter_error because the shared limiter failed",
+        ));
+        for c in [&checks, &check_errors, &cache_lookups] {
+            must(registry.register(Box::new(c.clone())));
+        }
+        must(registry.register(Box::new(check_seconds.clone())));
+        must(registry.register(Box::new(cache_entries.clone())));
+        must(registry.register(Box::new(argon2_verifies.clone())));
+        must(registry.register(Box::new(limiter_fallbacks.clone())));
+        Arc::new(Metrics {
+            registry,
+            checks,
+            check_seconds,
+            check_errors,
+            cache_lookups,
+            cache_entries,
+            argon2_verifies,
+            limiter_fallbacks,
+            ready: Arc::new(AtomicBool::new(true)),
+        })
+    }
+
+    /// Records one decided check.
+    pub fn check(&self, source: Source, allowed: bool, reason: &str, took: Duration) {
+        let decision = if allowed { "ALLOW" } else { "DENY" };
+        self.checks
+            .with_label_values(&[source.label(), decision, reason])
+            .inc();
+        self.check_seconds
+            .with_label_values(&[source.label()])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records a check that failed (store unreachable, bad request).
+    pub fn check_error(&self, source: Source, code: tonic::Code) {
+        self.check_errors
+            .with_label_values(&[source.label(), &format!("{code:?}")])
+            .inc();
+    }
+
+    /// The text exposition, after refreshing values read from their owners.
+    pub fn render(&self, cache_entries: u64, argon2_verifies: u64) -> String {
+        self.cache_entries.set(cache_entries as i64);
+        let seen = self.argon2_verifies.get();
+        if argon2_verifies > seen {
+            self.argon2_verifies.inc_by(argon2_verifies - seen);
+        }
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// The probe/metrics HTTP server. Values owned elsewhere (cache size, argon2 verifies)
+/// are read at scrape time.
+pub fn router(
+    metrics: Arc<Metrics>,
+    cache: Arc<crate::cache::KeyCache>,
+    hasher: crate::hashing::SecretHasher,
+) -> axum::Router {
+    use axum::http::{header, StatusCode};
+    use axum::routing::get;
+    let m = metrics.clone();
+    let ready = metrics;
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let (m, cache, hasher) = (m.clone(), cache.clone(), hasher.clone());
+                async move {
+                    let body = m.render(cache.entries().await, hasher.verify_count());
+                    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ok = ready.is_ready();
+                async move {
+                    if ok {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n")
+                    }
+                }
+            }),
+        )
+}
