@@ -47,6 +47,9 @@ pub struct Config {
     /// Seconds the store may be unreachable before health reports NOT_SERVING (cached
     /// keys keep working meanwhile). Default 30.
     pub store_unready_after_secs: u64,
+    /// OTLP/gRPC collector for traces, e.g. `http://127.0.0.1:4317`
+    /// (`KEYGATE_OTLP_ENDPOINT`). Unset (default): no traces are exported.
+    pub otlp_endpoint: Option<String>,
     /// Address of the plain-HTTP `/metrics`, `/healthz` and `/readyz` endpoints
     /// (`KEYGATE_METRICS_LISTEN`). Default `127.0.0.1:9464`.
     pub metrics_listen: SocketAddr,
@@ -118,6 +121,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             log: LogConfig::default(),
             envoy: Default::default(),
+            otlp_endpoint: None,
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             metrics_enabled: true,
             rate_limiter: LimiterKind::Memory,

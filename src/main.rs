@@ -45,7 +45,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    keygate::telemetry::init(&config.log);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -57,7 +56,9 @@ fn main() -> ExitCode {
         }
     };
     let result = rt.block_on(async move {
-        match cli.command.unwrap_or(Command::Serve) {
+        // Inside the runtime: the OTLP exporter's channel lives on it.
+        let telemetry = keygate::telemetry::init(&config.log, config.otlp_endpoint.as_deref());
+        let result = match cli.command.unwrap_or(Command::Serve) {
             Command::Serve => {
                 let listener = tokio::net::TcpListener::bind(config.listen)
                     .await
@@ -70,7 +71,9 @@ fn main() -> ExitCode {
                 keygate::run(config, listener).await
             }
             Command::Migrate => keygate::migrate(&config).await,
-        }
+        };
+        telemetry.shutdown();
+        result
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

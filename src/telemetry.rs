@@ -1,16 +1,127 @@
-//! Logging. Never given a key, a hash or an admin token: callers log ids only.
+//! Logs and traces. Never given a key, a hash or an admin token: callers log ids only.
+//!
+//! Traces go to an OTLP collector over gRPC when `otlp_endpoint` is set (off by default).
+//! A W3C `traceparent` in a Check's gRPC metadata, or in the HTTP headers Envoy forwards
+//! to ext_authz, makes Keygate's spans children of the caller's trace.
 use crate::config::{LogConfig, LogFormat};
-use tracing_subscriber::EnvFilter;
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
-/// Installs the global subscriber; `RUST_LOG` overrides the configured filter. A second
-/// call (tests that start several servers) is a no-op.
-pub fn init(cfg: &LogConfig) {
+/// What `init` set up; `shutdown` flushes buffered spans.
+#[derive(Default)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports what is buffered and stops the exporter (on graceful shutdown).
+    pub fn shutdown(self) {
+        if let Some(p) = self.provider {
+            if let Err(e) = p.shutdown() {
+                eprintln!("keygate: flushing traces failed: {e}");
+            }
+        }
+    }
+}
+
+/// Installs the global subscriber; `RUST_LOG` overrides the configured filter. With an
+/// OTLP endpoint it must run inside the tokio runtime (the exporter's channel lives
+/// there). A second call (tests that start several servers) is a no-op.
+pub fn init(cfg: &LogConfig, otlp_endpoint: Option<&str>) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match cfg.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Pretty => builder.try_init(),
+    let fmt = match cfg.format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
+    let provider = otlp_endpoint.and_then(|endpoint| {
+        use opentelemetry_otlp::WithExportConfig;
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .build();
+        match exporter {
+            Ok(exporter) => Some(
+                SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(
+                        opentelemetry_sdk::Resource::builder()
+                            .with_service_name("keygate")
+                            .build(),
+                    )
+                    .build(),
+            ),
+            Err(e) => {
+                eprintln!("keygate: OTLP exporter not started: {e}");
+                None
+            }
+        }
+    });
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("keygate")));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init();
+    Telemetry { provider }
+}
+
+/// Reads W3C trace context from gRPC metadata.
+pub struct MetadataExtractor<'a>(pub &'a tonic::metadata::MetadataMap);
+
+impl Extractor for MetadataExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|k| match k {
+                tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
+                tonic::metadata::KeyRef::Binary(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// The span of one check (`Authorize/Check` or `ext_authz/Check`), made a child of the
+/// caller's trace when the carrier has a `traceparent`. The parent must be set before the
+/// span is entered, so entry points create it here and enter it with `instrument`.
+pub fn check_span(name: &'static str, carrier: Option<&dyn Extractor>) -> tracing::Span {
+    use tracing::field::Empty;
+    let span = match name {
+        "ext_authz/Check" => tracing::info_span!(
+            "ext_authz/Check",
+            key_id = Empty,
+            tenant_id = Empty,
+            decision = Empty,
+            reason = Empty,
+            cache = Empty
+        ),
+        _ => tracing::info_span!(
+            "Authorize/Check",
+            key_id = Empty,
+            tenant_id = Empty,
+            decision = Empty,
+            reason = Empty,
+            cache = Empty
+        ),
+    };
+    if let Some(carrier) = carrier.filter(|c| c.get("traceparent").is_some()) {
+        let _ = span.set_parent(TraceContextPropagator::new().extract(carrier));
+    }
+    span
 }

@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 /// Headers Keygate sets for the upstream; any a client sends itself are stripped.
 pub const UPSTREAM_PREFIX: &str = "x-keygate-";
@@ -290,21 +291,28 @@ pub fn respond(
 
 #[tonic::async_trait]
 impl Authorization for ExtAuthz {
-    #[tracing::instrument(skip_all, fields(key_id, tenant_id, reason))]
     async fn check(&self, req: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         let req = req.into_inner();
-        let (input, settings) = translate(&self.config, &req)?;
-        // A store outage is a gRPC error, not a deny: Envoy's failure_mode_allow and
-        // status_on_error decide what the client gets.
-        let decision = self.check.check_recorded(Source::ExtAuthz, &input).await?;
-        let empty = HashMap::new();
-        let headers = req.get_client_headers().unwrap_or(&empty);
-        Ok(Response::new(respond(
-            &decision,
-            &settings,
-            headers,
-            self.check.now(),
-        )))
+        let carrier = req
+            .get_client_headers()
+            .map(|h| h as &dyn opentelemetry::propagation::Extractor);
+        let span = crate::telemetry::check_span("ext_authz/Check", carrier);
+        async move {
+            let (input, settings) = translate(&self.config, &req)?;
+            // A store outage is a gRPC error, not a deny: Envoy's failure_mode_allow and
+            // status_on_error decide what the client gets.
+            let decision = self.check.check_recorded(Source::ExtAuthz, &input).await?;
+            let empty = HashMap::new();
+            let headers = req.get_client_headers().unwrap_or(&empty);
+            Ok(Response::new(respond(
+                &decision,
+                &settings,
+                headers,
+                self.check.now(),
+            )))
+        }
+        .instrument(span)
+        .await
     }
 }
 

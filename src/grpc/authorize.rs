@@ -7,6 +7,7 @@ use crate::service::check::{CheckInput, CheckService, Decision, Reason};
 use std::net::IpAddr;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 pub struct AuthorizeApi {
     svc: Arc<CheckService>,
@@ -101,13 +102,20 @@ pub fn response(d: Decision) -> pb::CheckResponse {
 
 #[tonic::async_trait]
 impl pb::authorize_server::Authorize for AuthorizeApi {
-    #[tracing::instrument(skip_all, fields(key_id, tenant_id, reason))]
     async fn check(
         &self,
         req: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
-        let input = input(req.into_inner())?;
-        let decision = self.svc.check_recorded(Source::Grpc, &input).await?;
-        Ok(Response::new(response(decision)))
+        let span = crate::telemetry::check_span(
+            "Authorize/Check",
+            Some(&crate::telemetry::MetadataExtractor(req.metadata())),
+        );
+        async move {
+            let input = input(req.into_inner())?;
+            let decision = self.svc.check_recorded(Source::Grpc, &input).await?;
+            Ok(Response::new(response(decision)))
+        }
+        .instrument(span)
+        .await
     }
 }

@@ -14,6 +14,7 @@ use crate::store::KeyStore;
 use secrecy::SecretString;
 use std::net::IpAddr;
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// What a caller asks.
 #[derive(Debug, Clone, Default)]
@@ -185,6 +186,7 @@ impl CheckService {
                     span.record("tenant_id", k.tenant_id.as_str());
                 }
                 span.record("reason", d.reason.code());
+                span.record("decision", if d.allowed() { "ALLOW" } else { "DENY" });
                 Ok(d)
             }
             Err(e) => {
@@ -252,6 +254,7 @@ impl CheckService {
             let outcome = self
                 .limiter
                 .check(&record.id, limits, input.cost.max(1), now, input.dry_run)
+                .instrument(tracing::info_span!("limiter.check"))
                 .await?;
             decision.rate_limit = outcome.status;
             if outcome.allowed {
@@ -289,16 +292,21 @@ impl CheckService {
         let flag = loaded.clone();
         let resolved = self
             .cache
-            .key(digest, lookup_id, async move {
-                flag.store(true, std::sync::atomic::Ordering::Relaxed);
-                let found = store.find_by_lookup_id(&lookup).await?;
-                let (record, hash) = match found {
-                    Some((r, h)) => (Some(r), Some(h)),
-                    None => (None, None),
-                };
-                let verified = hasher.verify(secret, hash).await?;
-                Ok(record.filter(|r| verified && r.key_prefix == head))
-            })
+            .key(
+                digest,
+                lookup_id,
+                async move {
+                    flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                    let found = store.find_by_lookup_id(&lookup).await?;
+                    let (record, hash) = match found {
+                        Some((r, h)) => (Some(r), Some(h)),
+                        None => (None, None),
+                    };
+                    let verified = hasher.verify(secret, hash).await?;
+                    Ok(record.filter(|r| verified && r.key_prefix == head))
+                }
+                .instrument(tracing::info_span!("store.lookup_and_verify")),
+            )
             .await?;
         let result = match (&resolved, loaded.load(std::sync::atomic::Ordering::Relaxed)) {
             (_, true) => "miss",
@@ -309,6 +317,7 @@ impl CheckService {
             .cache_lookups
             .with_label_values(&[result])
             .inc();
+        tracing::Span::current().record("cache", result);
         Ok(resolved)
     }
 

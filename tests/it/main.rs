@@ -12,3 +12,4 @@ mod observability;
 mod outage;
 mod readme;
 mod replicas;
+mod traces;

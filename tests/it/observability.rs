@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::service::auth::v3 as ext;
 use keygate::grpc::pb;
 use std::collections::HashMap;
 
-fn ext_authz_req(headers: &[(&str, &str)]) -> ext::CheckRequest {
+pub fn ext_authz_req(headers: &[(&str, &str)]) -> ext::CheckRequest {
     let headers: HashMap<String, String> = headers
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))

@@ -1,0 +1,181 @@
+//! Traces: the real binary exports over OTLP/gRPC to a collector this test runs, and a
+//! Check carrying a W3C `traceparent` shows up as a child of the caller's span, with its
+//! store and limiter work as child spans and no secret in any attribute.
+use crate::binary::spawn;
+use crate::key_admin::{create, key_req, tenant};
+use crate::support::{Db, TestDb};
+use keygate::grpc::pb::{self, authorize_client::AuthorizeClient};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Clone, Default)]
+struct Collector(Arc<Mutex<Vec<Span>>>);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.0.lock().unwrap();
+        for rs in req.into_inner().resource_spans {
+            for ss in rs.scope_spans {
+                spans.extend(ss.spans);
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+fn attr(span: &Span, key: &str) -> Option<String> {
+    span.attributes.iter().find(|a| a.key == key).and_then(|a| {
+        match a.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(s.clone()),
+            other => Some(format!("{other:?}")),
+        }
+    })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn check_spans_join_the_callers_trace() {
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp = listener.local_addr().unwrap();
+    let svc = TraceServiceServer::new(collector.clone());
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+    });
+
+    let token = "traces-test-admin-token-0123456789";
+    let db = TestDb::new(Db::Sqlite).await.unwrap();
+    let endpoint = format!("http://{otlp}");
+    let mut p = spawn(
+        &db.url,
+        &[
+            ("KEYGATE_ADMIN_TOKEN", token),
+            ("KEYGATE_OTLP_ENDPOINT", &endpoint),
+        ],
+        &[],
+    )
+    .await;
+    let mut a = crate::support::Admin {
+        client: pb::key_admin_client::KeyAdminClient::connect(format!("http://{}", p.addr))
+            .await
+            .unwrap(),
+        token: token.into(),
+    };
+    tenant(&mut a, "t", pb::TenantPolicy::default()).await;
+    let k = create(
+        &mut a,
+        pb::CreateKeyRequest {
+            rate_limits: vec![pb::RateLimit {
+                name: "m".into(),
+                limit: 10,
+                window: Some(prost_types::Duration {
+                    seconds: 60,
+                    nanos: 0,
+                }),
+            }],
+            ..key_req("t", "traced")
+        },
+    )
+    .await;
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let mut c = AuthorizeClient::connect(format!("http://{}", p.addr))
+        .await
+        .unwrap();
+    let mut req = tonic::Request::new(crate::check::check_req(&k.secret));
+    req.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{caller_span}-01").parse().unwrap(),
+    );
+    assert_eq!(
+        c.check(req).await.unwrap().into_inner().reason,
+        pb::Reason::Ok as i32
+    );
+
+    // Through ext_authz the trace context arrives in the HTTP headers Envoy forwards.
+    let ext_trace = "0af7651916cd43dd8448eb211c80319c";
+    let traceparent = format!("00-{ext_trace}-b7ad6b7169203331-01");
+    let mut e = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(format!("http://{}", p.addr))
+        .await
+        .unwrap();
+    e.check(crate::observability::ext_authz_req(&[
+        ("x-api-key", &k.secret),
+        ("traceparent", &traceparent),
+    ]))
+    .await
+    .unwrap();
+
+    // SIGTERM: a graceful stop flushes buffered spans.
+    let pid = p.child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(15), p.child.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+
+    let spans = collector.0.lock().unwrap().clone();
+    let check = spans
+        .iter()
+        .find(|s| s.name == "Authorize/Check" && hex(&s.trace_id) == trace_id)
+        .unwrap_or_else(|| {
+            panic!(
+                "no Authorize/Check span in the caller's trace: {:?}",
+                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+            )
+        });
+    assert_eq!(
+        hex(&check.parent_span_id),
+        caller_span,
+        "parent is the caller's span"
+    );
+    assert_eq!(
+        attr(check, "key_id").as_deref(),
+        Some(k.key.as_ref().unwrap().id.as_str())
+    );
+    assert_eq!(attr(check, "tenant_id").as_deref(), Some("t"));
+    assert_eq!(attr(check, "decision").as_deref(), Some("ALLOW"));
+    assert_eq!(attr(check, "reason").as_deref(), Some("OK"));
+    assert_eq!(attr(check, "cache").as_deref(), Some("miss"));
+    for child in ["store.lookup_and_verify", "limiter.check"] {
+        let s = spans
+            .iter()
+            .find(|s| s.name == child && s.parent_span_id == check.span_id);
+        assert!(s.is_some(), "{child} is a child of the check span");
+    }
+    let ext = spans
+        .iter()
+        .find(|s| s.name == "ext_authz/Check" && hex(&s.trace_id) == ext_trace);
+    assert_eq!(
+        ext.map(|s| hex(&s.parent_span_id)).as_deref(),
+        Some("b7ad6b7169203331"),
+        "ext_authz joins the HTTP caller's trace"
+    );
+    let everything = format!("{spans:?}");
+    assert!(
+        !everything.contains(&k.secret[k.secret.len() - 30..]),
+        "no secret in any span"
+    );
+    assert!(!everything.contains(token), "no admin token in any span");
+}
