@@ -210,7 +210,7 @@ impl App {
             ),
             false => None,
         };
-        let last_used = Arc::new(LastUsed::default());
+        let last_used = Arc::new(LastUsed::counting(metrics.last_used_flush_failures.clone()));
         let listen_changes = pg_pool.is_some();
         let broadcast = Arc::new(service::changes::Broadcast::new(cache.clone(), pg_pool));
         let admin = AdminService::new(
@@ -285,7 +285,7 @@ impl App {
             .build_v1alpha()
             .map_err(internal)?;
         let key_admin = KeyAdminServer::with_interceptor(
-            grpc::key_admin::KeyAdminApi::new(admin),
+            grpc::key_admin::KeyAdminApi::new(admin, metrics.clone()),
             move |req| tokens.check(req),
         );
         let ext_authz =

@@ -40,6 +40,12 @@ pub struct Metrics {
     pub cache_lookups: IntCounterVec,
     cache_entries: IntGauge,
     argon2_verifies: IntCounter,
+    /// Time of one store lookup plus argon2 verify on a cache miss.
+    pub miss_load_seconds: prometheus::Histogram,
+    /// KeyAdmin calls by RPC and gRPC code.
+    admin_calls: IntCounterVec,
+    /// `last_used_time` batches that could not be written (retried later).
+    pub last_used_flush_failures: IntCounter,
     /// Checks whose shared limiter failed and that followed `on_limiter_error`.
     pub limiter_fallbacks: IntCounter,
     /// `1` while the store is reachable (readiness).
@@ -94,6 +100,36 @@ impl Metrics {
         must(registry.register(Box::new(cache_entries.clone())));
         must(registry.register(Box::new(argon2_verifies.clone())));
         must(registry.register(Box::new(limiter_fallbacks.clone())));
+        let miss_load_seconds = must(prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "cache_miss_load_seconds",
+                "Store lookup plus argon2 verify on a cache miss",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+        ));
+        let admin_calls = must(IntCounterVec::new(
+            Opts::new("admin_calls_total", "KeyAdmin calls by RPC and gRPC code"),
+            &["rpc", "code"],
+        ));
+        let last_used_flush_failures = must(IntCounter::new(
+            "last_used_flush_failures_total",
+            "last_used_time batches that failed to write (kept and retried)",
+        ));
+        // Series that exist from the start read as 0 instead of "no data", so alerts on
+        // them evaluate before the first failure.
+        for source in ["grpc", "ext_authz"] {
+            for code in ["Unavailable", "InvalidArgument", "Internal"] {
+                check_errors.with_label_values(&[source, code]);
+            }
+        }
+        for result in ["hit", "miss", "negative"] {
+            cache_lookups.with_label_values(&[result]);
+        }
+        must(registry.register(Box::new(miss_load_seconds.clone())));
+        must(registry.register(Box::new(admin_calls.clone())));
+        must(registry.register(Box::new(last_used_flush_failures.clone())));
         Arc::new(Metrics {
             registry,
             checks,
@@ -103,6 +139,9 @@ impl Metrics {
             cache_entries,
             argon2_verifies,
             limiter_fallbacks,
+            miss_load_seconds,
+            admin_calls,
+            last_used_flush_failures,
             ready: Arc::new(AtomicBool::new(true)),
         })
     }
@@ -122,6 +161,13 @@ impl Metrics {
     pub fn check_error(&self, source: Source, code: tonic::Code) {
         self.check_errors
             .with_label_values(&[source.label(), &format!("{code:?}")])
+            .inc();
+    }
+
+    /// Records one KeyAdmin call.
+    pub fn admin_call(&self, rpc: &str, code: tonic::Code) {
+        self.admin_calls
+            .with_label_values(&[rpc, &format!("{code:?}")])
             .inc();
     }
 

@@ -290,6 +290,7 @@ impl CheckService {
         let (lookup, head) = (lookup_id.to_owned(), head.to_owned());
         let loaded = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = loaded.clone();
+        let timing = self.metrics.miss_load_seconds.clone();
         let resolved = self
             .cache
             .key(
@@ -297,12 +298,14 @@ impl CheckService {
                 lookup_id,
                 async move {
                     flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                    let started = std::time::Instant::now();
                     let found = store.find_by_lookup_id(&lookup).await?;
                     let (record, hash) = match found {
                         Some((r, h)) => (Some(r), Some(h)),
                         None => (None, None),
                     };
                     let verified = hasher.verify(secret, hash).await?;
+                    timing.observe(started.elapsed().as_secs_f64());
                     Ok(record.filter(|r| verified && r.key_prefix == head))
                 }
                 .instrument(tracing::info_span!("store.lookup_and_verify")),

@@ -10,9 +10,18 @@ use std::time::Duration;
 #[derive(Default)]
 pub struct LastUsed {
     pending: Mutex<HashMap<String, UnixMillis>>,
+    failures: Option<prometheus::IntCounter>,
 }
 
 impl LastUsed {
+    /// Counts failed flushes in `failures`.
+    pub fn counting(failures: prometheus::IntCounter) -> Self {
+        LastUsed {
+            pending: Mutex::default(),
+            failures: Some(failures),
+        }
+    }
+
     /// Notes a use; O(1), never blocks on I/O.
     pub fn note(&self, key_id: &str, at: UnixMillis) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -37,6 +46,9 @@ impl LastUsed {
         }
         if let Err(e) = store.record_last_used(&batch).await {
             tracing::warn!(error = %e, keys = batch.len(), "could not record last_used_time; will retry");
+            if let Some(f) = &self.failures {
+                f.inc();
+            }
             for (id, at) in batch {
                 self.note(&id, at);
             }

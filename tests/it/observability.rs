@@ -84,6 +84,14 @@ async fn metrics_count_exactly_what_happened() {
     }
     e.check(ext_authz_req(&[])).await.unwrap();
 
+    let missing = a
+        .client
+        .get_key(a.req(pb::GetKeyRequest {
+            key_id: "key_missing".into(),
+        }))
+        .await;
+    assert_eq!(missing.unwrap_err().code(), tonic::Code::NotFound);
+
     let m = http(s.metrics_addr, "127.0.0.1", "GET", "/metrics", &[]).await;
     assert_eq!(m.status, 200);
     let text = &m.body;
@@ -118,6 +126,28 @@ async fn metrics_count_exactly_what_happened() {
     );
     assert_eq!(sample(text, "keygate_argon2_verifies_total"), 2.0);
     assert_eq!(sample(text, "keygate_cache_entries"), 2.0);
+    assert_eq!(sample(text, "keygate_cache_miss_load_seconds_count"), 2.0);
+    assert_eq!(
+        sample(
+            text,
+            r#"keygate_admin_calls_total{code="Ok",rpc="UpsertTenant"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            text,
+            r#"keygate_admin_calls_total{code="Ok",rpc="CreateKey"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            text,
+            r#"keygate_admin_calls_total{code="NotFound",rpc="GetKey"}"#
+        ),
+        1.0
+    );
     for secret in [&k1.secret, &k2.secret] {
         assert!(
             !text.contains(&secret[3..20]),
@@ -128,6 +158,32 @@ async fn metrics_count_exactly_what_happened() {
         !text.contains(&k1.key.as_ref().unwrap().id),
         "no key ids in labels"
     );
+
+    // The shipped dashboard and alert rules only name metrics that exist.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/observability");
+    let dashboard = std::fs::read_to_string(root.join("grafana-dashboard.json")).unwrap();
+    serde_json::from_str::<serde_json::Value>(&dashboard).expect("dashboard is JSON");
+    let rules = std::fs::read_to_string(root.join("prometheus-rules.yaml")).unwrap();
+    let mut named = 0;
+    for source in [&dashboard, &rules] {
+        for (i, _) in source.match_indices("keygate_") {
+            let name: String = source[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let base = ["_bucket", "_count", "_sum"]
+                .iter()
+                .fold(name.clone(), |n, suf| {
+                    n.strip_suffix(suf).map(str::to_owned).unwrap_or(n)
+                });
+            assert!(
+                text.contains(&format!("# TYPE {base} ")),
+                "{name} (in examples/observability) is not exported"
+            );
+            named += 1;
+        }
+    }
+    assert!(named >= 10, "found the metric names in the examples");
 
     assert_eq!(
         http(s.metrics_addr, "127.0.0.1", "GET", "/healthz", &[])
