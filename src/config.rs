@@ -55,6 +55,9 @@ pub struct Config {
     pub metrics_listen: SocketAddr,
     /// Serve them at all (`KEYGATE_METRICS_ENABLED`). Default true.
     pub metrics_enabled: bool,
+    /// Label `keygate_checks_total` by tenant too (`KEYGATE_METRICS_TENANT_LABEL`).
+    /// Default false: with many tenants that is many series.
+    pub metrics_tenant_label: bool,
     /// The Envoy ext_authz adapter's listener-wide defaults (`[envoy]`).
     pub envoy: crate::envoy::settings::EnvoyConfig,
     /// How often batched `last_used_time` updates are written, in milliseconds. Default 2000.
@@ -124,6 +127,7 @@ impl Default for Config {
             otlp_endpoint: None,
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             metrics_enabled: true,
+            metrics_tenant_label: false,
             rate_limiter: LimiterKind::Memory,
             limiter_local_precheck: false,
             store_unready_after_secs: 30,

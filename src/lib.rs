@@ -195,7 +195,7 @@ impl App {
         let hasher = SecretHasher::new(config.argon2)?;
         let tokens = admin_tokens(&config, store.as_ref(), options.clock.as_ref()).await?;
         let cache = Arc::new(KeyCache::new(&config.cache));
-        let metrics = metrics::Metrics::new();
+        let metrics = metrics::Metrics::new(config.metrics_tenant_label);
         let limiter = build_limiter(&config, &metrics)?;
         let metrics_listener = match config.metrics_enabled {
             true => Some(
@@ -322,7 +322,12 @@ impl App {
         ));
         if listen_changes {
             let url = config.database_url.expose_secret().to_owned();
-            tokio::spawn(service::changes::listen(url, cache, stop_rx.clone()));
+            tokio::spawn(service::changes::listen(
+                url,
+                cache.clone(),
+                metrics.clone(),
+                stop_rx.clone(),
+            ));
         }
         let flusher = tokio::spawn(last_used.run(
             store,

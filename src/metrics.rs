@@ -46,8 +46,11 @@ pub struct Metrics {
     admin_calls: IntCounterVec,
     /// `last_used_time` batches that could not be written (retried later).
     pub last_used_flush_failures: IntCounter,
+    /// Time from a KeyAdmin change on one replica to this replica applying it.
+    pub propagation_seconds: prometheus::Histogram,
     /// Checks whose shared limiter failed and that followed `on_limiter_error`.
     pub limiter_fallbacks: IntCounter,
+    tenant_label: bool,
     /// `1` while the store is reachable (readiness).
     pub ready: Arc<AtomicBool>,
 }
@@ -58,11 +61,17 @@ fn must<T>(r: prometheus::Result<T>) -> T {
 }
 
 impl Metrics {
-    pub fn new() -> Arc<Metrics> {
+    /// `tenant_label`: also label checks by tenant (off by default: one series per
+    /// tenant per reason can be many).
+    pub fn new(tenant_label: bool) -> Arc<Metrics> {
         let registry = Registry::new_custom(Some("keygate".into()), None).unwrap_or_default();
         let checks = must(IntCounterVec::new(
             Opts::new("checks_total", "Decisions by source, decision and reason"),
-            &["source", "decision", "reason"],
+            if tenant_label {
+                &["source", "decision", "reason", "tenant"]
+            } else {
+                &["source", "decision", "reason"]
+            },
         ));
         let check_seconds = must(HistogramVec::new(
             HistogramOpts::new("check_duration_seconds", "Time to decide a check").buckets(vec![
@@ -127,6 +136,16 @@ impl Metrics {
         for result in ["hit", "miss", "negative"] {
             cache_lookups.with_label_values(&[result]);
         }
+        let propagation_seconds = must(prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "change_propagation_seconds",
+                "From a KeyAdmin change on one replica to this replica dropping its cache entry",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+            ]),
+        ));
+        must(registry.register(Box::new(propagation_seconds.clone())));
         must(registry.register(Box::new(miss_load_seconds.clone())));
         must(registry.register(Box::new(admin_calls.clone())));
         must(registry.register(Box::new(last_used_flush_failures.clone())));
@@ -142,16 +161,31 @@ impl Metrics {
             miss_load_seconds,
             admin_calls,
             last_used_flush_failures,
+            propagation_seconds,
             ready: Arc::new(AtomicBool::new(true)),
+            tenant_label,
         })
     }
 
     /// Records one decided check.
-    pub fn check(&self, source: Source, allowed: bool, reason: &str, took: Duration) {
+    pub fn check(
+        &self,
+        source: Source,
+        allowed: bool,
+        reason: &str,
+        tenant: Option<&str>,
+        took: Duration,
+    ) {
         let decision = if allowed { "ALLOW" } else { "DENY" };
-        self.checks
-            .with_label_values(&[source.label(), decision, reason])
-            .inc();
+        if self.tenant_label {
+            self.checks
+                .with_label_values(&[source.label(), decision, reason, tenant.unwrap_or("")])
+                .inc();
+        } else {
+            self.checks
+                .with_label_values(&[source.label(), decision, reason])
+                .inc();
+        }
         self.check_seconds
             .with_label_values(&[source.label()])
             .observe(took.as_secs_f64());

@@ -4,6 +4,7 @@
 //! milliseconds instead of a cache TTL.
 use super::ChangeListener;
 use crate::cache::KeyCache;
+use crate::metrics::Metrics;
 use sea_orm::sqlx::postgres::{PgListener, PgPool};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,20 +45,35 @@ impl Broadcast {
 impl ChangeListener for Broadcast {
     fn key_changed(&self, key_id: &str, lookup_id: &str) {
         self.local.key_changed(key_id, lookup_id);
-        self.announce(format!("k:{lookup_id}"));
+        self.announce(format!("k:{lookup_id}@{}", wall_ms()));
     }
 
     fn tenant_changed(&self, tenant_id: &str) {
         self.local.tenant_changed(tenant_id);
-        self.announce(format!("t:{tenant_id}"));
+        self.announce(format!("t:{tenant_id}@{}", wall_ms()));
     }
 }
 
-fn apply(cache: &KeyCache, payload: &str) {
-    match payload.split_once(':') {
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `k:<lookup id>@<sent ms>` or `t:<tenant id>@<sent ms>` (ids never contain '@').
+fn apply(cache: &KeyCache, metrics: &Metrics, payload: &str) {
+    let (change, sent) = payload.rsplit_once('@').unwrap_or((payload, ""));
+    match change.split_once(':') {
         Some(("k", lookup)) => cache.key_changed("", lookup),
         Some(("t", tenant)) => cache.tenant_changed(tenant),
-        _ => tracing::warn!("ignoring a malformed change notification"),
+        _ => return tracing::warn!("ignoring a malformed change notification"),
+    }
+    // Sender and receiver clocks differ by their NTP error: good to milliseconds.
+    if let Ok(sent) = sent.parse::<i64>() {
+        metrics
+            .propagation_seconds
+            .observe((wall_ms() - sent).max(0) as f64 / 1000.0);
     }
 }
 
@@ -71,6 +87,7 @@ fn apply(cache: &KeyCache, payload: &str) {
 pub async fn listen(
     url: String,
     cache: Arc<KeyCache>,
+    metrics: Arc<Metrics>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut connected_once = false;
@@ -97,7 +114,7 @@ pub async fn listen(
         loop {
             tokio::select! {
                 n = listener.try_recv() => match n {
-                    Ok(Some(n)) => apply(&cache, n.payload()),
+                    Ok(Some(n)) => apply(&cache, &metrics, n.payload()),
                     // None: the connection was lost (sqlx reconnects on the next call, but
                     // what was sent meanwhile is gone).
                     Ok(None) | Err(_) => {

@@ -178,8 +178,13 @@ impl CheckService {
         let started = std::time::Instant::now();
         match self.check(input).await {
             Ok(d) => {
-                self.metrics
-                    .check(source, d.allowed(), d.reason.code(), started.elapsed());
+                self.metrics.check(
+                    source,
+                    d.allowed(),
+                    d.reason.code(),
+                    d.key.as_ref().map(|k| k.tenant_id.as_str()),
+                    started.elapsed(),
+                );
                 let span = tracing::Span::current();
                 if let Some(k) = &d.key {
                     span.record("key_id", k.id.as_str());

@@ -198,3 +198,26 @@ async fn metrics_count_exactly_what_happened() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_label_is_opt_in() {
+    let s = server_or_skip!(Db::Sqlite, |cfg| cfg.metrics_tenant_label = true);
+    let mut a = s.admin().await;
+    tenant(&mut a, "acme", pb::TenantPolicy::default()).await;
+    let k = create(&mut a, key_req("acme", "k")).await;
+    s.authorize()
+        .await
+        .check(check_req(&k.secret))
+        .await
+        .unwrap();
+    let text = http(s.metrics_addr, "127.0.0.1", "GET", "/metrics", &[])
+        .await
+        .body;
+    assert_eq!(
+        sample(
+            &text,
+            r#"keygate_checks_total{decision="ALLOW",reason="OK",source="grpc",tenant="acme"}"#
+        ),
+        1.0
+    );
+}

@@ -155,6 +155,18 @@ async fn changes_on_one_replica_reach_the_others_within_a_second() {
         until(&mut cb, need2, Reason::InsufficientScope).await,
     ));
 
+    // B measured the same propagation in its metrics.
+    let text = crate::envoy::http(b.metrics_addr, "127.0.0.1", "GET", "/metrics", &[])
+        .await
+        .body;
+    let seen: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("keygate_change_propagation_seconds_count "))
+        .expect("propagation histogram exported")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(seen >= 5.0, "B observed the announced changes: {seen}");
     for (what, delay) in &report {
         eprintln!("propagation of {what} to another replica: {delay:?}");
         assert!(*delay < Duration::from_secs(1), "{what} took {delay:?}");
