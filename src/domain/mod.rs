@@ -11,6 +11,6 @@ pub mod time;
 pub use ip::IpAllowlist;
 pub use key::{ApiKeyFormat, ParsedKey};
 pub use policy::{ExpiryPolicy, RateLimitSpec, TenantPolicy};
-pub use record::{KeyRecord, KeyState, NewKey, Tenant};
+pub use record::{AuditEvent, Caller, KeyRecord, KeyState, NewKey, Tenant};
 pub use scope::{Scope, ScopeSet};
 pub use time::{Clock, ManualClock, SystemClock, UnixMillis};

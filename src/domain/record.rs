@@ -79,3 +79,27 @@ pub struct NewKey {
     /// The argon2id PHC string of the full key.
     pub secret_hash: String,
 }
+
+/// One KeyAdmin write, as the audit trail keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub id: String,
+    pub time: UnixMillis,
+    /// The admin token's id; never the token.
+    pub actor: String,
+    pub action: String,
+    pub tenant_id: String,
+    /// Empty for tenant changes.
+    pub key_id: String,
+    pub changed_fields: Vec<String>,
+    pub request_id: String,
+    pub detail: String,
+}
+
+/// Who asks for a KeyAdmin write, for the audit trail.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    /// The admin token's id.
+    pub actor: String,
+    pub request_id: String,
+}

@@ -210,3 +210,17 @@ pub fn key_patch(r: pb::UpdateKeyRequest) -> Result<(String, KeyPatch)> {
     }
     Ok((k.id, patch))
 }
+
+pub fn audit_event(e: crate::domain::AuditEvent) -> pb::AuditEvent {
+    pb::AuditEvent {
+        time: Some(timestamp(e.time)),
+        id: e.id,
+        actor: e.actor,
+        action: e.action,
+        tenant_id: e.tenant_id,
+        key_id: e.key_id,
+        changed_fields: e.changed_fields,
+        request_id: e.request_id,
+        detail: e.detail,
+    }
+}

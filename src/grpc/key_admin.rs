@@ -1,5 +1,7 @@
 //! KeyAdmin handlers: convert, one service call, convert back.
+use super::auth::Actor;
 use super::{convert, pb};
+use crate::domain::Caller;
 use crate::metrics::Metrics;
 use crate::service::admin::{AdminService, Page};
 use std::sync::Arc;
@@ -29,10 +31,29 @@ impl KeyAdminApi {
 
 type Reply<T> = Result<Response<T>, Status>;
 
+/// Who makes a write, for the audit trail: the admin token's id (set by the auth
+/// interceptor) and the caller's `x-request-id`, else a generated one.
+fn caller<T>(req: &Request<T>) -> Caller {
+    let actor = req
+        .extensions()
+        .get::<Actor>()
+        .map(|a| a.token_id.clone())
+        .unwrap_or_default();
+    let request_id = req
+        .metadata()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("req_{}", crate::domain::key::random_base62(16)));
+    Caller { actor, request_id }
+}
+
 #[tonic::async_trait]
 impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
     #[tracing::instrument(skip_all, fields(tenant_id))]
     async fn upsert_tenant(&self, req: Request<pb::UpsertTenantRequest>) -> Reply<pb::Tenant> {
+        let caller = caller(&req);
         let reply: Reply<pb::Tenant> = async {
             let t = req
                 .into_inner()
@@ -40,7 +61,10 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
                 .ok_or_else(|| Status::invalid_argument("tenant: is required"))?;
             tracing::Span::current().record("tenant_id", t.id.as_str());
             let policy = convert::policy_from(t.policy)?;
-            let tenant = self.svc.upsert_tenant(t.id, t.display_name, policy).await?;
+            let tenant = self
+                .svc
+                .upsert_tenant(t.id, t.display_name, policy, &caller)
+                .await?;
             Ok(Response::new(convert::tenant(tenant)))
         }
         .await;
@@ -82,10 +106,11 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
 
     #[tracing::instrument(skip_all, fields(tenant_id, key_id))]
     async fn create_key(&self, req: Request<pb::CreateKeyRequest>) -> Reply<pb::CreateKeyResponse> {
+        let caller = caller(&req);
         let reply: Reply<pb::CreateKeyResponse> = async {
             let input = convert::create_key(req.into_inner())?;
             tracing::Span::current().record("tenant_id", input.tenant_id.as_str());
-            let issued = self.svc.create_key(input).await?;
+            let issued = self.svc.create_key(input, &caller).await?;
             tracing::Span::current().record("key_id", issued.key.id.as_str());
             let now = self.svc.now();
             // The only place a secret is put on the wire: once, in this response.
@@ -133,10 +158,11 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
 
     #[tracing::instrument(skip_all, fields(key_id))]
     async fn update_key(&self, req: Request<pb::UpdateKeyRequest>) -> Reply<pb::Key> {
+        let caller = caller(&req);
         let reply: Reply<pb::Key> = async {
             let (id, patch) = convert::key_patch(req.into_inner())?;
             tracing::Span::current().record("key_id", id.as_str());
-            let key = self.svc.update_key(&id, patch).await?;
+            let key = self.svc.update_key(&id, patch, &caller).await?;
             Ok(Response::new(convert::key(key, self.svc.now())))
         }
         .await;
@@ -145,10 +171,11 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
 
     #[tracing::instrument(skip_all, fields(key_id))]
     async fn revoke_key(&self, req: Request<pb::RevokeKeyRequest>) -> Reply<pb::Key> {
+        let caller = caller(&req);
         let reply: Reply<pb::Key> = async {
             let r = req.into_inner();
             tracing::Span::current().record("key_id", r.key_id.as_str());
-            let key = self.svc.revoke_key(&r.key_id, &r.reason).await?;
+            let key = self.svc.revoke_key(&r.key_id, &r.reason, &caller).await?;
             Ok(Response::new(convert::key(key, self.svc.now())))
         }
         .await;
@@ -157,6 +184,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
 
     #[tracing::instrument(skip_all, fields(key_id))]
     async fn rotate_key(&self, req: Request<pb::RotateKeyRequest>) -> Reply<pb::RotateKeyResponse> {
+        let caller = caller(&req);
         let reply: Reply<pb::RotateKeyResponse> = async {
             let r = req.into_inner();
             tracing::Span::current().record("key_id", r.key_id.as_str());
@@ -164,7 +192,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
                 Some(d) => convert::from_duration("grace_period", d)?,
                 None => Duration::ZERO,
             };
-            let (issued, old) = self.svc.rotate_key(&r.key_id, grace).await?;
+            let (issued, old) = self.svc.rotate_key(&r.key_id, grace, &caller).await?;
             let now = self.svc.now();
             let secret = secrecy::ExposeSecret::expose_secret(&issued.secret).to_owned();
             Ok(Response::new(pb::RotateKeyResponse {
@@ -175,5 +203,39 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
         }
         .await;
         self.done("RotateKey", reply)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_audit_events(
+        &self,
+        req: Request<pb::ListAuditEventsRequest>,
+    ) -> Reply<pb::ListAuditEventsResponse> {
+        let reply: Reply<pb::ListAuditEventsResponse> = async {
+            let r = req.into_inner();
+            let start = r
+                .start_time
+                .as_ref()
+                .map(|t| convert::from_timestamp("start_time", t))
+                .transpose()?;
+            let end = r
+                .end_time
+                .as_ref()
+                .map(|t| convert::from_timestamp("end_time", t))
+                .transpose()?;
+            let page = Page {
+                size: r.page_size,
+                token: r.page_token,
+            };
+            let (events, next_page_token) = self
+                .svc
+                .list_audit_events(&r.tenant_id, &r.key_id, page, start, end)
+                .await?;
+            Ok(Response::new(pb::ListAuditEventsResponse {
+                events: events.into_iter().map(convert::audit_event).collect(),
+                next_page_token,
+            }))
+        }
+        .await;
+        self.done("ListAuditEvents", reply)
     }
 }

@@ -5,9 +5,10 @@ use crate::domain::policy::{validate_rate_limits, ExpiryRequest, RateLimitSpec};
 use crate::domain::{
     text, Clock, IpAllowlist, KeyRecord, NewKey, ScopeSet, Tenant, TenantPolicy, UnixMillis,
 };
+use crate::domain::{AuditEvent, Caller};
 use crate::error::{Error, Result};
 use crate::hashing::SecretHasher;
-use crate::store::{KeyQuery, KeyStore};
+use crate::store::{AuditQuery, KeyQuery, KeyStore};
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -102,11 +103,89 @@ impl AdminService {
         self.clock.now()
     }
 
+    /// The audit event for a write by `caller`.
+    fn event(
+        &self,
+        caller: &Caller,
+        action: &str,
+        tenant_id: &str,
+        key_id: &str,
+        changed: Vec<String>,
+        detail: String,
+    ) -> AuditEvent {
+        // Sortable ids: time, then a per-process sequence, so events of one millisecond
+        // list in the order they happened; the random tail keeps replicas' ids distinct.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let time = self.now();
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10_000_000_000;
+        AuditEvent {
+            id: format!(
+                "aud_{:013}_{seq:010}_{}",
+                time.0.max(0),
+                key::random_base62(6)
+            ),
+            time,
+            actor: caller.actor.clone(),
+            action: action.to_owned(),
+            tenant_id: tenant_id.to_owned(),
+            key_id: key_id.to_owned(),
+            changed_fields: changed,
+            request_id: caller.request_id.clone(),
+            detail,
+        }
+    }
+
+    /// A tenant's or a key's audit trail, newest first, optionally within [start, end).
+    pub async fn list_audit_events(
+        &self,
+        tenant_id: &str,
+        key_id: &str,
+        page: Page,
+        start: Option<UnixMillis>,
+        end: Option<UnixMillis>,
+    ) -> Result<(Vec<AuditEvent>, String)> {
+        if tenant_id.is_empty() && key_id.is_empty() {
+            return Err(Error::invalid(
+                "tenant_id",
+                "tenant_id or key_id is required",
+            ));
+        }
+        if !tenant_id.is_empty() {
+            text::validate_tenant_id("tenant_id", tenant_id)?;
+        }
+        let limit = page_size(page.size)?;
+        let before = if page.token.is_empty() {
+            None
+        } else {
+            let (t, id) = page.token.split_once('.').ok_or_else(bad_token)?;
+            let t: i64 = t.parse().map_err(|_| bad_token())?;
+            if !id.starts_with("aud_") {
+                return Err(bad_token());
+            }
+            Some((UnixMillis(t), id.to_owned()))
+        };
+        let query = AuditQuery {
+            tenant_id: Some(tenant_id.to_owned()).filter(|t| !t.is_empty()),
+            key_id: Some(key_id.to_owned()).filter(|k| !k.is_empty()),
+            before,
+            start,
+            end,
+            limit,
+        };
+        let events = self.store.list_audit_events(&query).await?;
+        let next = match events.last() {
+            Some(e) if events.len() as u64 == limit => format!("{}.{}", e.time.0, e.id),
+            _ => String::new(),
+        };
+        Ok((events, next))
+    }
+
     pub async fn upsert_tenant(
         &self,
         id: String,
         display_name: String,
         policy: TenantPolicy,
+        caller: &Caller,
     ) -> Result<Tenant> {
         text::validate_tenant_id("tenant.id", &id)?;
         text::validate_text("tenant.display_name", &display_name, text::MAX_NAME_CHARS)?;
@@ -114,13 +193,23 @@ impl AdminService {
         let now = self.now();
         let tenant = self
             .store
-            .upsert_tenant(Tenant {
-                id,
-                display_name,
-                policy,
-                create_time: now,
-                update_time: now,
-            })
+            .upsert_tenant(
+                Tenant {
+                    id: id.clone(),
+                    display_name,
+                    policy,
+                    create_time: now,
+                    update_time: now,
+                },
+                self.event(
+                    caller,
+                    "upsert_tenant",
+                    &id,
+                    "",
+                    vec!["display_name".into(), "policy".into()],
+                    String::new(),
+                ),
+            )
             .await?;
         self.listener.tenant_changed(&tenant.id);
         Ok(tenant)
@@ -151,7 +240,7 @@ impl AdminService {
         Ok((tenants, next))
     }
 
-    pub async fn create_key(&self, req: CreateKey) -> Result<Issued> {
+    pub async fn create_key(&self, req: CreateKey, caller: &Caller) -> Result<Issued> {
         text::validate_tenant_id("tenant_id", &req.tenant_id)?;
         text::validate_name("name", &req.name)?;
         text::validate_metadata("metadata", &req.metadata)?;
@@ -185,9 +274,17 @@ impl AdminService {
             rotated_from: None,
         };
         let (new, secret) = self.mint(record, &head).await?;
+        let audit = self.event(
+            caller,
+            "create_key",
+            &new.record.tenant_id,
+            &new.record.id,
+            vec![],
+            String::new(),
+        );
         let key = self
             .store
-            .insert_key(new, policy.max_active_keys, now)
+            .insert_key(new, policy.max_active_keys, now, audit)
             .await?;
         tracing::info!(key_id = %key.id, tenant_id = %key.tenant_id, "key created");
         Ok(Issued { key, secret })
@@ -259,7 +356,12 @@ impl AdminService {
         Ok((keys, next))
     }
 
-    pub async fn update_key(&self, id: &str, patch: KeyPatch) -> Result<KeyRecord> {
+    pub async fn update_key(
+        &self,
+        id: &str,
+        patch: KeyPatch,
+        caller: &Caller,
+    ) -> Result<KeyRecord> {
         let mut key = self.get_key(id).await?;
         let now = self.now();
         if key.is_revoked(now) {
@@ -268,6 +370,23 @@ impl AdminService {
                 "a revoked key cannot be changed",
             ));
         }
+        let changed: Vec<String> = [
+            ("name", patch.name.is_some()),
+            ("scopes", patch.scopes.is_some()),
+            ("ip_allowlist", patch.ip_allowlist.is_some()),
+            ("rate_limits", patch.rate_limits.is_some()),
+            ("metadata", patch.metadata.is_some()),
+            ("enabled", patch.enabled.is_some()),
+        ]
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(f, _)| f.to_string())
+        .collect();
+        let action = match (changed.as_slice(), patch.enabled) {
+            ([only], Some(false)) if only == "enabled" => "disable_key",
+            ([only], Some(true)) if only == "enabled" => "enable_key",
+            _ => "update_key",
+        };
         if let Some(name) = patch.name {
             text::validate_name("key.name", &name)?;
             key.name = name;
@@ -297,17 +416,36 @@ impl AdminService {
             key.enabled = enabled;
         }
         key.update_time = now;
-        self.store.update_key_settings(&key).await?;
+        let audit = self.event(
+            caller,
+            action,
+            &key.tenant_id,
+            &key.id,
+            changed,
+            String::new(),
+        );
+        self.store.update_key_settings(&key, audit).await?;
         self.listener.key_changed(&key.id, &key.lookup_id);
         tracing::info!(key_id = %key.id, tenant_id = %key.tenant_id, "key updated");
         Ok(key)
     }
 
-    pub async fn revoke_key(&self, id: &str, reason: &str) -> Result<KeyRecord> {
+    pub async fn revoke_key(&self, id: &str, reason: &str, caller: &Caller) -> Result<KeyRecord> {
         text::validate_text("reason", reason, MAX_REASON_CHARS)?;
         let key = self.get_key(id).await?;
         let now = self.now();
-        let key = self.store.revoke_key(&key.id, now, reason, now).await?;
+        let audit = self.event(
+            caller,
+            "revoke_key",
+            &key.tenant_id,
+            &key.id,
+            vec![],
+            reason.to_owned(),
+        );
+        let key = self
+            .store
+            .revoke_key(&key.id, now, reason, now, audit)
+            .await?;
         self.listener.key_changed(&key.id, &key.lookup_id);
         tracing::info!(key_id = %key.id, tenant_id = %key.tenant_id, "key revoked");
         Ok(key)
@@ -315,7 +453,12 @@ impl AdminService {
 
     /// A new secret for the key: a successor key with the same settings and the same
     /// absolute expiry; the old secret works for `grace` more, then is revoked.
-    pub async fn rotate_key(&self, id: &str, grace: Duration) -> Result<(Issued, KeyRecord)> {
+    pub async fn rotate_key(
+        &self,
+        id: &str,
+        grace: Duration,
+        caller: &Caller,
+    ) -> Result<(Issued, KeyRecord)> {
         if grace > MAX_GRACE {
             return Err(Error::invalid("grace_period", "must be at most 30 days"));
         }
@@ -347,7 +490,23 @@ impl AdminService {
             ..old.clone()
         };
         let (new, secret) = self.mint(successor, &head).await?;
-        let (old, key) = self.store.rotate_key(&old.id, now.plus(grace), new).await?;
+        let detail = format!(
+            "successor {}; old secret valid for {}s",
+            new.record.id,
+            grace.as_secs()
+        );
+        let audit = self.event(
+            caller,
+            "rotate_key",
+            &old.tenant_id,
+            &old.id,
+            vec![],
+            detail,
+        );
+        let (old, key) = self
+            .store
+            .rotate_key(&old.id, now.plus(grace), new, audit)
+            .await?;
         self.listener.key_changed(&old.id, &old.lookup_id);
         tracing::info!(key_id = %old.id, successor = %key.id, tenant_id = %key.tenant_id, "key rotated");
         Ok((Issued { key, secret }, old))

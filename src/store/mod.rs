@@ -7,7 +7,7 @@ mod sea;
 pub use db::{connect, migrate, pending_migrations, Backend};
 pub use sea::SeaStore;
 
-use crate::domain::{KeyRecord, NewKey, Tenant, UnixMillis};
+use crate::domain::{AuditEvent, KeyRecord, NewKey, Tenant, UnixMillis};
 use crate::error::Result;
 
 /// Which keys `list_keys` returns, one page at a time.
@@ -29,11 +29,27 @@ pub struct AdminTokenRecord {
     pub digest: [u8; 32],
 }
 
+/// Which audit events `list_audit_events` returns, newest first, one page at a time.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub tenant_id: Option<String>,
+    pub key_id: Option<String>,
+    /// Resume before this (time, id), exclusive.
+    pub before: Option<(UnixMillis, String)>,
+    pub start: Option<UnixMillis>,
+    pub end: Option<UnixMillis>,
+    pub limit: u64,
+}
+
 /// Everything Keygate persists about tenants, keys and admin tokens.
+///
+/// Every write that changes a tenant or a key takes the `audit` event describing it and
+/// inserts it in the same transaction as the change; a write that fails, or changes
+/// nothing, leaves no event.
 #[async_trait::async_trait]
 pub trait KeyStore: Send + Sync + 'static {
     /// Inserts or replaces a tenant; `create_time` of an existing tenant is kept.
-    async fn upsert_tenant(&self, tenant: Tenant) -> Result<Tenant>;
+    async fn upsert_tenant(&self, tenant: Tenant, audit: AuditEvent) -> Result<Tenant>;
     async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>>;
     /// Tenants ordered by id, after `after` (exclusive).
     async fn list_tenants(&self, after: Option<&str>, limit: u64) -> Result<Vec<Tenant>>;
@@ -41,22 +57,29 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Inserts a key unless its tenant already has `cap` active (neither revoked nor expired
     /// at `now`) keys; 0 = no cap. The count and the insert are one transaction, serialised
     /// per tenant, so concurrent creates never exceed the cap.
-    async fn insert_key(&self, key: NewKey, cap: u32, now: UnixMillis) -> Result<KeyRecord>;
+    async fn insert_key(
+        &self,
+        key: NewKey,
+        cap: u32,
+        now: UnixMillis,
+        audit: AuditEvent,
+    ) -> Result<KeyRecord>;
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>>;
     /// The key with this lookup id and its argon2 PHC hash: the hot path's one query.
     async fn find_by_lookup_id(&self, lookup_id: &str) -> Result<Option<(KeyRecord, String)>>;
     async fn list_keys(&self, query: &KeyQuery) -> Result<Vec<KeyRecord>>;
     /// Writes the settable fields (name, scopes, ip_allowlist, rate_limits, metadata,
     /// enabled, update_time) of an existing key. Never touches revocation.
-    async fn update_key_settings(&self, key: &KeyRecord) -> Result<()>;
-    /// Sets the revocation time unless the key is already revoked at or before `at`.
-    /// Returns the key as stored afterwards.
+    async fn update_key_settings(&self, key: &KeyRecord, audit: AuditEvent) -> Result<()>;
+    /// Sets the revocation time unless the key is already revoked at or before `at`
+    /// (then nothing changes and nothing is audited). Returns the key as stored afterwards.
     async fn revoke_key(
         &self,
         id: &str,
         at: UnixMillis,
         reason: &str,
         now: UnixMillis,
+        audit: AuditEvent,
     ) -> Result<KeyRecord>;
     /// Schedules `old_id`'s revocation at `revoke_at` and inserts `new` in one transaction.
     async fn rotate_key(
@@ -64,7 +87,10 @@ pub trait KeyStore: Send + Sync + 'static {
         old_id: &str,
         revoke_at: UnixMillis,
         new: NewKey,
+        audit: AuditEvent,
     ) -> Result<(KeyRecord, KeyRecord)>;
+    /// The audit trail, newest first.
+    async fn list_audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>>;
 
     /// Whether the store answers (health).
     async fn ping(&self) -> Result<()>;

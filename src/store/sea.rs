@@ -1,7 +1,9 @@
 //! [`KeyStore`] on sea-orm: one implementation for SQLite and PostgreSQL.
-use super::entities::{admin_tokens, api_keys, tenants};
-use super::{AdminTokenRecord, KeyQuery, KeyStore};
-use crate::domain::{IpAllowlist, KeyRecord, NewKey, ScopeSet, Tenant, TenantPolicy, UnixMillis};
+use super::entities::{admin_tokens, api_keys, audit_events, tenants};
+use super::{AdminTokenRecord, AuditQuery, KeyQuery, KeyStore};
+use crate::domain::{
+    AuditEvent, IpAllowlist, KeyRecord, NewKey, ScopeSet, Tenant, TenantPolicy, UnixMillis,
+};
 use crate::error::{Error, Result};
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
@@ -135,6 +137,21 @@ fn key_row(k: &NewKey) -> Result<api_keys::ActiveModel> {
     })
 }
 
+/// The row of an audit event.
+pub fn audit_row(e: &AuditEvent) -> Result<audit_events::ActiveModel> {
+    Ok(audit_events::ActiveModel {
+        id: Set(e.id.clone()),
+        time: Set(e.time.0),
+        actor: Set(e.actor.clone()),
+        action: Set(e.action.clone()),
+        tenant_id: Set(e.tenant_id.clone()),
+        key_id: Set(e.key_id.clone()),
+        changed_fields: Set(to_json(&e.changed_fields)?),
+        request_id: Set(e.request_id.clone()),
+        detail: Set(e.detail.clone()),
+    })
+}
+
 /// Keys that are not revoked at `now`.
 fn not_revoked(now: UnixMillis) -> Condition {
     Condition::any()
@@ -160,7 +177,7 @@ impl SeaStore {
 
 #[async_trait::async_trait]
 impl KeyStore for SeaStore {
-    async fn upsert_tenant(&self, t: Tenant) -> Result<Tenant> {
+    async fn upsert_tenant(&self, t: Tenant, audit: AuditEvent) -> Result<Tenant> {
         let row = tenants::ActiveModel {
             id: Set(t.id.clone()),
             display_name: Set(t.display_name.clone()),
@@ -168,19 +185,26 @@ impl KeyStore for SeaStore {
             create_time: Set(t.create_time.0),
             update_time: Set(t.update_time.0),
         };
+        let txn = self.db.begin().await.map_err(db_err)?;
+        let columns = [
+            tenants::Column::DisplayName,
+            tenants::Column::Policy,
+            tenants::Column::UpdateTime,
+        ];
         tenants::Entity::insert(row)
             .on_conflict(
                 OnConflict::column(tenants::Column::Id)
-                    .update_columns([
-                        tenants::Column::DisplayName,
-                        tenants::Column::Policy,
-                        tenants::Column::UpdateTime,
-                    ])
+                    .update_columns(columns)
                     .to_owned(),
             )
-            .exec(&self.db)
+            .exec(&txn)
             .await
             .map_err(db_err)?;
+        audit_events::Entity::insert(audit_row(&audit)?)
+            .exec(&txn)
+            .await
+            .map_err(db_err)?;
+        txn.commit().await.map_err(db_err)?;
         self.get_tenant(&t.id)
             .await?
             .ok_or_else(|| Error::internal("tenant vanished after upsert"))
@@ -209,7 +233,13 @@ impl KeyStore for SeaStore {
             .collect()
     }
 
-    async fn insert_key(&self, key: NewKey, cap: u32, now: UnixMillis) -> Result<KeyRecord> {
+    async fn insert_key(
+        &self,
+        key: NewKey,
+        cap: u32,
+        now: UnixMillis,
+        audit: AuditEvent,
+    ) -> Result<KeyRecord> {
         let tenant_id = key.record.tenant_id.clone();
         let row = key_row(&key)?;
         let txn = self.db.begin().await.map_err(db_err)?;
@@ -244,6 +274,10 @@ impl KeyStore for SeaStore {
             }
         }
         api_keys::Entity::insert(row)
+            .exec(&txn)
+            .await
+            .map_err(db_err)?;
+        audit_events::Entity::insert(audit_row(&audit)?)
             .exec(&txn)
             .await
             .map_err(db_err)?;
@@ -304,8 +338,9 @@ impl KeyStore for SeaStore {
             .collect()
     }
 
-    async fn update_key_settings(&self, k: &KeyRecord) -> Result<()> {
+    async fn update_key_settings(&self, k: &KeyRecord, audit: AuditEvent) -> Result<()> {
         use api_keys::Column as C;
+        let txn = self.db.begin().await.map_err(db_err)?;
         let res = api_keys::Entity::update_many()
             .col_expr(C::Name, Expr::value(k.name.clone()))
             .col_expr(C::Scopes, Expr::value(to_json(&k.scopes.to_strings())?))
@@ -318,13 +353,17 @@ impl KeyStore for SeaStore {
             .col_expr(C::Enabled, Expr::value(k.enabled))
             .col_expr(C::UpdateTime, Expr::value(k.update_time.0))
             .filter(C::Id.eq(k.id.as_str()))
-            .exec(&self.db)
+            .exec(&txn)
             .await
             .map_err(db_err)?;
         if res.rows_affected == 0 {
             return Err(Error::not_found("key", &k.id));
         }
-        Ok(())
+        audit_events::Entity::insert(audit_row(&audit)?)
+            .exec(&txn)
+            .await
+            .map_err(db_err)?;
+        txn.commit().await.map_err(db_err)
     }
 
     async fn revoke_key(
@@ -333,10 +372,12 @@ impl KeyStore for SeaStore {
         at: UnixMillis,
         reason: &str,
         now: UnixMillis,
+        audit: AuditEvent,
     ) -> Result<KeyRecord> {
         use api_keys::Column as C;
+        let txn = self.db.begin().await.map_err(db_err)?;
         // Only moves revocation earlier: revoking a key twice keeps the first time and reason.
-        api_keys::Entity::update_many()
+        let res = api_keys::Entity::update_many()
             .col_expr(C::RevokeTime, Expr::value(at.0))
             .col_expr(C::RevokeReason, Expr::value(reason.to_owned()))
             .col_expr(C::UpdateTime, Expr::value(now.0))
@@ -346,10 +387,18 @@ impl KeyStore for SeaStore {
                     .add(C::RevokeTime.is_null())
                     .add(C::RevokeTime.gt(at.0)),
             )
-            .exec(&self.db)
+            .exec(&txn)
             .await
             .map_err(db_err)?;
-        Self::key_in(&self.db, id).await
+        if res.rows_affected > 0 {
+            audit_events::Entity::insert(audit_row(&audit)?)
+                .exec(&txn)
+                .await
+                .map_err(db_err)?;
+        }
+        let key = Self::key_in(&txn, id).await?;
+        txn.commit().await.map_err(db_err)?;
+        Ok(key)
     }
 
     async fn rotate_key(
@@ -357,6 +406,7 @@ impl KeyStore for SeaStore {
         old_id: &str,
         revoke_at: UnixMillis,
         new: NewKey,
+        audit: AuditEvent,
     ) -> Result<(KeyRecord, KeyRecord)> {
         use api_keys::Column as C;
         let row = key_row(&new)?;
@@ -385,9 +435,61 @@ impl KeyStore for SeaStore {
             .exec(&txn)
             .await
             .map_err(db_err)?;
+        audit_events::Entity::insert(audit_row(&audit)?)
+            .exec(&txn)
+            .await
+            .map_err(db_err)?;
         let old = Self::key_in(&txn, old_id).await?;
         txn.commit().await.map_err(db_err)?;
         Ok((old, new.record))
+    }
+
+    async fn list_audit_events(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>> {
+        use audit_events::Column as C;
+        let mut s = audit_events::Entity::find()
+            .order_by_desc(C::Time)
+            .order_by_desc(C::Id)
+            .limit(q.limit);
+        if let Some(t) = &q.tenant_id {
+            s = s.filter(C::TenantId.eq(t.as_str()));
+        }
+        if let Some(k) = &q.key_id {
+            s = s.filter(C::KeyId.eq(k.as_str()));
+        }
+        if let Some(start) = q.start {
+            s = s.filter(C::Time.gte(start.0));
+        }
+        if let Some(end) = q.end {
+            s = s.filter(C::Time.lt(end.0));
+        }
+        if let Some((t, id)) = &q.before {
+            s = s.filter(
+                Condition::any().add(C::Time.lt(t.0)).add(
+                    Condition::all()
+                        .add(C::Time.eq(t.0))
+                        .add(C::Id.lt(id.as_str())),
+                ),
+            );
+        }
+        s.all(&self.db)
+            .await
+            .map_err(db_err)?
+            .into_iter()
+            .map(|m| {
+                Ok(AuditEvent {
+                    changed_fields: serde_json::from_str(&m.changed_fields)
+                        .map_err(corrupt("stored audit fields"))?,
+                    id: m.id,
+                    time: UnixMillis(m.time),
+                    actor: m.actor,
+                    action: m.action,
+                    tenant_id: m.tenant_id,
+                    key_id: m.key_id,
+                    request_id: m.request_id,
+                    detail: m.detail,
+                })
+            })
+            .collect()
     }
 
     async fn ping(&self) -> Result<()> {

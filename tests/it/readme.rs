@@ -84,6 +84,8 @@ async fn readme_grpcurl_walkthrough_works_as_written() {
         "KEY_REVOKED",
         "\"name\": \"Warehouse (EU)\"",
         "old_secret_valid_until",
+        "rotate_key",
+        "disable_key",
     ] {
         assert!(
             stdout.contains(want),
