@@ -78,8 +78,12 @@ impl SecretHasher {
         })))
     }
 
-    /// The argon2id PHC string of `secret`.
-    pub async fn hash(&self, secret: SecretString) -> Result<String> {
+    /// Runs `work` on the blocking pool once a permit is free: argon2 never runs on the
+    /// async runtime's threads, and at most `max_concurrent` run at once.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let inner = self.0.clone();
         let _permit = self
             .0
@@ -87,7 +91,14 @@ impl SecretHasher {
             .acquire()
             .await
             .map_err(|_| Error::internal("hasher closed"))?;
-        tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || work(&inner))
+            .await
+            .map_err(|_| Error::internal("argon2 task"))?
+    }
+
+    /// The argon2id PHC string of `secret`.
+    pub async fn hash(&self, secret: SecretString) -> Result<String> {
+        self.blocking(move |inner| {
             let salt = SaltString::generate(&mut OsRng);
             inner
                 .argon
@@ -96,20 +107,12 @@ impl SecretHasher {
                 .map_err(|_| Error::internal("argon2 hash"))
         })
         .await
-        .map_err(|_| Error::internal("argon2 task"))?
     }
 
     /// Whether `secret` matches the PHC string `phc`. With `None` (unknown key id) it
     /// verifies against a dummy hash and returns false, taking the same time.
     pub async fn verify(&self, secret: SecretString, phc: Option<String>) -> Result<bool> {
-        let inner = self.0.clone();
-        let _permit = self
-            .0
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| Error::internal("hasher closed"))?;
-        tokio::task::spawn_blocking(move || {
+        self.blocking(move |inner| {
             inner.verifies.fetch_add(1, Ordering::Relaxed);
             let known = phc.is_some();
             let phc = phc.unwrap_or_else(|| inner.dummy.clone());
@@ -122,7 +125,6 @@ impl SecretHasher {
             Ok(ok && known)
         })
         .await
-        .map_err(|_| Error::internal("argon2 task"))?
     }
 
     /// How many verifies ran since start (a metric, and how tests prove single-flight).
