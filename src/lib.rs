@@ -37,7 +37,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 /// Hooks for embedding and tests; the defaults are what production uses.
 #[derive(Clone)]
@@ -345,6 +344,10 @@ impl App {
         });
         let mut drained = stop_rx.clone();
         let mut stop_server = stop_rx.clone();
+        // Our own listener, so tonic's accept-time socket options do not apply: without
+        // TCP_NODELAY, Nagle plus delayed ACK put 40 ms tails on Envoy -> Keygate calls.
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -352,7 +355,7 @@ impl App {
             .add_service(key_admin)
             .add_service(authorize)
             .add_service(ext_authz)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop_server.wait_for(|stop| *stop).await;
             });
         tracing::info!(listen = %addr, "keygate serving");
