@@ -69,6 +69,11 @@ async fn readme_grpcurl_walkthrough_works_as_written() {
         "walkthrough failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- server\n{}",
         p.output()
     );
+    // Every key the walkthrough made is nxc_live_… / nxc_test_…: none may reach the server's log.
+    let logs = p.output();
+    for leak in ["nxc_live_", "nxc_test_", token, "$argon2"] {
+        assert!(!logs.contains(leak), "the server logged {leak:?}");
+    }
     for want in [
         "keygate.v1.KeyAdmin",
         "\"decision\": \"ALLOW\"",

@@ -172,6 +172,11 @@ async fn check_spans_join_the_callers_trace() {
         Some("b7ad6b7169203331"),
         "ext_authz joins the HTTP caller's trace"
     );
+    let logs = p.output();
+    assert!(
+        !logs.contains(&k.secret[k.secret.len() - 30..]) && !logs.contains(token),
+        "no secret in the log"
+    );
     let everything = format!("{spans:?}");
     assert!(
         !everything.contains(&k.secret[k.secret.len() - 30..]),
