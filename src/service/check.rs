@@ -301,19 +301,24 @@ impl CheckService {
             .key(
                 digest,
                 lookup_id,
+                // The span is created inside the load, which only runs on a miss: a
+                // cache hit must not create (and export) a store span.
                 async move {
-                    flag.store(true, std::sync::atomic::Ordering::Relaxed);
-                    let started = std::time::Instant::now();
-                    let found = store.find_by_lookup_id(&lookup).await?;
-                    let (record, hash) = match found {
-                        Some((r, h)) => (Some(r), Some(h)),
-                        None => (None, None),
+                    let load = async move {
+                        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                        let started = std::time::Instant::now();
+                        let found = store.find_by_lookup_id(&lookup).await?;
+                        let (record, hash) = match found {
+                            Some((r, h)) => (Some(r), Some(h)),
+                            None => (None, None),
+                        };
+                        let verified = hasher.verify(secret, hash).await?;
+                        timing.observe(started.elapsed().as_secs_f64());
+                        Ok(record.filter(|r| verified && r.key_prefix == head))
                     };
-                    let verified = hasher.verify(secret, hash).await?;
-                    timing.observe(started.elapsed().as_secs_f64());
-                    Ok(record.filter(|r| verified && r.key_prefix == head))
-                }
-                .instrument(tracing::info_span!("store.lookup_and_verify")),
+                    load.instrument(tracing::info_span!("store.lookup_and_verify"))
+                        .await
+                },
             )
             .await?;
         let result = match (&resolved, loaded.load(std::sync::atomic::Ordering::Relaxed)) {

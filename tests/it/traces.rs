@@ -111,6 +111,18 @@ async fn check_spans_join_the_callers_trace() {
         pb::Reason::Ok as i32
     );
 
+    // The same key again is a cache hit: its trace has no store span.
+    let hit_trace = "5a1e0c7f3b2d4e6f8a9b0c1d2e3f4a5b";
+    let mut again = tonic::Request::new(crate::check::check_req(&k.secret));
+    again.metadata_mut().insert(
+        "traceparent",
+        format!("00-{hit_trace}-{caller_span}-01").parse().unwrap(),
+    );
+    assert_eq!(
+        c.check(again).await.unwrap().into_inner().reason,
+        pb::Reason::Ok as i32
+    );
+
     // Through ext_authz the trace context arrives in the HTTP headers Envoy forwards.
     let ext_trace = "0af7651916cd43dd8448eb211c80319c";
     let traceparent = format!("00-{ext_trace}-b7ad6b7169203331-01");
@@ -164,6 +176,21 @@ async fn check_spans_join_the_callers_trace() {
             .find(|s| s.name == child && s.parent_span_id == check.span_id);
         assert!(s.is_some(), "{child} is a child of the check span");
     }
+    let hit: Vec<&str> = spans
+        .iter()
+        .filter(|s| hex(&s.trace_id) == hit_trace)
+        .map(|s| s.name.as_str())
+        .collect();
+    assert!(hit.contains(&"Authorize/Check"), "{hit:?}");
+    assert!(
+        !hit.contains(&"store.lookup_and_verify"),
+        "a cache hit made a store span: {hit:?}"
+    );
+    let hit_check = spans
+        .iter()
+        .find(|s| hex(&s.trace_id) == hit_trace && s.name == "Authorize/Check")
+        .unwrap();
+    assert_eq!(attr(hit_check, "cache").as_deref(), Some("hit"));
     let ext = spans
         .iter()
         .find(|s| s.name == "ext_authz/Check" && hex(&s.trace_id) == ext_trace);
