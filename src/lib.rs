@@ -172,6 +172,8 @@ pub struct App {
     tokens: AdminTokens,
     /// Whether to LISTEN for other replicas' changes (PostgreSQL store).
     listen_changes: bool,
+    /// This replica's id in change notifications.
+    origin: String,
     pub metrics: Arc<metrics::Metrics>,
     metrics_listener: Option<TcpListener>,
 }
@@ -211,7 +213,13 @@ impl App {
         };
         let last_used = Arc::new(LastUsed::counting(metrics.last_used_flush_failures.clone()));
         let listen_changes = pg_pool.is_some();
-        let broadcast = Arc::new(service::changes::Broadcast::new(cache.clone(), pg_pool));
+        // Names this replica in its change notifications, so it can skip its own.
+        let origin = domain::key::random_base62(12);
+        let broadcast = Arc::new(service::changes::Broadcast::new(
+            cache.clone(),
+            pg_pool,
+            origin.clone(),
+        ));
         let admin = AdminService::new(
             store.clone(),
             hasher.clone(),
@@ -228,6 +236,7 @@ impl App {
             metrics.clone(),
         ));
         Ok(App {
+            origin,
             metrics,
             metrics_listener,
             listen_changes,
@@ -261,6 +270,7 @@ impl App {
             tokens,
             cache,
             listen_changes,
+            origin,
             metrics,
             metrics_listener,
             hasher,
@@ -325,6 +335,7 @@ impl App {
                 url,
                 cache.clone(),
                 metrics.clone(),
+                origin,
                 stop_rx.clone(),
             ));
         }

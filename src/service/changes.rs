@@ -16,12 +16,20 @@ pub const CHANNEL: &str = "keygate_changes";
 pub struct Broadcast {
     local: Arc<KeyCache>,
     pool: Option<PgPool>,
+    /// This replica's id: it receives its own notifications too and must skip them (its
+    /// cache was told at once; applying them again later would mark entries cached since
+    /// then as stale).
+    origin: String,
 }
 
 impl Broadcast {
     /// `pool`: the PostgreSQL store's pool, or `None` for a single replica (SQLite).
-    pub fn new(local: Arc<KeyCache>, pool: Option<PgPool>) -> Self {
-        Broadcast { local, pool }
+    pub fn new(local: Arc<KeyCache>, pool: Option<PgPool>, origin: String) -> Self {
+        Broadcast {
+            local,
+            pool,
+            origin,
+        }
     }
 
     fn announce(&self, payload: String) {
@@ -45,12 +53,12 @@ impl Broadcast {
 impl ChangeListener for Broadcast {
     fn key_changed(&self, key_id: &str, lookup_id: &str) {
         self.local.key_changed(key_id, lookup_id);
-        self.announce(format!("k:{lookup_id}@{}", wall_ms()));
+        self.announce(format!("k:{lookup_id}@{}@{}", wall_ms(), self.origin));
     }
 
     fn tenant_changed(&self, tenant_id: &str) {
         self.local.tenant_changed(tenant_id);
-        self.announce(format!("t:{tenant_id}@{}", wall_ms()));
+        self.announce(format!("t:{tenant_id}@{}@{}", wall_ms(), self.origin));
     }
 }
 
@@ -61,9 +69,18 @@ fn wall_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// `k:<lookup id>@<sent ms>` or `t:<tenant id>@<sent ms>` (ids never contain '@').
-fn apply(cache: &KeyCache, metrics: &Metrics, payload: &str) {
-    let (change, sent) = payload.rsplit_once('@').unwrap_or((payload, ""));
+/// `k:<lookup id>@<sent ms>@<origin>` or `t:<tenant id>@<sent ms>@<origin>` (ids never
+/// contain '@'). Notifications from this replica itself (`origin`) are skipped.
+fn apply(cache: &KeyCache, metrics: &Metrics, origin: &str, payload: &str) {
+    let mut parts = payload.splitn(3, '@');
+    let (change, sent, from) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+    );
+    if from == origin {
+        return;
+    }
     match change.split_once(':') {
         Some(("k", lookup)) => cache.key_changed("", lookup),
         Some(("t", tenant)) => cache.tenant_changed(tenant),
@@ -88,6 +105,7 @@ pub async fn listen(
     url: String,
     cache: Arc<KeyCache>,
     metrics: Arc<Metrics>,
+    origin: String,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut connected_once = false;
@@ -114,7 +132,7 @@ pub async fn listen(
         loop {
             tokio::select! {
                 n = listener.try_recv() => match n {
-                    Ok(Some(n)) => apply(&cache, &metrics, n.payload()),
+                    Ok(Some(n)) => apply(&cache, &metrics, &origin, n.payload()),
                     // None: the connection was lost (sqlx reconnects on the next call, but
                     // what was sent meanwhile is gone).
                     Ok(None) | Err(_) => {
