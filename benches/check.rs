@@ -28,6 +28,9 @@
 //! installed, so logging costs are not measured. The key stays cached (cache TTL 60 s by
 //! default: a long run may see one refresh), so this is the hot path, not argon2 or the
 //! store; `last_used_time` is still flushed to SQLite in the background as in production.
+mod common;
+
+use common::{authed, best_and_median, connect, env_or, BoxError};
 use hdrhistogram::Histogram;
 use keygate::config::Config;
 use keygate::grpc::pb::{
@@ -42,11 +45,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::{Channel, Server};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const WARMUP: Duration = Duration::from_secs(1);
 const TARGET_RATIO: f64 = 0.8;
@@ -56,17 +57,6 @@ struct Settings {
     conns: usize,
     concurrency: usize,
     rounds: usize,
-}
-
-/// A positive number from the environment, or `default` when unset.
-fn env_or(name: &str, default: usize) -> Result<usize, BoxError> {
-    match std::env::var(name) {
-        Err(_) => Ok(default),
-        Ok(v) => match v.trim().parse::<usize>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(format!("{name}={v:?}: expected a positive integer").into()),
-        },
-    }
 }
 
 impl Settings {
@@ -143,19 +133,6 @@ async fn start_keygate(dir: &tempfile::TempDir, admin_token: &str) -> Result<Run
             let _ = stop.await;
         })
     }))
-}
-
-async fn connect(addr: SocketAddr) -> Result<Channel, BoxError> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .connect()
-        .await?)
-}
-
-fn authed<T>(msg: T, token: &str) -> Result<tonic::Request<T>, BoxError> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    Ok(req)
 }
 
 /// Creates tenant "bench" and one key that no rate limit will stop, checks it a few times
@@ -324,14 +301,6 @@ fn row(round: usize, scenario: &str, t: &Tally, secs: f64) -> serde_json::Value 
         "p50_us": p50, "p90_us": p90, "p99_us": p99, "p999_us": p999,
         "max_us": h.max(), "mean_us": h.mean(),
     })
-}
-
-/// Best and median of per-round requests/s (`v` is never empty).
-fn best_and_median(v: &[f64]) -> (f64, f64) {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    (v[n - 1], (v[(n - 1) / 2] + v[n / 2]) / 2.0)
 }
 
 async fn bench(s: Settings, cpus: usize) -> Result<(), BoxError> {

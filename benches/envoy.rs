@@ -53,6 +53,9 @@
 //! stays in Keygate's cache (TTL 60 s by default), so this is the hot path, not argon2 or
 //! the store. No tracing subscriber is installed and Envoy logs only errors, without an
 //! access log, so logging costs are not measured.
+mod common;
+
+use common::{authed, env_or, BoxError};
 use hdrhistogram::Histogram;
 use keygate::config::Config;
 use keygate::grpc::pb::{self, key_admin_client::KeyAdminClient};
@@ -71,7 +74,6 @@ use tokio::task::JoinHandle;
 use tonic::codegen::Bytes;
 use tonic::transport::Endpoint;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type SendRequest = h2::client::SendRequest<Bytes>;
 
 const WARMUP: Duration = Duration::from_secs(1);
@@ -87,17 +89,6 @@ struct Settings {
     conns: usize,
     concurrency: usize,
     rounds: usize,
-}
-
-/// A positive number from the environment, or `default` when unset.
-fn env_or(name: &str, default: usize) -> Result<usize, BoxError> {
-    match std::env::var(name) {
-        Err(_) => Ok(default),
-        Ok(v) => match v.trim().parse::<usize>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(format!("{name}={v:?}: expected a positive integer").into()),
-        },
-    }
 }
 
 impl Settings {
@@ -164,13 +155,6 @@ async fn start_keygate(dir: PathBuf, admin_token: String) -> Result<Running, Box
             let _ = stop.await;
         })
     }))
-}
-
-fn authed<T>(msg: T, token: &str) -> Result<tonic::Request<T>, BoxError> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    Ok(req)
 }
 
 /// Creates tenant "bench" and one key that no rate limit will stop; returns its secret

@@ -44,6 +44,9 @@
 //! absolute figures. Loopback TCP hides network latency, which a real Redis round trip
 //! adds to every check and a real NOTIFY adds to every propagation. No tracing subscriber
 //! is installed, so logging costs are not measured.
+mod common;
+
+use common::{authed, best_and_median, connect, env_or, BoxError};
 use hdrhistogram::Histogram;
 use keygate::config::{Config, LimiterKind};
 use keygate::grpc::pb::{
@@ -58,9 +61,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::{Channel, Endpoint};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use tonic::transport::Channel;
 
 const WARMUP: Duration = Duration::from_secs(1);
 /// The target is Redis vs the no-op ceiling (`benches/check.rs`), not vs memory.
@@ -79,17 +80,6 @@ struct Settings {
     concurrency: usize,
     rounds: usize,
     revocations: usize,
-}
-
-/// A positive number from the environment, or `default` when unset.
-fn env_or(name: &str, default: usize) -> Result<usize, BoxError> {
-    match std::env::var(name) {
-        Err(_) => Ok(default),
-        Ok(v) => match v.trim().parse::<usize>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(format!("{name}={v:?}: expected a positive integer").into()),
-        },
-    }
 }
 
 impl Settings {
@@ -167,19 +157,6 @@ async fn start_keygate(cfg: Config) -> Result<Running, BoxError> {
             let _ = stop.await;
         })
     }))
-}
-
-async fn connect(addr: SocketAddr) -> Result<Channel, BoxError> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .connect()
-        .await?)
-}
-
-fn authed<T>(msg: T, token: &str) -> Result<tonic::Request<T>, BoxError> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    Ok(req)
 }
 
 /// Creates (or updates) tenant "bench" with the default policy.
@@ -346,14 +323,6 @@ fn row(round: usize, scenario: &str, t: &Tally, secs: f64) -> serde_json::Value 
         "p50_us": p50, "p90_us": p90, "p99_us": p99, "p999_us": p999,
         "max_us": h.max(), "mean_us": h.mean(),
     })
-}
-
-/// Best and median of per-round requests/s (`v` is never empty).
-fn best_and_median(v: &[f64]) -> (f64, f64) {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    (v[n - 1], (v[(n - 1) / 2] + v[n / 2]) / 2.0)
 }
 
 /// A connection to Redis that answered PING, or why not.

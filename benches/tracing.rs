@@ -51,6 +51,9 @@
 //! process keeps running while the other is measured (store pings, `last_used_time`
 //! flushes: negligible). The key stays cached (cache TTL 60 s by default: a long run may
 //! see one refresh per process), so this is the hot path, not argon2 or the store.
+mod common;
+
+use common::{authed, best_and_median, connect, env_or, BoxError};
 use hdrhistogram::Histogram;
 use keygate::grpc::pb::{
     self, authorize_client::AuthorizeClient, key_admin_client::KeyAdminClient,
@@ -74,9 +77,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Channel, Endpoint, Server};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use tonic::transport::{Channel, Server};
 
 const WARMUP: Duration = Duration::from_secs(1);
 const TARGET_RATIO: f64 = 0.95;
@@ -92,17 +93,6 @@ struct Settings {
     conns: usize,
     concurrency: usize,
     rounds: usize,
-}
-
-/// A positive number from the environment, or `default` when unset.
-fn env_or(name: &str, default: usize) -> Result<usize, BoxError> {
-    match std::env::var(name) {
-        Err(_) => Ok(default),
-        Ok(v) => match v.trim().parse::<usize>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(format!("{name}={v:?}: expected a positive integer").into()),
-        },
-    }
 }
 
 impl Settings {
@@ -441,19 +431,6 @@ impl CollectorServer {
 // ---------------------------------------------------------------------------------------
 // Provisioning and load.
 
-async fn connect(addr: SocketAddr) -> Result<Channel, BoxError> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .connect()
-        .await?)
-}
-
-fn authed<T>(msg: T, token: &str) -> Result<tonic::Request<T>, BoxError> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    Ok(req)
-}
-
 /// Checks made while provisioning (the first verifies the key, the rest hit the cache).
 const WARM_CHECKS: u64 = 5;
 
@@ -638,14 +615,6 @@ fn row(round: usize, scenario: &str, t: &Tally, secs: f64) -> serde_json::Value 
         "max_us": h.max(), "mean_us": h.mean(),
         "srv_cpu_us_per_ok": srv_cpu, "gen_cpu_us_per_ok": gen_cpu,
     })
-}
-
-/// Largest and median of per-round figures (`v` is never empty).
-fn best_and_median(v: &[f64]) -> (f64, f64) {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    (v[n - 1], (v[(n - 1) / 2] + v[n / 2]) / 2.0)
 }
 
 /// CPU µs per ALLOW counted in `t`, when both are known.
