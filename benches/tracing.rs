@@ -13,10 +13,11 @@
 //! `warn,keygate=info` (Keygate's spans are enabled in both, so A is "spans created, none
 //! exported") and an admin token of the run's own; its environment is otherwise cleared,
 //! so a stray `RUST_LOG`, `KEYGATE_*` or `OTEL_BSP_*` in the shell cannot skew one side.
-//! B also gets `KEYGATE_OTLP_ENDPOINT`, an OTLP/gRPC collector inside this bench that only
-//! counts what it receives (the SDK's default batch processor: 2,048-span queue, batches
-//! of 512, every 5 s at the latest; spans that find the queue full are dropped, which the
-//! span count below would show). The address each process listens on is read from its
+//! B also gets `KEYGATE_OTLP_SAMPLE_RATIO` from `KG_BENCH_SAMPLE_RATIO` (default 1: every
+//! check traced) and `KEYGATE_OTLP_ENDPOINT`, an OTLP/gRPC collector inside this bench that only
+//! counts what it receives (Keygate's batch settings: a queue of `otlp_queue_size`
+//! spans, batches of up to 2,048, every second at the latest; spans that find the queue
+//! full are dropped, which the span count below would show). The address each process listens on is read from its
 //! "keygate serving" log line.
 //!
 //! On each: one tenant and one key whose limit (1e9 per 60 s) is never reached, checked
@@ -226,7 +227,8 @@ impl Keygate {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         if let Some(otlp) = otlp {
-            cmd.env("KEYGATE_OTLP_ENDPOINT", format!("http://{otlp}"));
+            cmd.env("KEYGATE_OTLP_ENDPOINT", format!("http://{otlp}"))
+                .env("KEYGATE_OTLP_SAMPLE_RATIO", sample_ratio().to_string());
         }
         let mut child = cmd.spawn()?;
         let pid = child.id().ok_or("keygate exited at once")?;
@@ -617,6 +619,14 @@ fn row(round: usize, scenario: &str, t: &Tally, secs: f64) -> serde_json::Value 
     })
 }
 
+/// B's `otlp_sample_ratio`: `KG_BENCH_SAMPLE_RATIO`, default 1 (every check traced).
+fn sample_ratio() -> f64 {
+    std::env::var("KG_BENCH_SAMPLE_RATIO")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0)
+}
+
 /// CPU µs per ALLOW counted in `t`, when both are known.
 fn us_per_ok(cpu: Option<Duration>, t: &Tally) -> Option<f64> {
     let ok = t.latency_us.len();
@@ -749,11 +759,14 @@ async fn bench(s: Settings, cpus: usize, bin: PathBuf) -> Result<(), BoxError> {
         }
     }
     let check_spans = by_name.get("Authorize/Check").copied().unwrap_or(0);
-    let lost = b_answered.saturating_sub(check_spans);
+    let expected = (b_answered as f64 * sample_ratio()).round() as u64;
+    let lost = expected.saturating_sub(check_spans);
     println!(
-        "Authorize/Check spans missing: {lost} of {b_answered} ({:.1} %; dropped when the \
-         SDK's span queue was full, or never flushed)",
-        100.0 * ratio(lost as f64, b_answered as f64)
+        "B samples {:.0} % of checks: about {expected} Authorize/Check spans expected, \
+         {check_spans} received; missing {lost} ({:.1} %; dropped when the SDK's span queue \
+         was full, or never flushed)",
+        100.0 * sample_ratio(),
+        100.0 * ratio(lost as f64, expected as f64)
     );
 
     let summary = json!({
@@ -762,6 +775,7 @@ async fn bench(s: Settings, cpus: usize, bin: PathBuf) -> Result<(), BoxError> {
         "settings": {
             "conns": s.conns, "concurrency": s.concurrency, "warmup_secs": WARMUP.as_secs(),
             "measure_secs": s.measure.as_secs(), "rounds": s.rounds,
+            "sample_ratio": sample_ratio(),
         },
         "runs": rows,
         "ratio": {

@@ -50,6 +50,13 @@ pub struct Config {
     /// OTLP/gRPC collector for traces, e.g. `http://127.0.0.1:4317`
     /// (`KEYGATE_OTLP_ENDPOINT`). Unset (default): no traces are exported.
     pub otlp_endpoint: Option<String>,
+    /// Share of checks traced when the caller sent no sampling decision, 0.0–1.0
+    /// (`KEYGATE_OTLP_SAMPLE_RATIO`). Default 1.0. A caller's `traceparent` is always
+    /// followed: sampled → traced, not sampled → not.
+    pub otlp_sample_ratio: f64,
+    /// Spans buffered for export (`KEYGATE_OTLP_QUEUE_SIZE`); when the collector falls
+    /// behind, newer spans are dropped. Default 32768.
+    pub otlp_queue_size: usize,
     /// Address of the plain-HTTP `/metrics`, `/healthz` and `/readyz` endpoints
     /// (`KEYGATE_METRICS_LISTEN`). Default `127.0.0.1:9464`.
     pub metrics_listen: SocketAddr,
@@ -60,8 +67,8 @@ pub struct Config {
     pub metrics_tenant_label: bool,
     /// The Envoy ext_authz adapter's listener-wide defaults (`[envoy]`).
     pub envoy: crate::envoy::settings::EnvoyConfig,
-    /// How often batched `last_used_time` updates are written, in milliseconds. Default 2000.
-    pub last_used_flush_ms: u64,
+    /// Usage recording: flush interval, buffer bound, retention, route table (`[usage]`).
+    pub usage: UsageConfig,
     /// Longest a graceful shutdown waits for in-flight calls, in seconds.
     pub shutdown_grace_secs: u64,
 }
@@ -87,6 +94,62 @@ pub struct CacheConfig {
     pub negative_ttl_secs: u64,
     /// Most negative entries. Default 10000.
     pub negative_max_entries: u64,
+}
+
+/// Usage recording (`[usage]`): what every non-dry-run check counts towards, written in
+/// batches. See `service::usage`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UsageConfig {
+    /// Count per-minute and per-day usage by endpoint and reason. Default true. Off:
+    /// only `last_used_time` and each key's all-time use count are kept.
+    pub enabled: bool,
+    /// Milliseconds between flushes (also: `last_used_time`). Default 2000.
+    pub flush_ms: u64,
+    /// Most rows buffered between flushes; a full buffer flushes early, and while the store
+    /// is down new rows are dropped and counted in `keygate_usage_dropped_total`.
+    /// Default 200000.
+    pub max_buffered_rows: usize,
+    /// Hours minute buckets are kept. Default 48.
+    pub minute_retention_hours: u64,
+    /// Days day buckets are kept. Default 400.
+    pub day_retention_days: u64,
+    /// Path templates, first match wins (`[[usage.routes]]`); unknown paths count as `other`.
+    pub routes: Vec<crate::domain::usage::RouteConfig>,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        UsageConfig {
+            enabled: true,
+            flush_ms: 2000,
+            max_buffered_rows: 200_000,
+            minute_retention_hours: 48,
+            day_retention_days: 400,
+            routes: Vec::new(),
+        }
+    }
+}
+
+impl UsageConfig {
+    fn validate(&self) -> Result<()> {
+        if self.flush_ms < 10 {
+            return Err(Error::invalid("usage.flush_ms", "must be at least 10"));
+        }
+        if self.max_buffered_rows < 100 {
+            return Err(Error::invalid(
+                "usage.max_buffered_rows",
+                "must be at least 100",
+            ));
+        }
+        if self.minute_retention_hours == 0 || self.day_retention_days == 0 {
+            return Err(Error::invalid(
+                "usage",
+                "minute_retention_hours and day_retention_days must be at least 1",
+            ));
+        }
+        crate::domain::usage::RouteTable::new(&self.routes).map(|_| ())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -125,6 +188,8 @@ impl Default for Config {
             log: LogConfig::default(),
             envoy: Default::default(),
             otlp_endpoint: None,
+            otlp_sample_ratio: 1.0,
+            otlp_queue_size: 32_768,
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             metrics_enabled: true,
             metrics_tenant_label: false,
@@ -136,7 +201,7 @@ impl Default for Config {
             redis_timeout_ms: 100,
             on_limiter_error: crate::limiter::resilient::OnLimiterError::Local,
             shutdown_grace_secs: 30,
-            last_used_flush_ms: 2000,
+            usage: UsageConfig::default(),
         }
     }
 }
@@ -182,6 +247,15 @@ pub struct Overrides {
 }
 
 impl Config {
+    /// What the trace exporter is told.
+    pub fn otlp_settings(&self) -> crate::telemetry::OtlpSettings<'_> {
+        crate::telemetry::OtlpSettings {
+            endpoint: self.otlp_endpoint.as_deref(),
+            sample_ratio: self.otlp_sample_ratio,
+            queue_size: self.otlp_queue_size,
+        }
+    }
+
     /// Loads the layers. `file` defaults to `KEYGATE_CONFIG`; a named file must exist.
     pub fn load(file: Option<PathBuf>, overrides: Overrides) -> Result<Config> {
         let file = file.or_else(|| std::env::var_os("KEYGATE_CONFIG").map(PathBuf::from));
@@ -256,9 +330,16 @@ impl Config {
             redis::Client::open(self.redis_url.expose_secret())
                 .map_err(|_| Error::invalid("redis_url", "is not a redis:// URL"))?;
         }
-        if self.last_used_flush_ms < 10 {
-            return Err(Error::invalid("last_used_flush_ms", "must be at least 10"));
+        if !(0.0..=1.0).contains(&self.otlp_sample_ratio) {
+            return Err(Error::invalid(
+                "otlp_sample_ratio",
+                "must be between 0.0 and 1.0",
+            ));
         }
+        if self.otlp_queue_size == 0 {
+            return Err(Error::invalid("otlp_queue_size", "must be at least 1"));
+        }
+        self.usage.validate()?;
         crate::hashing::SecretHasher::new(self.argon2).map(|_| ())
     }
 

@@ -29,7 +29,7 @@ use crate::hashing::SecretHasher;
 use crate::limiter::{memory::MemoryLimiter, RateLimiter};
 use crate::service::admin::AdminService;
 use crate::service::check::CheckService;
-use crate::service::last_used::LastUsed;
+use crate::service::usage::UsageRecorder;
 use crate::store::{Backend, KeyStore, SeaStore};
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use secrecy::ExposeSecret;
@@ -168,7 +168,9 @@ pub struct App {
     pub cache: Arc<KeyCache>,
     pub admin: AdminService,
     pub check: Arc<CheckService>,
-    last_used: Arc<LastUsed>,
+    /// Usage recording; `flush` writes what is buffered (tests call it directly).
+    pub usage: Arc<UsageRecorder>,
+    clock: Arc<dyn domain::Clock>,
     tokens: AdminTokens,
     /// Whether to LISTEN for other replicas' changes (PostgreSQL store).
     listen_changes: bool,
@@ -211,7 +213,12 @@ impl App {
             ),
             false => None,
         };
-        let last_used = Arc::new(LastUsed::counting(metrics.last_used_flush_failures.clone()));
+        let usage = Arc::new(UsageRecorder::new(
+            Arc::new(domain::usage::RouteTable::new(&config.usage.routes)?),
+            config.usage.enabled,
+            config.usage.max_buffered_rows,
+            Some(metrics.usage.clone()),
+        ));
         let listen_changes = pg_pool.is_some();
         // Names this replica in its change notifications, so it can skip its own.
         let origin = domain::key::random_base62(12);
@@ -232,7 +239,7 @@ impl App {
             cache.clone(),
             limiter,
             options.clock.clone(),
-            last_used.clone(),
+            usage.clone(),
             metrics.clone(),
         ));
         Ok(App {
@@ -246,7 +253,8 @@ impl App {
             cache,
             admin,
             check,
-            last_used,
+            usage,
+            clock: options.clock.clone(),
             tokens,
         })
     }
@@ -266,7 +274,8 @@ impl App {
             store,
             admin,
             check,
-            last_used,
+            usage,
+            clock,
             tokens,
             cache,
             listen_changes,
@@ -339,9 +348,20 @@ impl App {
                 stop_rx.clone(),
             ));
         }
-        let flusher = tokio::spawn(last_used.run(
+        // The usage flusher stops only after the server has drained, so its last flush
+        // holds every check that was answered.
+        let (flush_stop_tx, flush_stop_rx) = tokio::sync::watch::channel(false);
+        let flusher = tokio::spawn(usage.clone().run(
+            store.clone(),
+            clock.clone(),
+            Duration::from_millis(config.usage.flush_ms),
+            flush_stop_rx,
+        ));
+        tokio::spawn(service::usage::prune(
             store,
-            Duration::from_millis(config.last_used_flush_ms),
+            clock,
+            Duration::from_secs(config.usage.minute_retention_hours * 3600),
+            Duration::from_secs(config.usage.day_retention_days * 86_400),
             stop_rx.clone(),
         ));
         let health_on_stop = health.clone();
@@ -380,7 +400,7 @@ impl App {
             res = server => res.map_err(|e| Error::Internal { context: "grpc server", source: Some(Box::new(e)) })?,
             _ = deadline => tracing::warn!("shutdown grace period ended with calls still in flight"),
         }
-        // The flusher saw the stop signal too; wait for its last flush.
+        let _ = flush_stop_tx.send(true);
         let _ = flusher.await;
         tracing::info!("keygate stopped");
         Ok(())

@@ -44,8 +44,8 @@ pub struct Metrics {
     pub miss_load_seconds: prometheus::Histogram,
     /// KeyAdmin calls by RPC and gRPC code.
     admin_calls: IntCounterVec,
-    /// `last_used_time` batches that could not be written (retried later).
-    pub last_used_flush_failures: IntCounter,
+    /// Usage recording: drops, failed flushes, buffer size, flush lag.
+    pub usage: crate::service::usage::UsageMetrics,
     /// Time from a KeyAdmin change on one replica to this replica applying it.
     pub propagation_seconds: prometheus::Histogram,
     /// Checks whose shared limiter failed and that followed `on_limiter_error`.
@@ -122,10 +122,24 @@ impl Metrics {
             Opts::new("admin_calls_total", "KeyAdmin calls by RPC and gRPC code"),
             &["rpc", "code"],
         ));
-        let last_used_flush_failures = must(IntCounter::new(
-            "last_used_flush_failures_total",
-            "last_used_time batches that failed to write (kept and retried)",
-        ));
+        let usage = crate::service::usage::UsageMetrics {
+            dropped: must(IntCounter::new(
+                "usage_dropped_total",
+                "Checks not counted in usage because the buffer was full (store down or slow)",
+            )),
+            flush_failures: must(IntCounter::new(
+                "usage_flush_failures_total",
+                "Usage flushes that failed to write (rows kept and retried)",
+            )),
+            buffered: must(IntGauge::new(
+                "usage_buffered_rows",
+                "Usage rows waiting for the next flush",
+            )),
+            flush_lag: must(prometheus::Gauge::new(
+                "usage_flush_lag_seconds",
+                "Age of the oldest usage not yet written after a failed flush; 0 once written",
+            )),
+        };
         // Series that exist from the start read as 0 instead of "no data", so alerts on
         // them evaluate before the first failure.
         for source in ["grpc", "ext_authz"] {
@@ -148,7 +162,10 @@ impl Metrics {
         must(registry.register(Box::new(propagation_seconds.clone())));
         must(registry.register(Box::new(miss_load_seconds.clone())));
         must(registry.register(Box::new(admin_calls.clone())));
-        must(registry.register(Box::new(last_used_flush_failures.clone())));
+        must(registry.register(Box::new(usage.dropped.clone())));
+        must(registry.register(Box::new(usage.flush_failures.clone())));
+        must(registry.register(Box::new(usage.buffered.clone())));
+        must(registry.register(Box::new(usage.flush_lag.clone())));
         Arc::new(Metrics {
             registry,
             checks,
@@ -160,7 +177,7 @@ impl Metrics {
             limiter_fallbacks,
             miss_load_seconds,
             admin_calls,
-            last_used_flush_failures,
+            usage,
             propagation_seconds,
             ready: Arc::new(AtomicBool::new(true)),
             tenant_label,

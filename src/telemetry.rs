@@ -7,7 +7,7 @@ use crate::config::{LogConfig, LogFormat};
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler, SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -33,7 +33,7 @@ impl Telemetry {
 /// Installs the global subscriber; `RUST_LOG` overrides the configured filter. With an
 /// OTLP endpoint it must run inside the tokio runtime (the exporter's channel lives
 /// there). A second call (tests that start several servers) is a no-op.
-pub fn init(cfg: &LogConfig, otlp_endpoint: Option<&str>) -> Telemetry {
+pub fn init(cfg: &LogConfig, otlp: &OtlpSettings<'_>) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.filter));
     let fmt = match cfg.format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
@@ -45,7 +45,7 @@ pub fn init(cfg: &LogConfig, otlp_endpoint: Option<&str>) -> Telemetry {
             .with_writer(std::io::stderr)
             .boxed(),
     };
-    let provider = otlp_endpoint.and_then(|endpoint| {
+    let provider = otlp.endpoint.and_then(|endpoint| {
         use opentelemetry_otlp::WithExportConfig;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
@@ -54,7 +54,14 @@ pub fn init(cfg: &LogConfig, otlp_endpoint: Option<&str>) -> Telemetry {
         match exporter {
             Ok(exporter) => Some(
                 SdkTracerProvider::builder()
-                    .with_batch_exporter(exporter)
+                    .with_span_processor(
+                        BatchSpanProcessor::builder(exporter)
+                            .with_batch_config(batch_config(otlp.queue_size))
+                            .build(),
+                    )
+                    .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                        otlp.sample_ratio,
+                    ))))
                     .with_resource(
                         opentelemetry_sdk::Resource::builder()
                             .with_service_name("keygate")
@@ -68,15 +75,51 @@ pub fn init(cfg: &LogConfig, otlp_endpoint: Option<&str>) -> Telemetry {
             }
         }
     });
-    let otel = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("keygate")));
+    // Only what the span tree needs: no per-span thread name, source location, level,
+    // target or busy/idle timing (each costs allocations or clock reads on every check).
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("keygate"))
+            .with_location(false)
+            .with_threads(false)
+            .with_level(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
+    });
     let _ = tracing_subscriber::registry()
         .with(filter)
         .with(fmt)
         .with(otel)
         .try_init();
     Telemetry { provider }
+}
+
+/// Where and how much to export.
+pub struct OtlpSettings<'a> {
+    /// OTLP/gRPC collector; `None`: no export.
+    pub endpoint: Option<&'a str>,
+    /// Share of root checks traced; a caller's sampled `traceparent` is always followed.
+    pub sample_ratio: f64,
+    /// Spans buffered for export before new ones are dropped.
+    pub queue_size: usize,
+}
+
+/// The batch processor's settings: batches of up to 2,048 spans, every second at the
+/// latest, from a queue of `queue_size`. `OTEL_BSP_*` variables, when set, win.
+fn batch_config(queue_size: usize) -> opentelemetry_sdk::trace::BatchConfig {
+    use opentelemetry_sdk::trace::BatchConfigBuilder;
+    let set = |name: &str| std::env::var_os(name).is_some();
+    let mut b = BatchConfigBuilder::default();
+    if !set("OTEL_BSP_MAX_QUEUE_SIZE") {
+        b = b.with_max_queue_size(queue_size);
+    }
+    if !set("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") {
+        b = b.with_max_export_batch_size(queue_size.min(2048));
+    }
+    if !set("OTEL_BSP_SCHEDULE_DELAY") {
+        b = b.with_scheduled_delay(std::time::Duration::from_secs(1));
+    }
+    b.build()
 }
 
 /// Reads W3C trace context from gRPC metadata.

@@ -4,6 +4,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m0001_initial;
 mod m0002_audit_events;
+mod m0003_usage;
 
 /// Every migration, oldest first. Never edit one that has shipped: add a new one.
 pub struct Migrator;
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m0001_initial::Migration),
             Box::new(m0002_audit_events::Migration),
+            Box::new(m0003_usage::Migration),
         ]
     }
 }

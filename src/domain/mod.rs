@@ -7,6 +7,7 @@ pub mod record;
 pub mod scope;
 pub mod text;
 pub mod time;
+pub mod usage;
 
 pub use ip::IpAllowlist;
 pub use key::{ApiKeyFormat, ParsedKey};

@@ -43,6 +43,8 @@ pub struct KeyRecord {
     pub update_time: UnixMillis,
     pub expire_time: Option<UnixMillis>,
     pub last_used_time: Option<UnixMillis>,
+    /// Checks counted against the key, all time (flushed with usage).
+    pub use_count: u64,
     /// May lie in the future: a rotated key's old secret works until then.
     pub revoke_time: Option<UnixMillis>,
     pub revoke_reason: Option<String>,

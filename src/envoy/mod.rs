@@ -126,6 +126,7 @@ pub fn translate(config: &EnvoyConfig, req: &CheckRequest) -> Result<(CheckInput
         client_ip: client_ip(req.get_client_address(), headers, settings.trusted_proxies),
         method: http.map(|h| h.method.clone()).filter(|m| !m.is_empty()),
         path,
+        route: settings.route.clone(),
         cost: u64::from(settings.cost.max(1)),
         dry_run: false,
     };

@@ -112,6 +112,8 @@ pub struct RouteSettings {
     pub reset_format: ResetFormat,
     pub forward_metadata: bool,
     pub trusted_proxies: usize,
+    /// The route's endpoint name for usage (`keygate.route`).
+    pub route: Option<String>,
 }
 
 /// Every `context_extensions` key Keygate reads.
@@ -124,6 +126,7 @@ pub const CONTEXT_KEYS: &[&str] = &[
     "keygate.error_format",
     "keygate.reset_format",
     "keygate.forward_metadata",
+    "keygate.route",
 ];
 
 impl EnvoyConfig {
@@ -154,6 +157,7 @@ impl EnvoyConfig {
             reset_format: self.reset_format,
             forward_metadata: self.forward_metadata,
             trusted_proxies: self.trusted_proxies,
+            route: None,
         })
     }
 
@@ -188,6 +192,7 @@ impl EnvoyConfig {
                 "keygate.error_format" => s.error_format = parse_enum(k, v)?,
                 "keygate.reset_format" => s.reset_format = parse_enum(k, v)?,
                 "keygate.forward_metadata" => s.forward_metadata = v == "true",
+                "keygate.route" => s.route = Some(v.clone()).filter(|r| !r.is_empty()),
                 // Other filters' keys share the map: not ours, not an error.
                 _ => {}
             }

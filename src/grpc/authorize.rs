@@ -43,6 +43,7 @@ fn input(r: pb::CheckRequest) -> Result<CheckInput> {
         tenant_id: Some(r.tenant_id).filter(|t| !t.is_empty()),
         method: Some(r.method).filter(|m| !m.is_empty()),
         path: Some(r.path).filter(|p| !p.is_empty()),
+        route: Some(r.route).filter(|p| !p.is_empty()),
         cost: u64::from(r.cost.max(1)),
         dry_run: r.dry_run,
         api_key: r.api_key,

@@ -2,6 +2,7 @@
 //! `InvalidArgument` naming its field.
 use super::pb;
 use crate::domain::policy::{ExpiryPolicy, ExpiryRequest, RateLimitSpec};
+use crate::domain::usage::{Counts, Granularity, Report};
 use crate::domain::{IpAllowlist, KeyRecord, KeyState, ScopeSet, Tenant, TenantPolicy, UnixMillis};
 use crate::error::{Error, Result};
 use crate::service::admin::{CreateKey, KeyPatch};
@@ -133,8 +134,11 @@ fn state(s: KeyState) -> pb::KeyState {
 
 /// The wire form of a key at `now` (state is computed). Carries no secret and no hash:
 /// the record has neither.
-pub fn key(k: KeyRecord, now: UnixMillis) -> pb::Key {
+/// A key as the API shows it; `uses_today` comes from the usage tables.
+pub fn key(k: KeyRecord, now: UnixMillis, uses_today: u64) -> pb::Key {
     pb::Key {
+        use_count: k.use_count,
+        uses_today,
         state: state(k.state(now)) as i32,
         id: k.id,
         tenant_id: k.tenant_id,
@@ -222,5 +226,58 @@ pub fn audit_event(e: crate::domain::AuditEvent) -> pb::AuditEvent {
         changed_fields: e.changed_fields,
         request_id: e.request_id,
         detail: e.detail,
+    }
+}
+
+pub fn granularity(g: i32) -> Result<Granularity> {
+    use pb::UsageGranularity as G;
+    match G::try_from(g) {
+        Ok(G::Unspecified | G::Day) => Ok(Granularity::Day),
+        Ok(G::Minute) => Ok(Granularity::Minute),
+        Ok(G::Total) => Ok(Granularity::Total),
+        Err(_) => Err(Error::invalid("granularity", "unknown value")),
+    }
+}
+
+/// An optional timestamp field.
+pub fn opt_timestamp(
+    field: &str,
+    t: Option<&prost_types::Timestamp>,
+) -> Result<Option<UnixMillis>> {
+    t.map(|t| from_timestamp(field, t)).transpose()
+}
+
+fn usage_counts(c: &Counts) -> pb::UsageCounts {
+    pb::UsageCounts {
+        total: c.total(),
+        allowed: c.allowed,
+        denied: c.denied(),
+        rate_limited: c.denied_by_reason.get("RATE_LIMITED").copied().unwrap_or(0),
+        denial_rate: c.denial_rate(),
+        cost: c.cost,
+        denied_by_reason: c.denied_by_reason.clone().into_iter().collect(),
+    }
+}
+
+pub fn usage_report(r: &Report) -> pb::UsageReport {
+    use pb::UsageGranularity as G;
+    pb::UsageReport {
+        points: r
+            .points
+            .iter()
+            .map(|p| pb::UsagePoint {
+                bucket_start: Some(timestamp(p.bucket_start)),
+                endpoint: p.endpoint.clone(),
+                counts: Some(usage_counts(&p.counts)),
+            })
+            .collect(),
+        totals: Some(usage_counts(&r.totals)),
+        start_time: Some(timestamp(r.start)),
+        end_time: Some(timestamp(r.end)),
+        granularity: match r.granularity {
+            Granularity::Minute => G::Minute,
+            Granularity::Day => G::Day,
+            Granularity::Total => G::Total,
+        } as i32,
     }
 }

@@ -18,6 +18,13 @@ impl KeyAdminApi {
         KeyAdminApi { svc, metrics }
     }
 
+    /// A key with its count of today's uses.
+    async fn key_out(&self, key: crate::domain::KeyRecord) -> Result<pb::Key, crate::error::Error> {
+        let today = self.svc.uses_today(std::slice::from_ref(&key)).await?;
+        let n = today.get(&key.id).copied().unwrap_or(0);
+        Ok(convert::key(key, self.svc.now(), n))
+    }
+
     /// Records the call's outcome (metrics by RPC and code) and passes it on.
     fn done<T>(&self, rpc: &'static str, reply: Reply<T>) -> Reply<T> {
         let code = reply
@@ -116,7 +123,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
             // The only place a secret is put on the wire: once, in this response.
             let secret = secrecy::ExposeSecret::expose_secret(&issued.secret).to_owned();
             Ok(Response::new(pb::CreateKeyResponse {
-                key: Some(convert::key(issued.key, now)),
+                key: Some(convert::key(issued.key, now, 0)),
                 secret,
             }))
         }
@@ -128,7 +135,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
     async fn get_key(&self, req: Request<pb::GetKeyRequest>) -> Reply<pb::Key> {
         let reply: Reply<pb::Key> = async {
             let key = self.svc.get_key(&req.into_inner().key_id).await?;
-            Ok(Response::new(convert::key(key, self.svc.now())))
+            Ok(Response::new(self.key_out(key).await?))
         }
         .await;
         self.done("GetKey", reply)
@@ -146,9 +153,16 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
                 .svc
                 .list_keys(&r.tenant_id, page, r.include_revoked, r.include_expired)
                 .await?;
+            let today = self.svc.uses_today(&keys).await?;
             let now = self.svc.now();
             Ok(Response::new(pb::ListKeysResponse {
-                keys: keys.into_iter().map(|k| convert::key(k, now)).collect(),
+                keys: keys
+                    .into_iter()
+                    .map(|k| {
+                        let n = today.get(&k.id).copied().unwrap_or(0);
+                        convert::key(k, now, n)
+                    })
+                    .collect(),
                 next_page_token,
             }))
         }
@@ -163,7 +177,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
             let (id, patch) = convert::key_patch(req.into_inner())?;
             tracing::Span::current().record("key_id", id.as_str());
             let key = self.svc.update_key(&id, patch, &caller).await?;
-            Ok(Response::new(convert::key(key, self.svc.now())))
+            Ok(Response::new(self.key_out(key).await?))
         }
         .await;
         self.done("UpdateKey", reply)
@@ -176,7 +190,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
             let r = req.into_inner();
             tracing::Span::current().record("key_id", r.key_id.as_str());
             let key = self.svc.revoke_key(&r.key_id, &r.reason, &caller).await?;
-            Ok(Response::new(convert::key(key, self.svc.now())))
+            Ok(Response::new(self.key_out(key).await?))
         }
         .await;
         self.done("RevokeKey", reply)
@@ -196,9 +210,9 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
             let now = self.svc.now();
             let secret = secrecy::ExposeSecret::expose_secret(&issued.secret).to_owned();
             Ok(Response::new(pb::RotateKeyResponse {
-                key: Some(convert::key(issued.key, now)),
+                key: Some(convert::key(issued.key, now, 0)),
                 secret,
-                previous_key: Some(convert::key(old, now)),
+                previous_key: Some(self.key_out(old).await?),
             }))
         }
         .await;
@@ -237,5 +251,56 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
         }
         .await;
         self.done("ListAuditEvents", reply)
+    }
+
+    #[tracing::instrument(skip_all, fields(key_id))]
+    async fn get_key_usage(&self, req: Request<pb::GetKeyUsageRequest>) -> Reply<pb::UsageReport> {
+        let reply: Reply<pb::UsageReport> = async {
+            let r = req.into_inner();
+            tracing::Span::current().record("key_id", r.key_id.as_str());
+            let range = (
+                convert::opt_timestamp("start_time", r.start_time.as_ref())?,
+                convert::opt_timestamp("end_time", r.end_time.as_ref())?,
+            );
+            let report = self
+                .svc
+                .key_usage(
+                    &r.key_id,
+                    convert::granularity(r.granularity)?,
+                    range,
+                    r.group_by_endpoint,
+                )
+                .await?;
+            Ok(Response::new(convert::usage_report(&report)))
+        }
+        .await;
+        self.done("GetKeyUsage", reply)
+    }
+
+    #[tracing::instrument(skip_all, fields(tenant_id))]
+    async fn get_tenant_usage(
+        &self,
+        req: Request<pb::GetTenantUsageRequest>,
+    ) -> Reply<pb::UsageReport> {
+        let reply: Reply<pb::UsageReport> = async {
+            let r = req.into_inner();
+            tracing::Span::current().record("tenant_id", r.tenant_id.as_str());
+            let range = (
+                convert::opt_timestamp("start_time", r.start_time.as_ref())?,
+                convert::opt_timestamp("end_time", r.end_time.as_ref())?,
+            );
+            let report = self
+                .svc
+                .tenant_usage(
+                    &r.tenant_id,
+                    convert::granularity(r.granularity)?,
+                    range,
+                    r.group_by_endpoint,
+                )
+                .await?;
+            Ok(Response::new(convert::usage_report(&report)))
+        }
+        .await;
+        self.done("GetTenantUsage", reply)
     }
 }

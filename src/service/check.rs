@@ -3,7 +3,7 @@
 //!
 //! Order (first failure wins): credential → format → key exists → revoked / disabled /
 //! expired → tenant → IP → scope → rate limit.
-use super::last_used::LastUsed;
+use super::usage::{UsageRecorder, Use};
 use crate::cache::{self, KeyCache, Loaded, Resolved};
 use crate::domain::key;
 use crate::domain::{Clock, KeyRecord, Scope, ScopeSet, Tenant};
@@ -27,13 +27,15 @@ pub struct CheckInput {
     pub client_ip: Option<IpAddr>,
     pub method: Option<String>,
     pub path: Option<String>,
+    /// The endpoint's name in the route table, when the caller knows it (usage).
+    pub route: Option<String>,
     /// At least 1.
     pub cost: u64,
     pub dry_run: bool,
 }
 
 /// Why a decision was made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
     Ok,
     MissingCredential,
@@ -138,7 +140,7 @@ pub struct CheckService {
     cache: Arc<KeyCache>,
     limiter: Arc<dyn RateLimiter>,
     clock: Arc<dyn Clock>,
-    last_used: Arc<LastUsed>,
+    usage: Arc<UsageRecorder>,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -149,7 +151,7 @@ impl CheckService {
         cache: Arc<KeyCache>,
         limiter: Arc<dyn RateLimiter>,
         clock: Arc<dyn Clock>,
-        last_used: Arc<LastUsed>,
+        usage: Arc<UsageRecorder>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         CheckService {
@@ -158,7 +160,7 @@ impl CheckService {
             cache,
             limiter,
             clock,
-            last_used,
+            usage,
             metrics,
         }
     }
@@ -270,7 +272,22 @@ impl CheckService {
         };
         decision.reason = reason;
         if !input.dry_run {
-            self.last_used.note(&record.id, now);
+            self.usage.record(&Use {
+                key_id: &record.id,
+                tenant_id: &record.tenant_id,
+                at: now,
+                endpoint: self.usage.routes().endpoint(
+                    input.method.as_deref(),
+                    input.path.as_deref(),
+                    input.route.as_deref(),
+                ),
+                reason,
+                cost: if reason == Reason::Ok {
+                    input.cost.max(1)
+                } else {
+                    0
+                },
+            });
         }
         Ok(decision)
     }

@@ -3,7 +3,7 @@
 pub mod admin;
 pub mod changes;
 pub mod check;
-pub mod last_used;
+pub mod usage;
 
 use std::sync::Arc;
 

@@ -46,6 +46,8 @@ pub mod api_keys {
         pub update_time: i64,
         pub expire_time: Option<i64>,
         pub last_used_time: Option<i64>,
+        /// Checks counted against the key, all time.
+        pub use_count: i64,
         pub revoke_time: Option<i64>,
         pub revoke_reason: Option<String>,
         pub rotated_from: Option<String>,

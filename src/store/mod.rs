@@ -9,6 +9,7 @@ pub use sea::SeaStore;
 
 use crate::domain::{AuditEvent, KeyRecord, NewKey, Tenant, UnixMillis};
 use crate::error::Result;
+use std::collections::HashMap;
 
 /// Which keys `list_keys` returns, one page at a time.
 #[derive(Debug, Clone)]
@@ -39,6 +40,69 @@ pub struct AuditQuery {
     pub start: Option<UnixMillis>,
     pub end: Option<UnixMillis>,
     pub limit: u64,
+}
+
+/// One key's uses in a usage flush.
+#[derive(Debug, Clone)]
+pub struct KeyUse {
+    pub key_id: String,
+    /// Moves `last_used_time` forward (never backward).
+    pub last_used: UnixMillis,
+    /// Added to the all-time use count.
+    pub uses: u64,
+}
+
+/// Counts of one (key, bucket, endpoint, reason).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageCell {
+    pub key_id: String,
+    pub tenant_id: String,
+    /// Start of the UTC minute or day.
+    pub bucket: UnixMillis,
+    pub endpoint: String,
+    /// The reason's code (`OK`, `RATE_LIMITED`, …).
+    pub reason: &'static str,
+    pub count: u64,
+    /// Budget spent (allowed calls only).
+    pub cost: u64,
+}
+
+/// One flush of the usage recorder: written in one transaction, added to what is stored.
+#[derive(Debug, Clone, Default)]
+pub struct UsageBatch {
+    pub keys: Vec<KeyUse>,
+    /// At most one cell per (key, minute, endpoint, reason).
+    pub minutes: Vec<UsageCell>,
+    /// At most one cell per (key, day, endpoint, reason).
+    pub days: Vec<UsageCell>,
+}
+
+/// Minute or day buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BucketSize {
+    Minute,
+    Day,
+}
+
+/// Whose usage, from which table, over which buckets `[start, end)`.
+#[derive(Debug, Clone)]
+pub struct UsageQuery {
+    pub tenant_id: String,
+    /// Unset: every key of the tenant.
+    pub key_id: Option<String>,
+    pub size: BucketSize,
+    pub start: UnixMillis,
+    pub end: UnixMillis,
+}
+
+/// Stored counts, summed over keys (for a tenant query) per bucket, endpoint and reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRow {
+    pub bucket: UnixMillis,
+    pub endpoint: String,
+    pub reason: String,
+    pub count: u64,
+    pub cost: u64,
 }
 
 /// Everything Keygate persists about tenants, keys and admin tokens.
@@ -95,8 +159,21 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Whether the store answers (health).
     async fn ping(&self) -> Result<()>;
 
-    /// Moves each key's `last_used_time` forward to the given time (never backward).
-    async fn record_last_used(&self, uses: &[(String, UnixMillis)]) -> Result<()>;
+    /// Adds a usage flush: cells to the minute and day tables, uses to each key's count,
+    /// `last_used_time` forward. One transaction: all of it or none.
+    async fn record_usage(&self, batch: &UsageBatch) -> Result<()>;
+    /// Stored counts matching `query`, one row per bucket, endpoint and reason.
+    async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>>;
+    /// Each of `key_ids`' total count in the day bucket `day` (keys without uses absent).
+    async fn uses_in_day(
+        &self,
+        key_ids: &[String],
+        day: UnixMillis,
+    ) -> Result<HashMap<String, u64>>;
+    /// Deletes minute buckets before `minutes_before` and day buckets before
+    /// `days_before`; returns the rows deleted.
+    async fn prune_usage(&self, minutes_before: UnixMillis, days_before: UnixMillis)
+        -> Result<u64>;
 
     async fn add_admin_token(
         &self,

@@ -1,15 +1,31 @@
 //! [`KeyStore`] on sea-orm: one implementation for SQLite and PostgreSQL.
 use super::entities::{admin_tokens, api_keys, audit_events, tenants};
-use super::{AdminTokenRecord, AuditQuery, KeyQuery, KeyStore};
+use super::{
+    AdminTokenRecord, AuditQuery, BucketSize, KeyQuery, KeyStore, UsageBatch, UsageQuery, UsageRow,
+};
 use crate::domain::{
     AuditEvent, IpAllowlist, KeyRecord, NewKey, ScopeSet, Tenant, TenantPolicy, UnixMillis,
 };
 use crate::error::{Error, Result};
-use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::sea_query::{Alias, Expr, OnConflict, Order, Query};
+use sea_orm::ConnectionTrait;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DbErr, EntityTrait,
     PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, RuntimeErr, TransactionTrait,
 };
+use std::collections::HashMap;
+
+const MINUTES: &str = "usage_minutes";
+const DAYS: &str = "usage_days";
+
+fn usage_cols<const N: usize>(names: [&'static str; N]) -> [Alias; N] {
+    names.map(Alias::new)
+}
+
+/// Counts are u64 in Rust and BIGINT in SQL; nothing real reaches 2^63.
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
 
 /// The sea-orm store.
 #[derive(Clone)]
@@ -105,6 +121,7 @@ fn key_from(m: api_keys::Model) -> Result<KeyRecord> {
         update_time: UnixMillis(m.update_time),
         expire_time: m.expire_time.map(UnixMillis),
         last_used_time: m.last_used_time.map(UnixMillis),
+        use_count: u64::try_from(m.use_count).unwrap_or(0),
         revoke_time: m.revoke_time.map(UnixMillis),
         revoke_reason: m.revoke_reason,
         rotated_from: m.rotated_from,
@@ -131,6 +148,7 @@ fn key_row(k: &NewKey) -> Result<api_keys::ActiveModel> {
         update_time: Set(r.update_time.0),
         expire_time: Set(r.expire_time.map(|t| t.0)),
         last_used_time: Set(r.last_used_time.map(|t| t.0)),
+        use_count: Set(i64::try_from(r.use_count).unwrap_or(i64::MAX)),
         revoke_time: Set(r.revoke_time.map(|t| t.0)),
         revoke_reason: Set(r.revoke_reason.clone()),
         rotated_from: Set(r.rotated_from.clone()),
@@ -496,23 +514,170 @@ impl KeyStore for SeaStore {
         self.db.ping().await.map_err(db_err)
     }
 
-    async fn record_last_used(&self, uses: &[(String, UnixMillis)]) -> Result<()> {
+    async fn record_usage(&self, b: &UsageBatch) -> Result<()> {
         use api_keys::Column as C;
+        let backend = self.db.get_database_backend();
         let txn = self.db.begin().await.map_err(db_err)?;
-        for (id, at) in uses {
+        for (table, cells) in [(MINUTES, &b.minutes), (DAYS, &b.days)] {
+            // 7 parameters a row: far below SQLite's and PostgreSQL's bind limits.
+            for chunk in cells.chunks(500) {
+                let mut q = Query::insert();
+                q.into_table(Alias::new(table)).columns(usage_cols([
+                    "key_id",
+                    "tenant_id",
+                    "bucket",
+                    "endpoint",
+                    "reason",
+                    "count",
+                    "cost",
+                ]));
+                for c in chunk {
+                    q.values([
+                        c.key_id.clone().into(),
+                        c.tenant_id.clone().into(),
+                        c.bucket.0.into(),
+                        c.endpoint.clone().into(),
+                        c.reason.into(),
+                        to_i64(c.count).into(),
+                        to_i64(c.cost).into(),
+                    ])
+                    .map_err(|e| Error::Internal {
+                        context: "usage insert",
+                        source: Some(Box::new(e)),
+                    })?;
+                }
+                let add = |col: &str| {
+                    Expr::col((Alias::new(table), Alias::new(col)))
+                        .add(Expr::col((Alias::new("excluded"), Alias::new(col))))
+                };
+                q.on_conflict(
+                    OnConflict::columns(usage_cols(["key_id", "bucket", "endpoint", "reason"]))
+                        .value(Alias::new("count"), add("count"))
+                        .value(Alias::new("cost"), add("cost"))
+                        .to_owned(),
+                );
+                txn.execute(backend.build(&q)).await.map_err(db_err)?;
+            }
+        }
+        for k in &b.keys {
+            let newer = Expr::col(C::LastUsedTime)
+                .is_null()
+                .or(Expr::col(C::LastUsedTime).lt(k.last_used.0));
             api_keys::Entity::update_many()
-                .col_expr(C::LastUsedTime, Expr::value(at.0))
-                .filter(C::Id.eq(id.as_str()))
-                .filter(
-                    Condition::any()
-                        .add(C::LastUsedTime.is_null())
-                        .add(C::LastUsedTime.lt(at.0)),
+                .col_expr(C::UseCount, Expr::col(C::UseCount).add(to_i64(k.uses)))
+                .col_expr(
+                    C::LastUsedTime,
+                    Expr::case(newer, k.last_used.0)
+                        .finally(Expr::col(C::LastUsedTime))
+                        .into(),
                 )
+                .filter(C::Id.eq(k.key_id.as_str()))
                 .exec(&txn)
                 .await
                 .map_err(db_err)?;
         }
         txn.commit().await.map_err(db_err)
+    }
+
+    async fn usage(&self, uq: &UsageQuery) -> Result<Vec<UsageRow>> {
+        let table = Alias::new(match uq.size {
+            BucketSize::Minute => MINUTES,
+            BucketSize::Day => DAYS,
+        });
+        let col = |c: &str| Expr::col(Alias::new(c));
+        let mut q = Query::select();
+        q.from(table)
+            .columns(usage_cols(["bucket", "endpoint", "reason"]))
+            .expr_as(
+                Expr::cust(r#"CAST(SUM("count") AS BIGINT)"#),
+                Alias::new("n"),
+            )
+            .expr_as(
+                Expr::cust(r#"CAST(SUM("cost") AS BIGINT)"#),
+                Alias::new("c"),
+            )
+            .and_where(col("tenant_id").eq(uq.tenant_id.as_str()))
+            .and_where(col("bucket").gte(uq.start.0))
+            .and_where(col("bucket").lt(uq.end.0))
+            .group_by_columns(usage_cols(["bucket", "endpoint", "reason"]))
+            .order_by(Alias::new("bucket"), Order::Asc)
+            .order_by(Alias::new("endpoint"), Order::Asc);
+        if let Some(k) = &uq.key_id {
+            q.and_where(col("key_id").eq(k.as_str()));
+        }
+        let rows = self
+            .db
+            .query_all(self.db.get_database_backend().build(&q))
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                let get_i = |c: &str| r.try_get::<i64>("", c).map_err(db_err);
+                let get_s = |c: &str| r.try_get::<String>("", c).map_err(db_err);
+                Ok(UsageRow {
+                    bucket: UnixMillis(get_i("bucket")?),
+                    endpoint: get_s("endpoint")?,
+                    reason: get_s("reason")?,
+                    count: u64::try_from(get_i("n")?).unwrap_or(0),
+                    cost: u64::try_from(get_i("c")?).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    async fn uses_in_day(
+        &self,
+        key_ids: &[String],
+        day: UnixMillis,
+    ) -> Result<HashMap<String, u64>> {
+        if key_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let col = |c: &str| Expr::col(Alias::new(c));
+        let mut q = Query::select();
+        q.from(Alias::new(DAYS))
+            .column(Alias::new("key_id"))
+            .expr_as(
+                Expr::cust(r#"CAST(SUM("count") AS BIGINT)"#),
+                Alias::new("n"),
+            )
+            .and_where(col("bucket").eq(day.0))
+            .and_where(col("key_id").is_in(key_ids.iter().map(String::as_str)))
+            .group_by_col(Alias::new("key_id"));
+        let rows = self
+            .db
+            .query_all(self.db.get_database_backend().build(&q))
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<String>("", "key_id").map_err(db_err)?,
+                    u64::try_from(r.try_get::<i64>("", "n").map_err(db_err)?).unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
+    async fn prune_usage(
+        &self,
+        minutes_before: UnixMillis,
+        days_before: UnixMillis,
+    ) -> Result<u64> {
+        let backend = self.db.get_database_backend();
+        let mut deleted = 0;
+        for (table, before) in [(MINUTES, minutes_before), (DAYS, days_before)] {
+            let mut q = Query::delete();
+            q.from_table(Alias::new(table))
+                .and_where(Expr::col(Alias::new("bucket")).lt(before.0));
+            deleted += self
+                .db
+                .execute(backend.build(&q))
+                .await
+                .map_err(db_err)?
+                .rows_affected();
+        }
+        Ok(deleted)
     }
 
     async fn add_admin_token(

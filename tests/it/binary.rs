@@ -69,7 +69,7 @@ pub async fn spawn(db_url: &str, extra_env: &[(&str, &str)], args: &[&str]) -> P
 }
 
 impl Proc {
-    async fn admin(&self, token: &str) -> Admin {
+    pub async fn admin(&self, token: &str) -> Admin {
         let client = KeyAdminClient::connect(format!("http://{}", self.addr))
             .await
             .unwrap();

@@ -680,7 +680,7 @@ async fn first_checks_share_one_argon2_verify(db: Db) {
 }
 
 async fn last_used_time_appears_within_seconds(db: Db) {
-    let s = server_or_skip!(db, |cfg| cfg.last_used_flush_ms = 50);
+    let s = server_or_skip!(db, |cfg| cfg.usage.flush_ms = 50);
     let (mut a, mut c, k) = setup(&s).await;
     let id = k.key.unwrap().id;
     assert_eq!(reason_of(&mut c, probe_of(&k.secret)).await, Reason::Ok);

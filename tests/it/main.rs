@@ -14,3 +14,4 @@ mod outage;
 mod readme;
 mod replicas;
 mod traces;
+mod usage;

@@ -31,7 +31,7 @@ pub fn ext_authz_req(headers: &[(&str, &str)]) -> ext::CheckRequest {
 }
 
 /// The value of the sample `name{labels}` in a Prometheus text exposition.
-fn sample(text: &str, series: &str) -> f64 {
+pub fn sample(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| {
             l.strip_prefix(series)

@@ -78,6 +78,7 @@ async fn readme_grpcurl_walkthrough_works_as_written() {
         "keygate.v1.KeyAdmin",
         "\"decision\": \"ALLOW\"",
         "INSUFFICIENT_SCOPE",
+        "\"deniedByReason\"",
         "IP_NOT_ALLOWED",
         "TENANT_MISMATCH",
         "MALFORMED_KEY",

@@ -119,6 +119,9 @@ pub struct TestServer {
     pub url: String,
     /// The database this server owns (dropped with it); `None` for a second replica.
     pub db: Option<TestDb>,
+    /// The server's usage recorder and store, to flush on demand.
+    pub usage: Arc<keygate::service::usage::UsageRecorder>,
+    pub store: Arc<dyn keygate::store::KeyStore>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<keygate::error::Result<()>>>,
 }
@@ -173,6 +176,7 @@ impl TestServer {
         };
         let app = keygate::App::build(cfg, opts).await.expect("server builds");
         let hasher = app.hasher.clone();
+        let (usage, store) = (app.usage.clone(), app.store.clone());
         let metrics_addr = app.metrics_addr().expect("metrics enabled in tests");
         let handle = tokio::spawn(app.serve(listener, async move {
             let _ = rx.await;
@@ -184,6 +188,8 @@ impl TestServer {
             clock,
             url,
             db,
+            usage,
+            store,
             stop: Some(tx),
             handle: Some(handle),
         };
@@ -232,6 +238,11 @@ impl TestServer {
 
     pub fn now(&self) -> UnixMillis {
         self.clock.now()
+    }
+
+    /// Writes the buffered usage now (as the periodic flush would).
+    pub async fn flush_usage(&self) -> keygate::error::Result<()> {
+        self.usage.flush(self.store.as_ref(), self.now()).await
     }
 
     /// Graceful stop; returns what `run_with` returned.

@@ -69,6 +69,8 @@ async fn check_spans_join_the_callers_trace() {
         &[
             ("KEYGATE_ADMIN_TOKEN", token),
             ("KEYGATE_OTLP_ENDPOINT", &endpoint),
+            // Root checks are never sampled; callers' decisions are still followed.
+            ("KEYGATE_OTLP_SAMPLE_RATIO", "0"),
         ],
         &[],
     )
@@ -123,6 +125,16 @@ async fn check_spans_join_the_callers_trace() {
         pb::Reason::Ok as i32
     );
 
+    // Neither a root check (ratio 0) nor a caller that did not sample is traced.
+    let unsampled = "11111111111111111111111111111111";
+    let mut quiet = tonic::Request::new(crate::check::check_req(&k.secret));
+    quiet.metadata_mut().insert(
+        "traceparent",
+        format!("00-{unsampled}-{caller_span}-00").parse().unwrap(),
+    );
+    c.check(quiet).await.unwrap();
+    c.check(crate::check::check_req(&k.secret)).await.unwrap();
+
     // Through ext_authz the trace context arrives in the HTTP headers Envoy forwards.
     let ext_trace = "0af7651916cd43dd8448eb211c80319c";
     let traceparent = format!("00-{ext_trace}-b7ad6b7169203331-01");
@@ -176,6 +188,16 @@ async fn check_spans_join_the_callers_trace() {
             .find(|s| s.name == child && s.parent_span_id == check.span_id);
         assert!(s.is_some(), "{child} is a child of the check span");
     }
+    let traced: Vec<String> = spans
+        .iter()
+        .filter(|s| s.name == "Authorize/Check")
+        .map(|s| hex(&s.trace_id))
+        .collect();
+    assert_eq!(
+        traced.len(),
+        2,
+        "only the two sampled callers' checks are traced: {traced:?}"
+    );
     let hit: Vec<&str> = spans
         .iter()
         .filter(|s| hex(&s.trace_id) == hit_trace)

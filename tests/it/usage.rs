@@ -1,0 +1,486 @@
+//! Usage analytics: exact counts after a flush, by endpoint template and reason; ListKeys
+//! with all-time and today's counts in one call; no count lost on SIGTERM or while the
+//! store is down; retention. On SQLite and PostgreSQL.
+use crate::check::check_req;
+use crate::key_admin::{create, key_req, tenant};
+use crate::support::{code, config_for, Db, Proxy, TestDb, TestServer};
+use crate::{on_both_stores, server_or_skip};
+use keygate::domain::usage::RouteConfig;
+use keygate::grpc::pb::{self, UsageGranularity};
+use std::time::Duration;
+use tonic::Code;
+
+fn routes(cfg: &mut keygate::config::Config) {
+    cfg.usage.routes = vec![
+        RouteConfig {
+            method: Some("GET".into()),
+            path: "/orders/{id}".into(),
+            name: None,
+        },
+        RouteConfig {
+            method: None,
+            path: "/files/{*rest}".into(),
+            name: Some("files".into()),
+        },
+    ];
+}
+
+fn limit(n: u64) -> Vec<pb::RateLimit> {
+    vec![pb::RateLimit {
+        name: "minute".into(),
+        limit: n,
+        window: Some(prost_types::Duration {
+            seconds: 60,
+            nanos: 0,
+        }),
+    }]
+}
+
+fn call(key: &str, method: &str, path: &str) -> pb::CheckRequest {
+    pb::CheckRequest {
+        method: method.into(),
+        path: path.into(),
+        ..check_req(key)
+    }
+}
+
+async fn decide(
+    c: &mut pb::authorize_client::AuthorizeClient<tonic::transport::Channel>,
+    r: pb::CheckRequest,
+) -> pb::Reason {
+    pb::Reason::try_from(c.check(r).await.unwrap().into_inner().reason).unwrap()
+}
+
+pub fn usage_req(key_id: &str, g: UsageGranularity, by_endpoint: bool) -> pb::GetKeyUsageRequest {
+    pb::GetKeyUsageRequest {
+        key_id: key_id.into(),
+        granularity: g as i32,
+        group_by_endpoint: by_endpoint,
+        ..Default::default()
+    }
+}
+
+fn counts(r: &pb::UsageReport) -> &pb::UsageCounts {
+    r.totals.as_ref().unwrap()
+}
+
+async fn counts_are_exact_after_a_flush(db: Db) {
+    let s = server_or_skip!(db, routes);
+    // Noon UTC: the minute steps below never cross into another day.
+    let today = keygate::domain::usage::day_of(s.now());
+    s.clock.set(today.plus(Duration::from_secs(12 * 3600)));
+    let mut a = s.admin().await;
+    let policy = pb::TenantPolicy {
+        scope_catalogue: vec!["orders:read".into(), "admin".into()],
+        default_scopes: vec!["orders:read".into()],
+        ..Default::default()
+    };
+    tenant(&mut a, "shop", policy).await;
+    let k = create(
+        &mut a,
+        pb::CreateKeyRequest {
+            rate_limits: limit(8),
+            ..key_req("shop", "k")
+        },
+    )
+    .await;
+    let other = create(&mut a, key_req("shop", "other")).await;
+    let id = k.key.as_ref().unwrap().id.clone();
+    let mut c = s.authorize().await;
+
+    // 8 budget: four GETs of an order, one costing 2, two uploads: 7 allowed calls.
+    for i in 0..4 {
+        assert_eq!(
+            decide(
+                &mut c,
+                call(&k.secret, "GET", &format!("/orders/{i}?expand=1"))
+            )
+            .await,
+            pb::Reason::Ok
+        );
+    }
+    let costly = pb::CheckRequest {
+        cost: 2,
+        ..call(&k.secret, "GET", "/orders/9")
+    };
+    assert_eq!(decide(&mut c, costly).await, pb::Reason::Ok);
+    for p in ["/files/a.txt", "/files/dir/b.txt"] {
+        assert_eq!(
+            decide(&mut c, call(&k.secret, "PUT", p)).await,
+            pb::Reason::Ok
+        );
+    }
+    // Budget spent: three rate-limit hits; two scope denials (spend nothing).
+    for _ in 0..3 {
+        assert_eq!(
+            decide(&mut c, call(&k.secret, "GET", "/orders/1")).await,
+            pb::Reason::RateLimited
+        );
+    }
+    for _ in 0..2 {
+        let r = pb::CheckRequest {
+            required_scopes: vec!["admin".into()],
+            ..call(&k.secret, "DELETE", "/nowhere/7")
+        };
+        assert_eq!(decide(&mut c, r).await, pb::Reason::InsufficientScope);
+    }
+    // Not counted: a dry run, and a call whose key is unknown.
+    let dry = pb::CheckRequest {
+        dry_run: true,
+        ..call(&k.secret, "GET", "/orders/1")
+    };
+    decide(&mut c, dry).await;
+    decide(&mut c, check_req("nope_live_0000")).await;
+    // The other key: one call with no path at all.
+    assert_eq!(
+        decide(&mut c, check_req(&other.secret)).await,
+        pb::Reason::Ok
+    );
+
+    // Nothing is visible before the flush, everything after it.
+    let before = a
+        .client
+        .get_key_usage(a.req(usage_req(&id, UsageGranularity::Total, false)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(counts(&before).total, 0);
+    s.flush_usage().await.unwrap();
+
+    let r = a
+        .client
+        .get_key_usage(a.req(usage_req(&id, UsageGranularity::Total, true)))
+        .await
+        .unwrap()
+        .into_inner();
+    let t = counts(&r);
+    assert_eq!(
+        (t.total, t.allowed, t.denied, t.rate_limited, t.cost),
+        (12, 7, 5, 3, 8)
+    );
+    assert_eq!(t.denied_by_reason.get("INSUFFICIENT_SCOPE"), Some(&2));
+    assert!((t.denial_rate - 5.0 / 12.0).abs() < 1e-9);
+    let by: Vec<(&str, u64, u64)> = r
+        .points
+        .iter()
+        .map(|p| {
+            let c = p.counts.as_ref().unwrap();
+            (p.endpoint.as_str(), c.allowed, c.denied)
+        })
+        .collect();
+    assert_eq!(
+        by,
+        vec![("GET /orders/{id}", 5, 3), ("files", 2, 0), ("other", 0, 2)]
+    );
+
+    // Minute buckets: all of it in this minute; 90 s later (half the window
+    // refilled), a second point.
+    s.clock.advance(Duration::from_secs(90));
+    assert_eq!(
+        decide(&mut c, call(&k.secret, "GET", "/orders/1")).await,
+        pb::Reason::Ok
+    );
+    s.flush_usage().await.unwrap();
+    let m = a
+        .client
+        .get_key_usage(a.req(usage_req(&id, UsageGranularity::Minute, false)))
+        .await
+        .unwrap()
+        .into_inner();
+    let per_minute: Vec<u64> = m
+        .points
+        .iter()
+        .map(|p| p.counts.as_ref().unwrap().total)
+        .collect();
+    assert_eq!(per_minute, vec![12, 1], "flushes add up, never replace");
+
+    // ListKeys: all-time and today's count and last use for every key, in one call.
+    let list = a
+        .client
+        .list_keys(a.req(pb::ListKeysRequest {
+            tenant_id: "shop".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let row = |name: &str| list.keys.iter().find(|k| k.name == name).unwrap().clone();
+    assert_eq!((row("k").use_count, row("k").uses_today), (13, 13));
+    assert_eq!((row("other").use_count, row("other").uses_today), (1, 1));
+    assert!(row("k").last_used_time.is_some());
+    let got = a
+        .client
+        .get_key(a.req(pb::GetKeyRequest { key_id: id.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((got.use_count, got.uses_today), (13, 13));
+
+    // The tenant: both keys summed; the path-less call counts under "".
+    let tr = a
+        .client
+        .get_tenant_usage(a.req(pb::GetTenantUsageRequest {
+            tenant_id: "shop".into(),
+            granularity: UsageGranularity::Day as i32,
+            group_by_endpoint: true,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(counts(&tr).total, 14);
+    assert!(tr
+        .points
+        .iter()
+        .any(|p| p.endpoint.is_empty() && p.counts.as_ref().unwrap().allowed == 1));
+
+    // Tomorrow (UTC), today's count starts again; the all-time count stays.
+    s.clock.advance(Duration::from_secs(86_400));
+    let got = a
+        .client
+        .get_key(a.req(pb::GetKeyRequest { key_id: id.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((got.use_count, got.uses_today), (13, 0));
+}
+
+async fn usage_requests_are_validated(db: Db) {
+    let s = server_or_skip!(db);
+    let mut a = s.admin().await;
+    tenant(&mut a, "t", pb::TenantPolicy::default()).await;
+    let k = create(&mut a, key_req("t", "k")).await;
+    let id = k.key.unwrap().id;
+    let (c, _) = code(
+        a.client
+            .get_key_usage(a.req(usage_req("key_missing", UsageGranularity::Day, false)))
+            .await,
+    );
+    assert_eq!(c, Code::NotFound);
+    let mut bad = usage_req(&id, UsageGranularity::Day, false);
+    bad.granularity = 42;
+    let (c, m) = code(a.client.get_key_usage(a.req(bad)).await);
+    assert_eq!(c, Code::InvalidArgument);
+    assert!(m.contains("granularity"), "{m}");
+    let mut backwards = usage_req(&id, UsageGranularity::Day, false);
+    backwards.start_time = Some(prost_types::Timestamp {
+        seconds: 2_000_000_000,
+        nanos: 0,
+    });
+    backwards.end_time = Some(prost_types::Timestamp {
+        seconds: 1_000_000_000,
+        nanos: 0,
+    });
+    let (c, m) = code(a.client.get_key_usage(a.req(backwards)).await);
+    assert_eq!(c, Code::InvalidArgument);
+    assert!(m.contains("start_time"), "{m}");
+    let mut long = usage_req(&id, UsageGranularity::Minute, false);
+    long.start_time = Some(prost_types::Timestamp {
+        seconds: 1_000_000_000,
+        nanos: 0,
+    });
+    let (c, m) = code(a.client.get_key_usage(a.req(long)).await);
+    assert_eq!(c, Code::InvalidArgument);
+    assert!(m.contains("end_time"), "{m}");
+    let (c, _) = code(
+        a.client
+            .get_tenant_usage(a.req(pb::GetTenantUsageRequest {
+                tenant_id: "ghost".into(),
+                ..Default::default()
+            }))
+            .await,
+    );
+    assert_eq!(c, Code::NotFound);
+    let (c, m) = code(
+        a.client
+            .get_tenant_usage(a.req(pb::GetTenantUsageRequest {
+                tenant_id: "Bad Id!".into(),
+                ..Default::default()
+            }))
+            .await,
+    );
+    assert_eq!(c, Code::InvalidArgument);
+    assert!(m.contains("tenant_id"), "{m}");
+}
+
+async fn old_buckets_are_pruned(db: Db) {
+    let s = server_or_skip!(db);
+    let mut a = s.admin().await;
+    tenant(&mut a, "t", pb::TenantPolicy::default()).await;
+    let k = create(&mut a, key_req("t", "k")).await;
+    let id = k.key.unwrap().id;
+    let mut c = s.authorize().await;
+    decide(&mut c, check_req(&k.secret)).await;
+    s.flush_usage().await.unwrap();
+    let prune = |now| {
+        keygate::service::usage::prune_once(
+            s.store.as_ref(),
+            now,
+            Duration::from_secs(3600),
+            Duration::from_secs(2 * 86_400),
+        )
+    };
+    assert_eq!(
+        prune(s.now()).await.unwrap(),
+        0,
+        "nothing is past retention yet"
+    );
+    // Two hours on: the minute bucket goes, the day bucket stays.
+    assert_eq!(
+        prune(s.now().plus(Duration::from_secs(7200)))
+            .await
+            .unwrap(),
+        1
+    );
+    // Three days on: the day bucket goes too; the all-time count stays on the key.
+    assert_eq!(
+        prune(s.now().plus(Duration::from_secs(3 * 86_400)))
+            .await
+            .unwrap(),
+        1
+    );
+    let got = a
+        .client
+        .get_key(a.req(pb::GetKeyRequest { key_id: id }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.use_count, 1);
+}
+
+on_both_stores!(
+    counts_are_exact_after_a_flush,
+    usage_requests_are_validated,
+    old_buckets_are_pruned
+);
+
+/// The store goes away during a flush: the counts stay buffered (bounded), the failure is
+/// counted, and they arrive, exactly, once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn counts_survive_a_store_outage_during_a_flush() {
+    let Some(db) = TestDb::new(Db::Postgres).await else {
+        return;
+    };
+    let proxy = Proxy::start("127.0.0.1:5432").await;
+    let via_proxy = db.url.replace("127.0.0.1:5432", &proxy.addr.to_string());
+    let mut cfg = config_for(&via_proxy);
+    cfg.database.timeout_ms = 1000;
+    // Only this test's explicit flushes write.
+    cfg.usage.flush_ms = 3_600_000;
+    let s = TestServer::start_on(db, cfg).await;
+    let mut a = s.admin().await;
+    tenant(&mut a, "t", pb::TenantPolicy::default()).await;
+    let k = create(&mut a, key_req("t", "k")).await;
+    let id = k.key.unwrap().id;
+    let mut c = s.authorize().await;
+    for _ in 0..25 {
+        assert_eq!(decide(&mut c, check_req(&k.secret)).await, pb::Reason::Ok);
+    }
+    proxy.cut();
+    assert!(
+        s.flush_usage().await.is_err(),
+        "the flush cannot reach the store"
+    );
+    // Cached key: checks keep working and keep counting meanwhile.
+    for _ in 0..5 {
+        assert_eq!(decide(&mut c, check_req(&k.secret)).await, pb::Reason::Ok);
+    }
+    assert!(s.usage.buffered_rows() > 0);
+    let m = crate::envoy::http(s.metrics_addr, "127.0.0.1", "GET", "/metrics", &[]).await;
+    assert_eq!(
+        crate::observability::sample(&m.body, "keygate_usage_flush_failures_total"),
+        1.0
+    );
+    assert_eq!(
+        crate::observability::sample(&m.body, "keygate_usage_dropped_total"),
+        0.0
+    );
+    assert!(crate::observability::sample(&m.body, "keygate_usage_flush_lag_seconds") >= 0.0);
+    proxy.restore();
+    let mut flushed = false;
+    for _ in 0..50 {
+        if s.flush_usage().await.is_ok() {
+            flushed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(flushed, "the flush succeeds once the store is back");
+    let r = a
+        .client
+        .get_key_usage(a.req(usage_req(&id, UsageGranularity::Total, false)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(counts(&r).allowed, 30);
+    assert_eq!(s.usage.buffered_rows(), 0);
+}
+
+/// SIGTERM mid-load: every check the clients saw answered is in the usage after a
+/// restart, counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nothing_counted_is_lost_on_sigterm() {
+    let Some(db) = TestDb::new(Db::Sqlite).await else {
+        return;
+    };
+    let token = "usage-sigterm-admin-token-0123456789";
+    // A flush interval far longer than the test: only the shutdown flush writes.
+    let env = [
+        ("KEYGATE_ADMIN_TOKEN", token),
+        ("KEYGATE_USAGE__FLUSH_MS", "3600000"),
+    ];
+    let mut p = crate::binary::spawn(&db.url, &env, &[]).await;
+    let mut a = p.admin(token).await;
+    tenant(&mut a, "t", pb::TenantPolicy::default()).await;
+    let k = create(&mut a, key_req("t", "k")).await;
+    let id = k.key.unwrap().id;
+    let addr = format!("http://{}", p.addr);
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut load = Vec::new();
+    for _ in 0..8 {
+        let (addr, secret, answered) = (addr.clone(), k.secret.clone(), answered.clone());
+        load.push(tokio::spawn(async move {
+            let Ok(mut c) = pb::authorize_client::AuthorizeClient::connect(addr).await else {
+                return;
+            };
+            while let Ok(r) = c.check(check_req(&secret)).await {
+                assert_eq!(r.into_inner().reason, pb::Reason::Ok as i32);
+                answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }));
+    }
+    while answered.load(std::sync::atomic::Ordering::SeqCst) < 300 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let pid = p.child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), p.child.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+    assert!(status.success(), "graceful exit: {status}\n{}", p.output());
+    for l in load {
+        l.await.unwrap();
+    }
+    let seen = answered.load(std::sync::atomic::Ordering::SeqCst);
+
+    let p2 = crate::binary::spawn(&db.url, &env, &[]).await;
+    let mut a2 = p2.admin(token).await;
+    let got = a2
+        .client
+        .get_key(a2.req(pb::GetKeyRequest { key_id: id.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.use_count, seen, "every answered check counted once");
+    let r = a2
+        .client
+        .get_key_usage(a2.req(usage_req(&id, UsageGranularity::Total, false)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(counts(&r).allowed, seen);
+}
