@@ -23,6 +23,12 @@ pub struct Config {
     /// Break-glass platform admin token (`KEYGATE_ADMIN_TOKEN`). Unset: tokens stored in
     /// the database are used, and the first start on an empty database generates one.
     pub admin_token: Option<SecretString>,
+    /// Token callers of `Authorize.Check` and ext_authz must present as
+    /// `authorization: Bearer <token>` metadata (`KEYGATE_AUTHORIZE_TOKEN`). Unset: any
+    /// caller that reaches the port may check keys.
+    pub authorize_token: Option<SecretString>,
+    /// Limits on what one caller can make the server do (`[limits]`).
+    pub limits: LimitsConfig,
     /// Apply pending migrations on start (`KEYGATE_AUTO_MIGRATE`, `--auto-migrate`).
     /// SQLite is always migrated; PostgreSQL refuses to start on an old schema without it.
     pub auto_migrate: bool,
@@ -94,6 +100,57 @@ pub struct CacheConfig {
     pub negative_ttl_secs: u64,
     /// Most negative entries. Default 10000.
     pub negative_max_entries: u64,
+}
+
+/// Server-side limits (`[limits]`): bounds on message size, concurrency and call time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request message accepted, in bytes (larger: RESOURCE_EXHAUSTED). Default
+    /// 1 MiB: ext_authz requests carry the HTTP headers (and a body, if Envoy sends one).
+    pub max_message_bytes: usize,
+    /// HTTP/2 streams one connection may have open. Default 1024.
+    pub max_concurrent_streams: u32,
+    /// Calls one connection may have in progress; more wait. Default 1024.
+    pub max_concurrent_calls_per_connection: usize,
+    /// Longest a call may run, in milliseconds; then it fails with CANCELLED. Default
+    /// 10000.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_bytes: 1 << 20,
+            max_concurrent_streams: 1024,
+            max_concurrent_calls_per_connection: 1024,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl LimitsConfig {
+    fn validate(&self) -> Result<()> {
+        if self.max_message_bytes < 1024 {
+            return Err(Error::invalid(
+                "limits.max_message_bytes",
+                "must be at least 1024",
+            ));
+        }
+        if self.max_concurrent_streams == 0 || self.max_concurrent_calls_per_connection == 0 {
+            return Err(Error::invalid(
+                "limits",
+                "max_concurrent_streams and max_concurrent_calls_per_connection must be at least 1",
+            ));
+        }
+        if self.request_timeout_ms < 10 {
+            return Err(Error::invalid(
+                "limits.request_timeout_ms",
+                "must be at least 10",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Usage recording (`[usage]`): what every non-dry-run check counts towards, written in
@@ -181,6 +238,8 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             database_url: SecretString::from("sqlite://keygate.db"),
             admin_token: None,
+            authorize_token: None,
+            limits: LimitsConfig::default(),
             auto_migrate: false,
             database: DatabaseConfig::default(),
             argon2: Argon2Config::default(),
@@ -316,6 +375,15 @@ impl Config {
                 ));
             }
         }
+        if let Some(t) = &self.authorize_token {
+            if t.expose_secret().len() < 16 {
+                return Err(Error::invalid(
+                    "authorize_token",
+                    "must be at least 16 characters",
+                ));
+            }
+        }
+        self.limits.validate()?;
         if self.cache.max_entries == 0 || self.cache.ttl_secs == 0 {
             return Err(Error::invalid(
                 "cache",

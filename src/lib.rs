@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod envoy;
@@ -22,7 +23,7 @@ use crate::cache::KeyCache;
 use crate::config::Config;
 use crate::domain::{Clock, SystemClock};
 use crate::error::{Error, Result};
-use crate::grpc::auth::{self, AdminTokens};
+use crate::grpc::auth::{self, AdminTokens, AuthorizeCallers};
 use crate::grpc::pb::authorize_server::AuthorizeServer;
 use crate::grpc::pb::key_admin_server::KeyAdminServer;
 use crate::hashing::SecretHasher;
@@ -102,7 +103,8 @@ pub async fn open_store(config: &Config) -> Result<SeaStore> {
 }
 
 /// The admin tokens this server accepts: the configured one plus those in the store. With
-/// neither, generates one, stores its digest and prints it once on stderr.
+/// neither, generates a platform admin token, stores its digest and prints it once on
+/// stderr.
 async fn admin_tokens(
     config: &Config,
     store: &dyn KeyStore,
@@ -110,23 +112,21 @@ async fn admin_tokens(
 ) -> Result<AdminTokens> {
     let tokens = AdminTokens::default();
     if let Some(t) = &config.admin_token {
-        tokens.add("env".into(), auth::digest(t.expose_secret()));
+        tokens.add_configured(
+            domain::access::Principal::platform_admin("env"),
+            auth::digest(t.expose_secret()),
+        );
     }
-    for t in store.admin_tokens().await? {
-        tokens.add(t.id, t.digest);
-    }
-    if tokens.is_empty() {
-        let token = auth::generate_token();
-        let id = format!("adm_{}", domain::key::random_base62(12));
-        store
-            .add_admin_token(
-                &id,
-                auth::digest(&token),
-                "generated on first start",
-                clock.now(),
-            )
-            .await?;
-        tokens.add(id, auth::digest(&token));
+    tokens.refresh(store).await?;
+    if tokens.is_empty() && store.admin_tokens().await?.is_empty() {
+        let (record, token) = new_admin_token(
+            domain::access::Role::Admin,
+            None,
+            "generated on first start",
+            clock.now(),
+        );
+        store.add_admin_token(&record).await?;
+        tokens.refresh(store).await?;
         // Straight to the terminal, never through the log pipeline: shown exactly once.
         eprintln!(
             "\n=== Keygate generated an admin token (shown once; only its hash is stored) ===\n\n    {token}\n\n\
@@ -136,6 +136,26 @@ async fn admin_tokens(
         );
     }
     Ok(tokens)
+}
+
+/// A new admin token and its record (digest only): the token is returned to be shown once.
+pub fn new_admin_token(
+    role: domain::access::Role,
+    tenant_id: Option<String>,
+    description: &str,
+    now: domain::UnixMillis,
+) -> (store::AdminTokenRecord, String) {
+    let token = auth::generate_token();
+    let record = store::AdminTokenRecord {
+        id: format!("adm_{}", domain::key::random_base62(12)),
+        digest: auth::digest(&token),
+        description: description.to_owned(),
+        role,
+        tenant_id,
+        create_time: now,
+        revoke_time: None,
+    };
+    (record, token)
 }
 
 /// The configured limiter: in memory, or Redis behind the `on_limiter_error` fallback.
@@ -302,13 +322,26 @@ impl App {
         let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
             .build_v1alpha()
             .map_err(internal)?;
-        let key_admin = KeyAdminServer::with_interceptor(
-            grpc::key_admin::KeyAdminApi::new(admin, metrics.clone()),
+        let max_message = config.limits.max_message_bytes;
+        let refresh_tokens = tokens.clone();
+        let key_admin = tonic::service::interceptor::InterceptedService::new(
+            KeyAdminServer::new(grpc::key_admin::KeyAdminApi::new(admin, metrics.clone()))
+                .max_decoding_message_size(max_message),
             move |req| tokens.check(req),
         );
-        let ext_authz =
-            AuthorizationServer::new(envoy::ExtAuthz::new(check.clone(), config.envoy.clone()));
-        let authorize = AuthorizeServer::new(grpc::authorize::AuthorizeApi::new(check));
+        let callers =
+            AuthorizeCallers::new(config.authorize_token.as_ref().map(|t| t.expose_secret()));
+        let envoy_callers = callers.clone();
+        let ext_authz = tonic::service::interceptor::InterceptedService::new(
+            AuthorizationServer::new(envoy::ExtAuthz::new(check.clone(), config.envoy.clone()))
+                .max_decoding_message_size(max_message),
+            move |req| envoy_callers.check(req),
+        );
+        let authorize = tonic::service::interceptor::InterceptedService::new(
+            AuthorizeServer::new(grpc::authorize::AuthorizeApi::new(check))
+                .max_decoding_message_size(max_message),
+            move |req| callers.check(req),
+        );
 
         let addr = listener.local_addr().map_err(|e| Error::Internal {
             context: "listener",
@@ -331,6 +364,11 @@ impl App {
                 }
             });
         }
+        tokio::spawn(refresh_admin_tokens(
+            refresh_tokens,
+            store.clone(),
+            stop_rx.clone(),
+        ));
         tokio::spawn(watch_store(
             store.clone(),
             health.clone(),
@@ -380,6 +418,9 @@ impl App {
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tonic::transport::Server::builder()
+            .timeout(Duration::from_millis(config.limits.request_timeout_ms))
+            .concurrency_limit_per_connection(config.limits.max_concurrent_calls_per_connection)
+            .max_concurrent_streams(Some(config.limits.max_concurrent_streams))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -404,6 +445,26 @@ impl App {
         let _ = flusher.await;
         tracing::info!("keygate stopped");
         Ok(())
+    }
+}
+
+/// Reloads the stored admin tokens every 5 s: tokens made or revoked with `keygate admin`
+/// take effect without a restart.
+async fn refresh_admin_tokens(
+    tokens: AdminTokens,
+    store: Arc<dyn KeyStore>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if let Err(e) = tokens.refresh(store.as_ref()).await {
+            tracing::warn!(error = %e, "could not reload admin tokens; keeping the last set");
+        }
     }
 }
 

@@ -29,10 +29,54 @@ enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Manage admin tokens (stored as hashes; each shown once when created).
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Offline tools for API keys.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an admin token and print it once on stdout.
+    Create {
+        /// `admin` (all KeyAdmin calls) or `viewer` (reads and usage only).
+        #[arg(long, default_value = "admin")]
+        role: String,
+        /// Limit the token to one tenant; default: every tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// What the token is for (shown by `admin list`).
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List admin tokens: id, role, tenant (* = all), state, description.
+    List,
+    /// Revoke an admin token by id; every server stops accepting it within 5 s.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Tell a key's prefix and environment and whether its checksum holds, without any
+    /// lookup. Pass `-` to read the key from stdin (keeps it out of shell history).
+    Inspect { key: String },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Needs no configuration, database or runtime.
+    if let Some(Command::Key {
+        command: KeyCommand::Inspect { key },
+    }) = &cli.command
+    {
+        return inspect(key);
+    }
     let overrides = Overrides {
         listen: cli.listen,
         database_url: cli.database_url,
@@ -71,6 +115,8 @@ fn main() -> ExitCode {
                 keygate::run(config, listener).await
             }
             Command::Migrate => keygate::migrate(&config).await,
+            Command::Admin { command } => admin(&config, command).await,
+            Command::Key { .. } => Ok(()),
         };
         telemetry.shutdown();
         result
@@ -81,5 +127,56 @@ fn main() -> ExitCode {
             eprintln!("keygate: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+async fn admin(config: &Config, command: AdminCommand) -> keygate::error::Result<()> {
+    match command {
+        AdminCommand::Create {
+            role,
+            tenant,
+            description,
+        } => {
+            let (record, token) =
+                keygate::cli::create_admin_token(config, &role, tenant, &description).await?;
+            eprintln!(
+                "keygate: created admin token {} (role {}, tenant {}); it is shown once, below",
+                record.id,
+                record.role.as_str(),
+                record.tenant_id.as_deref().unwrap_or("*")
+            );
+            println!("{token}");
+        }
+        AdminCommand::List => {
+            println!("id\trole\ttenant\tstate\tdescription");
+            for line in keygate::cli::list_admin_tokens(config).await? {
+                println!("{line}");
+            }
+        }
+        AdminCommand::Revoke { id } => {
+            keygate::cli::revoke_admin_token(config, &id).await?;
+            eprintln!("keygate: revoked admin token {id}");
+        }
+    }
+    Ok(())
+}
+
+fn inspect(key: &str) -> ExitCode {
+    let key = if key == "-" {
+        let mut line = String::new();
+        if std::io::stdin().read_line(&mut line).is_err() {
+            eprintln!("keygate: could not read a key from stdin");
+            return ExitCode::from(2);
+        }
+        line
+    } else {
+        key.to_owned()
+    };
+    let report = keygate::cli::inspect_key(&key);
+    println!("{report}");
+    if report["well_formed"] == true {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }

@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 mod m0001_initial;
 mod m0002_audit_events;
 mod m0003_usage;
+mod m0004_admin_roles;
 
 /// Every migration, oldest first. Never edit one that has shipped: add a new one.
 pub struct Migrator;
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0001_initial::Migration),
             Box::new(m0002_audit_events::Migration),
             Box::new(m0003_usage::Migration),
+            Box::new(m0004_admin_roles::Migration),
         ]
     }
 }

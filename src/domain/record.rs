@@ -98,10 +98,10 @@ pub struct AuditEvent {
     pub detail: String,
 }
 
-/// Who asks for a KeyAdmin write, for the audit trail.
-#[derive(Debug, Clone, Default)]
+/// Who asks, for authorization and the audit trail.
+#[derive(Debug, Clone)]
 pub struct Caller {
-    /// The admin token's id.
-    pub actor: String,
+    /// The admin identity; its id is the audit log's actor.
+    pub principal: super::access::Principal,
     pub request_id: String,
 }

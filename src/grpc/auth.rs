@@ -1,5 +1,8 @@
-//! Who may call KeyAdmin: holders of an admin token, never holders of an API key.
+//! Who may call KeyAdmin (holders of an admin token, never holders of an API key), and
+//! who may call Authorize/ext_authz (anyone, or holders of the `authorize_token`).
+use crate::domain::access::Principal;
 use crate::domain::key;
+use crate::store::{AdminTokenRecord, KeyStore};
 use sha2::{Digest, Sha256};
 use std::sync::{Arc, RwLock};
 use subtle::ConstantTimeEq;
@@ -8,19 +11,16 @@ use tonic::{Request, Status};
 /// Prefix of generated admin tokens; `kgadm_` + 40 base62 characters.
 pub const ADMIN_TOKEN_PREFIX: &str = "kgadm_";
 
-/// The admin identity a request was authenticated as, put in the request's extensions
-/// so handlers (and the audit log) know the actor without ever seeing the token.
-#[derive(Debug, Clone)]
-pub struct Actor {
-    pub token_id: String,
-}
+/// An accepted token: who it is and the SHA-256 digest of the token.
+type TokenEntry = (Principal, [u8; 32]);
 
-/// An accepted token: its id and the SHA-256 digest of the token.
-type TokenEntry = (String, [u8; 32]);
-
-/// The admin tokens this server accepts.
+/// The admin tokens this server accepts: the break-glass token from the configuration
+/// and the unrevoked tokens in the store (reloaded by [`AdminTokens::refresh`]).
 #[derive(Clone, Default)]
-pub struct AdminTokens(Arc<RwLock<Vec<TokenEntry>>>);
+pub struct AdminTokens {
+    configured: Arc<RwLock<Vec<TokenEntry>>>,
+    stored: Arc<RwLock<Vec<TokenEntry>>>,
+}
 
 pub fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
@@ -31,27 +31,58 @@ pub fn generate_token() -> String {
     format!("{ADMIN_TOKEN_PREFIX}{}", key::random_base62(40))
 }
 
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
 impl AdminTokens {
-    pub fn add(&self, id: String, digest: [u8; 32]) {
-        self.0
+    /// Adds a token that does not come from the store (`KEYGATE_ADMIN_TOKEN`).
+    pub fn add_configured(&self, who: Principal, digest: [u8; 32]) {
+        self.configured
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .push((id, digest));
+            .push((who, digest));
+    }
+
+    /// Replaces the stored tokens with the unrevoked ones of `records`.
+    pub fn set_stored(&self, records: &[AdminTokenRecord]) {
+        let entries = records
+            .iter()
+            .filter(|r| r.revoke_time.is_none())
+            .map(|r| {
+                let who = Principal {
+                    id: r.id.clone(),
+                    role: r.role,
+                    tenant: r.tenant_id.clone(),
+                };
+                (who, r.digest)
+            })
+            .collect();
+        *self.stored.write().unwrap_or_else(|p| p.into_inner()) = entries;
+    }
+
+    /// Reloads the stored tokens, so tokens made or revoked with `keygate admin` (by this
+    /// or another process) take effect without a restart.
+    pub async fn refresh(&self, store: &dyn KeyStore) -> crate::error::Result<()> {
+        let records = store.admin_tokens().await?;
+        self.set_stored(&records);
+        Ok(())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).is_empty()
+        read(&self.configured).is_empty() && read(&self.stored).is_empty()
     }
 
-    /// The id of the token matching `presented`. Compares against every token in constant
-    /// time per comparison, without stopping at a match.
-    fn identify(&self, presented: &str) -> Option<String> {
+    /// Who `presented` is. Compares against every token in constant time per comparison,
+    /// without stopping at a match.
+    fn identify(&self, presented: &str) -> Option<Principal> {
         let d = digest(presented);
-        let tokens = self.0.read().unwrap_or_else(|p| p.into_inner());
         let mut found = None;
-        for (id, known) in tokens.iter() {
-            if bool::from(known.ct_eq(&d)) {
-                found = Some(id.clone());
+        for list in [&self.configured, &self.stored] {
+            for (who, known) in read(list).iter() {
+                if bool::from(known.ct_eq(&d)) {
+                    found = Some(who.clone());
+                }
             }
         }
         found
@@ -81,11 +112,49 @@ impl AdminTokens {
             ));
         }
         match self.identify(token) {
-            Some(token_id) => {
-                req.extensions_mut().insert(Actor { token_id });
+            Some(who) => {
+                req.extensions_mut().insert(who);
                 Ok(req)
             }
             None => Err(Status::unauthenticated("admin token not recognised")),
+        }
+    }
+}
+
+/// The bearer token of a request's `authorization` metadata.
+fn bearer(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
+    let header = metadata.get("authorization")?.to_str().ok()?;
+    match header.split_once(' ') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => Some(rest.trim()),
+        _ => None,
+    }
+}
+
+/// Callers of `Authorize.Check` and ext_authz: with an `authorize_token` configured, each
+/// call must carry `authorization: Bearer <token>`, so a random pod cannot probe keys.
+#[derive(Clone, Default)]
+pub struct AuthorizeCallers {
+    token: Option<[u8; 32]>,
+}
+
+impl AuthorizeCallers {
+    pub fn new(token: Option<&str>) -> Self {
+        AuthorizeCallers {
+            token: token.map(digest),
+        }
+    }
+
+    #[allow(clippy::result_large_err)]
+    pub fn check(&self, req: Request<()>) -> Result<Request<()>, Status> {
+        let Some(want) = &self.token else {
+            return Ok(req);
+        };
+        match bearer(req.metadata()) {
+            Some(t) if bool::from(digest(t).ct_eq(want)) => Ok(req),
+            Some(_) => Err(Status::unauthenticated("authorize token not recognised")),
+            None => Err(Status::unauthenticated(
+                "missing `authorization: Bearer <authorize token>` metadata",
+            )),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! KeyAdmin handlers: convert, one service call, convert back.
-use super::auth::Actor;
 use super::{convert, pb};
+use crate::domain::access::Principal;
 use crate::domain::Caller;
 use crate::metrics::Metrics;
 use crate::service::admin::{AdminService, Page};
@@ -40,12 +40,13 @@ type Reply<T> = Result<Response<T>, Status>;
 
 /// Who makes a write, for the audit trail: the admin token's id (set by the auth
 /// interceptor) and the caller's `x-request-id`, else a generated one.
-fn caller<T>(req: &Request<T>) -> Caller {
-    let actor = req
+fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
+    // The interceptor puts it there on every authenticated call.
+    let principal = req
         .extensions()
-        .get::<Actor>()
-        .map(|a| a.token_id.clone())
-        .unwrap_or_default();
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("not authenticated"))?;
     let request_id = req
         .metadata()
         .get("x-request-id")
@@ -53,7 +54,10 @@ fn caller<T>(req: &Request<T>) -> Caller {
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
         .unwrap_or_else(|| format!("req_{}", crate::domain::key::random_base62(16)));
-    Caller { actor, request_id }
+    Ok(Caller {
+        principal,
+        request_id,
+    })
 }
 
 #[tonic::async_trait]
@@ -62,6 +66,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
     async fn upsert_tenant(&self, req: Request<pb::UpsertTenantRequest>) -> Reply<pb::Tenant> {
         let caller = caller(&req);
         let reply: Reply<pb::Tenant> = async {
+            let caller = caller?;
             let t = req
                 .into_inner()
                 .tenant
@@ -80,8 +85,13 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
 
     #[tracing::instrument(skip_all)]
     async fn get_tenant(&self, req: Request<pb::GetTenantRequest>) -> Reply<pb::Tenant> {
+        let caller = caller(&req);
         let reply: Reply<pb::Tenant> = async {
-            let tenant = self.svc.get_tenant(&req.into_inner().tenant_id).await?;
+            let caller = caller?;
+            let tenant = self
+                .svc
+                .get_tenant(&req.into_inner().tenant_id, &caller)
+                .await?;
             Ok(Response::new(convert::tenant(tenant)))
         }
         .await;
@@ -93,14 +103,19 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
         &self,
         req: Request<pb::ListTenantsRequest>,
     ) -> Reply<pb::ListTenantsResponse> {
+        let caller = caller(&req);
         let reply: Reply<pb::ListTenantsResponse> = async {
+            let caller = caller?;
             let r = req.into_inner();
             let (tenants, next_page_token) = self
                 .svc
-                .list_tenants(Page {
-                    size: r.page_size,
-                    token: r.page_token,
-                })
+                .list_tenants(
+                    Page {
+                        size: r.page_size,
+                        token: r.page_token,
+                    },
+                    &caller,
+                )
                 .await?;
             Ok(Response::new(pb::ListTenantsResponse {
                 tenants: tenants.into_iter().map(convert::tenant).collect(),
@@ -115,6 +130,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
     async fn create_key(&self, req: Request<pb::CreateKeyRequest>) -> Reply<pb::CreateKeyResponse> {
         let caller = caller(&req);
         let reply: Reply<pb::CreateKeyResponse> = async {
+            let caller = caller?;
             let input = convert::create_key(req.into_inner())?;
             tracing::Span::current().record("tenant_id", input.tenant_id.as_str());
             let issued = self.svc.create_key(input, &caller).await?;
@@ -133,8 +149,10 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
 
     #[tracing::instrument(skip_all)]
     async fn get_key(&self, req: Request<pb::GetKeyRequest>) -> Reply<pb::Key> {
+        let caller = caller(&req);
         let reply: Reply<pb::Key> = async {
-            let key = self.svc.get_key(&req.into_inner().key_id).await?;
+            let caller = caller?;
+            let key = self.svc.get_key(&req.into_inner().key_id, &caller).await?;
             Ok(Response::new(self.key_out(key).await?))
         }
         .await;
@@ -143,7 +161,9 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
 
     #[tracing::instrument(skip_all)]
     async fn list_keys(&self, req: Request<pb::ListKeysRequest>) -> Reply<pb::ListKeysResponse> {
+        let caller = caller(&req);
         let reply: Reply<pb::ListKeysResponse> = async {
+            let caller = caller?;
             let r = req.into_inner();
             let page = Page {
                 size: r.page_size,
@@ -151,7 +171,13 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
             };
             let (keys, next_page_token) = self
                 .svc
-                .list_keys(&r.tenant_id, page, r.include_revoked, r.include_expired)
+                .list_keys(
+                    &caller,
+                    &r.tenant_id,
+                    page,
+                    r.include_revoked,
+                    r.include_expired,
+                )
                 .await?;
             let today = self.svc.uses_today(&keys).await?;
             let now = self.svc.now();
@@ -174,6 +200,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
     async fn update_key(&self, req: Request<pb::UpdateKeyRequest>) -> Reply<pb::Key> {
         let caller = caller(&req);
         let reply: Reply<pb::Key> = async {
+            let caller = caller?;
             let (id, patch) = convert::key_patch(req.into_inner())?;
             tracing::Span::current().record("key_id", id.as_str());
             let key = self.svc.update_key(&id, patch, &caller).await?;
@@ -187,6 +214,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
     async fn revoke_key(&self, req: Request<pb::RevokeKeyRequest>) -> Reply<pb::Key> {
         let caller = caller(&req);
         let reply: Reply<pb::Key> = async {
+            let caller = caller?;
             let r = req.into_inner();
             tracing::Span::current().record("key_id", r.key_id.as_str());
             let key = self.svc.revoke_key(&r.key_id, &r.reason, &caller).await?;
@@ -200,6 +228,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
     async fn rotate_key(&self, req: Request<pb::RotateKeyRequest>) -> Reply<pb::RotateKeyResponse> {
         let caller = caller(&req);
         let reply: Reply<pb::RotateKeyResponse> = async {
+            let caller = caller?;
             let r = req.into_inner();
             tracing::Span::current().record("key_id", r.key_id.as_str());
             let grace = match &r.grace_period {
@@ -224,7 +253,9 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
         &self,
         req: Request<pb::ListAuditEventsRequest>,
     ) -> Reply<pb::ListAuditEventsResponse> {
+        let caller = caller(&req);
         let reply: Reply<pb::ListAuditEventsResponse> = async {
+            let caller = caller?;
             let r = req.into_inner();
             let start = r
                 .start_time
@@ -242,7 +273,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
             };
             let (events, next_page_token) = self
                 .svc
-                .list_audit_events(&r.tenant_id, &r.key_id, page, start, end)
+                .list_audit_events(&caller, &r.tenant_id, &r.key_id, page, start, end)
                 .await?;
             Ok(Response::new(pb::ListAuditEventsResponse {
                 events: events.into_iter().map(convert::audit_event).collect(),
@@ -255,7 +286,9 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
 
     #[tracing::instrument(skip_all, fields(key_id))]
     async fn get_key_usage(&self, req: Request<pb::GetKeyUsageRequest>) -> Reply<pb::UsageReport> {
+        let caller = caller(&req);
         let reply: Reply<pb::UsageReport> = async {
+            let caller = caller?;
             let r = req.into_inner();
             tracing::Span::current().record("key_id", r.key_id.as_str());
             let range = (
@@ -265,6 +298,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
             let report = self
                 .svc
                 .key_usage(
+                    &caller,
                     &r.key_id,
                     convert::granularity(r.granularity)?,
                     range,
@@ -282,7 +316,9 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
         &self,
         req: Request<pb::GetTenantUsageRequest>,
     ) -> Reply<pb::UsageReport> {
+        let caller = caller(&req);
         let reply: Reply<pb::UsageReport> = async {
+            let caller = caller?;
             let r = req.into_inner();
             tracing::Span::current().record("tenant_id", r.tenant_id.as_str());
             let range = (
@@ -292,6 +328,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
             let report = self
                 .svc
                 .tenant_usage(
+                    &caller,
                     &r.tenant_id,
                     convert::granularity(r.granularity)?,
                     range,

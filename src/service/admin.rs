@@ -1,6 +1,7 @@
 //! The key lifecycle (tenants, create, get, list, update, revoke, rotate), its audit
 //! trail, and usage reports.
 use super::Listener;
+use crate::domain::access::{self, Need};
 use crate::domain::key::{self, ApiKeyFormat};
 use crate::domain::policy::{validate_rate_limits, ExpiryRequest, RateLimitSpec};
 use crate::domain::usage::{day_of, report_range, Granularity, Report, StoredCount};
@@ -127,7 +128,7 @@ impl AdminService {
                 key::random_base62(6)
             ),
             time,
-            actor: caller.actor.clone(),
+            actor: caller.principal.id.clone(),
             action: action.to_owned(),
             tenant_id: tenant_id.to_owned(),
             key_id: key_id.to_owned(),
@@ -140,6 +141,7 @@ impl AdminService {
     /// A tenant's or a key's audit trail, newest first, optionally within [start, end).
     pub async fn list_audit_events(
         &self,
+        caller: &Caller,
         tenant_id: &str,
         key_id: &str,
         page: Page,
@@ -154,6 +156,11 @@ impl AdminService {
         }
         if !tenant_id.is_empty() {
             text::validate_tenant_id("tenant_id", tenant_id)?;
+            caller.principal.may(Need::Read, tenant_id)?;
+        }
+        // A tenant-limited token reads a key's trail only if the key is its tenant's.
+        if !key_id.is_empty() && !caller.principal.is_platform() {
+            self.key_for(key_id, caller, Need::Read).await?;
         }
         let limit = page_size(page.size)?;
         let before = if page.token.is_empty() {
@@ -190,6 +197,7 @@ impl AdminService {
         caller: &Caller,
     ) -> Result<Tenant> {
         text::validate_tenant_id("tenant.id", &id)?;
+        caller.principal.may(Need::Platform, &id)?;
         text::validate_text("tenant.display_name", &display_name, text::MAX_NAME_CHARS)?;
         policy.validate("tenant.policy")?;
         let now = self.now();
@@ -217,16 +225,30 @@ impl AdminService {
         Ok(tenant)
     }
 
-    pub async fn get_tenant(&self, id: &str) -> Result<Tenant> {
+    pub async fn get_tenant(&self, id: &str, caller: &Caller) -> Result<Tenant> {
         text::validate_tenant_id("tenant_id", id)?;
+        caller.principal.may(Need::Read, id)?;
+        self.tenant(id).await
+    }
+
+    /// The tenant, without an authorization check (callers have made theirs).
+    async fn tenant(&self, id: &str) -> Result<Tenant> {
         self.store
             .get_tenant(id)
             .await?
             .ok_or_else(|| Error::not_found("tenant", id))
     }
 
-    pub async fn list_tenants(&self, page: Page) -> Result<(Vec<Tenant>, String)> {
+    /// Tenants ordered by id; a tenant-limited token sees only its own.
+    pub async fn list_tenants(&self, page: Page, caller: &Caller) -> Result<(Vec<Tenant>, String)> {
         let limit = page_size(page.size)?;
+        if let Some(own) = &caller.principal.tenant {
+            let tenants = match (page.token.is_empty(), self.store.get_tenant(own).await?) {
+                (true, Some(t)) => vec![t],
+                _ => vec![],
+            };
+            return Ok((tenants, String::new()));
+        }
         let after = if page.token.is_empty() {
             None
         } else {
@@ -247,7 +269,8 @@ impl AdminService {
         text::validate_name("name", &req.name)?;
         text::validate_metadata("metadata", &req.metadata)?;
         validate_rate_limits("rate_limits", &req.rate_limits)?;
-        let tenant = self.get_tenant(&req.tenant_id).await?;
+        caller.principal.may(Need::Write, &req.tenant_id)?;
+        let tenant = self.tenant(&req.tenant_id).await?;
         let policy = &tenant.policy;
         policy.check_environment(&req.environment)?;
         let scopes = policy.scopes_for_new_key(req.scopes)?;
@@ -312,14 +335,24 @@ impl AdminService {
         ))
     }
 
-    pub async fn get_key(&self, id: &str) -> Result<KeyRecord> {
+    pub async fn get_key(&self, id: &str, caller: &Caller) -> Result<KeyRecord> {
+        self.key_for(id, caller, Need::Read).await
+    }
+
+    /// The key, if `caller` may do `need` on it. A tenant-limited token gets the same
+    /// PERMISSION_DENIED for another tenant's key as for a key that does not exist.
+    async fn key_for(&self, id: &str, caller: &Caller, need: Need) -> Result<KeyRecord> {
         if id.is_empty() {
             return Err(Error::invalid("key_id", "is required"));
         }
-        self.store
-            .get_key(id)
-            .await?
-            .ok_or_else(|| Error::not_found("key", id))
+        match self.store.get_key(id).await? {
+            Some(k) => {
+                caller.principal.may(need, &k.tenant_id)?;
+                Ok(k)
+            }
+            None if caller.principal.is_platform() => Err(Error::not_found("key", id)),
+            None => Err(access::denied()),
+        }
     }
 
     /// Each key's checks in the current UTC day: one query for all of them (no N+1).
@@ -331,12 +364,13 @@ impl AdminService {
     /// One key's usage report.
     pub async fn key_usage(
         &self,
+        caller: &Caller,
         key_id: &str,
         granularity: Granularity,
         range: (Option<UnixMillis>, Option<UnixMillis>),
         by_endpoint: bool,
     ) -> Result<Report> {
-        let key = self.get_key(key_id).await?;
+        let key = self.key_for(key_id, caller, Need::Read).await?;
         self.usage_report(key.tenant_id, Some(key.id), granularity, range, by_endpoint)
             .await
     }
@@ -344,13 +378,15 @@ impl AdminService {
     /// A tenant's usage report, summed over its keys.
     pub async fn tenant_usage(
         &self,
+        caller: &Caller,
         tenant_id: &str,
         granularity: Granularity,
         range: (Option<UnixMillis>, Option<UnixMillis>),
         by_endpoint: bool,
     ) -> Result<Report> {
         text::validate_tenant_id("tenant_id", tenant_id)?;
-        self.get_tenant(tenant_id).await?;
+        caller.principal.may(Need::Read, tenant_id)?;
+        self.tenant(tenant_id).await?;
         self.usage_report(tenant_id.to_owned(), None, granularity, range, by_endpoint)
             .await
     }
@@ -391,12 +427,14 @@ impl AdminService {
 
     pub async fn list_keys(
         &self,
+        caller: &Caller,
         tenant_id: &str,
         page: Page,
         include_revoked: bool,
         include_expired: bool,
     ) -> Result<(Vec<KeyRecord>, String)> {
         text::validate_tenant_id("tenant_id", tenant_id)?;
+        caller.principal.may(Need::Read, tenant_id)?;
         let limit = page_size(page.size)?;
         let after = if page.token.is_empty() {
             None
@@ -409,7 +447,7 @@ impl AdminService {
             Some((UnixMillis(t), id.to_owned()))
         };
         // Listing a tenant that does not exist is NOT_FOUND, not an empty page.
-        self.get_tenant(tenant_id).await?;
+        self.tenant(tenant_id).await?;
         let query = KeyQuery {
             tenant_id: tenant_id.to_owned(),
             after,
@@ -432,7 +470,7 @@ impl AdminService {
         patch: KeyPatch,
         caller: &Caller,
     ) -> Result<KeyRecord> {
-        let mut key = self.get_key(id).await?;
+        let mut key = self.key_for(id, caller, Need::Write).await?;
         let now = self.now();
         if key.is_revoked(now) {
             return Err(Error::precondition(
@@ -462,7 +500,7 @@ impl AdminService {
             key.name = name;
         }
         if let Some(scopes) = patch.scopes {
-            let tenant = self.get_tenant(&key.tenant_id).await?;
+            let tenant = self.tenant(&key.tenant_id).await?;
             if let Some(s) = scopes.first_outside(&tenant.policy.scope_catalogue) {
                 return Err(Error::precondition(
                     "tenant.policy.scope_catalogue",
@@ -502,7 +540,7 @@ impl AdminService {
 
     pub async fn revoke_key(&self, id: &str, reason: &str, caller: &Caller) -> Result<KeyRecord> {
         text::validate_text("reason", reason, MAX_REASON_CHARS)?;
-        let key = self.get_key(id).await?;
+        let key = self.key_for(id, caller, Need::Write).await?;
         let now = self.now();
         let audit = self.event(
             caller,
@@ -532,7 +570,7 @@ impl AdminService {
         if grace > MAX_GRACE {
             return Err(Error::invalid("grace_period", "must be at most 30 days"));
         }
-        let old = self.get_key(id).await?;
+        let old = self.key_for(id, caller, Need::Write).await?;
         let now = self.now();
         if old.revoke_time.is_some() {
             return Err(Error::precondition(
@@ -546,7 +584,7 @@ impl AdminService {
                 "an expired key has no remaining lifetime to rotate",
             ));
         }
-        let tenant = self.get_tenant(&old.tenant_id).await?;
+        let tenant = self.tenant(&old.tenant_id).await?;
         let head = key::key_head(tenant.policy.effective_prefix(), &old.environment);
         let successor = KeyRecord {
             id: new_key_id(),

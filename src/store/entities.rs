@@ -72,6 +72,11 @@ pub mod admin_tokens {
         pub token_digest: String,
         pub description: String,
         pub create_time: i64,
+        /// `admin` or `viewer`.
+        pub role: String,
+        /// Unset: every tenant.
+        pub tenant_id: Option<String>,
+        pub revoke_time: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

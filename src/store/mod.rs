@@ -23,11 +23,17 @@ pub struct KeyQuery {
     pub now: UnixMillis,
 }
 
-/// A stored admin token: its id and the SHA-256 digest of the token.
+/// A stored admin token: its identity and the SHA-256 digest of the token (never the token).
 #[derive(Debug, Clone)]
 pub struct AdminTokenRecord {
     pub id: String,
     pub digest: [u8; 32],
+    pub description: String,
+    pub role: crate::domain::access::Role,
+    /// `None`: every tenant.
+    pub tenant_id: Option<String>,
+    pub create_time: UnixMillis,
+    pub revoke_time: Option<UnixMillis>,
 }
 
 /// Which audit events `list_audit_events` returns, newest first, one page at a time.
@@ -175,12 +181,10 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn prune_usage(&self, minutes_before: UnixMillis, days_before: UnixMillis)
         -> Result<u64>;
 
-    async fn add_admin_token(
-        &self,
-        id: &str,
-        digest: [u8; 32],
-        description: &str,
-        now: UnixMillis,
-    ) -> Result<()>;
+    /// Stores a new admin token (`revoke_time` ignored).
+    async fn add_admin_token(&self, token: &AdminTokenRecord) -> Result<()>;
+    /// Every stored admin token, revoked ones included, oldest first.
     async fn admin_tokens(&self) -> Result<Vec<AdminTokenRecord>>;
+    /// Revokes a token; false when no such unrevoked token exists.
+    async fn revoke_admin_token(&self, id: &str, now: UnixMillis) -> Result<bool>;
 }

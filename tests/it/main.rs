@@ -3,6 +3,7 @@
 //! suite links once.
 mod support;
 
+mod access;
 mod audit;
 mod binary;
 mod check;

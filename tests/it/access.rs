@@ -1,0 +1,431 @@
+//! Who may call what. The KeyAdmin authorization matrix below is the single source of
+//! truth: every RPC of the service (read from the compiled proto) must have a row, and
+//! every row is called with every identity against the real server. Admin tokens are made
+//! with the real `keygate admin create` command and picked up by the running server.
+//! Also: the `authorize_token` for Authorize and ext_authz, and server-side limits.
+use crate::check::check_req;
+use crate::key_admin::{create, key_req, tenant};
+use crate::support::{Admin, Db, TestServer, ADMIN_TOKEN};
+use keygate::grpc::pb;
+use prost::Message;
+use std::time::Duration;
+use tonic::Code;
+
+/// The identities of the matrix, in column order.
+const WHO: [&str; 7] = [
+    "no token",
+    "wrong token",
+    "API key",
+    "viewer",
+    "tenant admin, own tenant",
+    "tenant admin, other tenant",
+    "platform admin",
+];
+
+use Code::{NotFound as NF, Ok as OK, PermissionDenied as PD, Unauthenticated as UA};
+
+/// Expected code per identity: unauthenticated callers never get further, an API key is
+/// never an admin, viewers only read, a tenant admin acts on its own tenant only, and only
+/// platform admins change tenant policy.
+const MATRIX: &[(&str, [Code; 7])] = &[
+    ("UpsertTenant", [UA, UA, PD, PD, PD, PD, OK]),
+    ("GetTenant", [UA, UA, PD, OK, OK, PD, OK]),
+    ("ListTenants", [UA, UA, PD, OK, OK, OK, OK]),
+    ("CreateKey", [UA, UA, PD, PD, OK, PD, OK]),
+    ("GetKey", [UA, UA, PD, OK, OK, PD, OK]),
+    ("ListKeys", [UA, UA, PD, OK, OK, PD, OK]),
+    ("UpdateKey", [UA, UA, PD, PD, OK, PD, OK]),
+    ("RevokeKey", [UA, UA, PD, PD, OK, PD, OK]),
+    ("RotateKey", [UA, UA, PD, PD, OK, PD, OK]),
+    ("ListAuditEvents", [UA, UA, PD, OK, OK, PD, OK]),
+    ("GetKeyUsage", [UA, UA, PD, OK, OK, PD, OK]),
+    ("GetTenantUsage", [UA, UA, PD, OK, OK, PD, OK]),
+];
+
+/// Every method of `keygate.v1.KeyAdmin`, from the descriptor set compiled into Keygate.
+fn key_admin_rpcs() -> Vec<String> {
+    let set = prost_types::FileDescriptorSet::decode(keygate::grpc::FILE_DESCRIPTOR_SET).unwrap();
+    set.file
+        .iter()
+        .filter(|f| f.package() == "keygate.v1")
+        .flat_map(|f| &f.service)
+        .filter(|s| s.name() == "KeyAdmin")
+        .flat_map(|s| s.method.iter().map(|m| m.name().to_owned()))
+        .collect()
+}
+
+/// Runs `keygate admin …` against the server's database; returns stdout and stderr.
+fn admin_cli(url: &str, args: &[&str]) -> (String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .env_clear()
+        .env("KEYGATE_DATABASE_URL", url)
+        .env("KEYGATE_LOG__FILTER", "warn")
+        .args(args)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "keygate {args:?} failed: {stderr}");
+    (stdout, stderr)
+}
+
+/// The tenant and keys one matrix cell acts on; each write gets a fresh key.
+struct Target {
+    tenant: &'static str,
+}
+
+async fn fresh_key(platform: &mut Admin, tenant_id: &str) -> String {
+    create(platform, key_req(tenant_id, "target"))
+        .await
+        .key
+        .unwrap()
+        .id
+}
+
+/// Calls `rpc` as `who` on `target`; the code it got.
+async fn call(rpc: &str, who: &mut Admin, platform: &mut Admin, target: &Target) -> Code {
+    let t = target.tenant.to_owned();
+    let c = &mut who.client.clone();
+    macro_rules! run {
+        ($method:ident, $msg:expr) => {{
+            let req = who.req($msg);
+            match c.$method(req).await {
+                Ok(_) => Code::Ok,
+                Err(s) => s.code(),
+            }
+        }};
+    }
+    match rpc {
+        "UpsertTenant" => run!(
+            upsert_tenant,
+            pb::UpsertTenantRequest {
+                tenant: Some(pb::Tenant {
+                    id: t,
+                    display_name: "renamed".into(),
+                    policy: Some(pb::TenantPolicy::default()),
+                    ..Default::default()
+                })
+            }
+        ),
+        "GetTenant" => run!(get_tenant, pb::GetTenantRequest { tenant_id: t }),
+        "ListTenants" => run!(list_tenants, pb::ListTenantsRequest::default()),
+        "CreateKey" => run!(create_key, key_req(&t, "made-by-matrix")),
+        "GetKey" => {
+            let key_id = fresh_key(platform, &t).await;
+            run!(get_key, pb::GetKeyRequest { key_id })
+        }
+        "ListKeys" => run!(
+            list_keys,
+            pb::ListKeysRequest {
+                tenant_id: t,
+                ..Default::default()
+            }
+        ),
+        "UpdateKey" => {
+            let id = fresh_key(platform, &t).await;
+            run!(
+                update_key,
+                pb::UpdateKeyRequest {
+                    key: Some(pb::Key {
+                        id,
+                        name: "renamed".into(),
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["name".into()]
+                    }),
+                }
+            )
+        }
+        "RevokeKey" => {
+            let key_id = fresh_key(platform, &t).await;
+            run!(
+                revoke_key,
+                pb::RevokeKeyRequest {
+                    key_id,
+                    reason: "matrix".into()
+                }
+            )
+        }
+        "RotateKey" => {
+            let key_id = fresh_key(platform, &t).await;
+            run!(
+                rotate_key,
+                pb::RotateKeyRequest {
+                    key_id,
+                    ..Default::default()
+                }
+            )
+        }
+        "ListAuditEvents" => run!(
+            list_audit_events,
+            pb::ListAuditEventsRequest {
+                tenant_id: t,
+                ..Default::default()
+            }
+        ),
+        "GetKeyUsage" => {
+            let key_id = fresh_key(platform, &t).await;
+            run!(
+                get_key_usage,
+                pb::GetKeyUsageRequest {
+                    key_id,
+                    ..Default::default()
+                }
+            )
+        }
+        "GetTenantUsage" => run!(
+            get_tenant_usage,
+            pb::GetTenantUsageRequest {
+                tenant_id: t,
+                ..Default::default()
+            }
+        ),
+        other => panic!("the matrix has a row for {other} but this harness cannot call it"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn key_admin_authorization_matrix() {
+    let rpcs = key_admin_rpcs();
+    assert!(rpcs.len() >= 12, "descriptor set read: {rpcs:?}");
+    for rpc in &rpcs {
+        assert!(
+            MATRIX.iter().any(|(name, _)| name == rpc),
+            "KeyAdmin/{rpc} has no row in the authorization matrix"
+        );
+    }
+    for (name, _) in MATRIX {
+        assert!(rpcs.contains(&name.to_string()), "stale row {name}");
+    }
+
+    let Some(s) = TestServer::start(Db::Sqlite).await else {
+        return;
+    };
+    let mut platform = s.admin().await;
+    tenant(&mut platform, "own", pb::TenantPolicy::default()).await;
+    tenant(&mut platform, "other", pb::TenantPolicy::default()).await;
+    let api_key = create(&mut platform, key_req("own", "client")).await.secret;
+
+    let (viewer, _) = admin_cli(&s.url, &["admin", "create", "--role", "viewer"]);
+    let (tenant_admin, made) = admin_cli(
+        &s.url,
+        &[
+            "admin",
+            "create",
+            "--role",
+            "admin",
+            "--tenant",
+            "own",
+            "--description",
+            "own ops",
+        ],
+    );
+    let tenant_admin_id = made
+        .split_whitespace()
+        .find(|w| w.starts_with("adm_"))
+        .expect("the token id is reported")
+        .to_owned();
+    let listed = admin_cli(&s.url, &["admin", "list"]).0;
+    assert!(listed.contains(&tenant_admin_id) && listed.contains("own ops"));
+    assert!(
+        !listed.contains(tenant_admin.trim()) && !listed.contains(viewer.trim()),
+        "admin list never shows a token"
+    );
+    let client = platform.client.clone();
+    let as_token = |t: &str| Admin {
+        client: client.clone(),
+        token: t.trim().to_owned(),
+    };
+    // The running server picks up tokens made by another process within seconds.
+    let mut v = as_token(&viewer);
+    let mut picked_up = false;
+    for _ in 0..80 {
+        if v.client
+            .list_tenants(v.req(pb::ListTenantsRequest::default()))
+            .await
+            .is_ok()
+        {
+            picked_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(picked_up, "the server did not pick up the new admin tokens");
+
+    let wrong = "kgadm_0000000000000000000000000000000000000000";
+    let mut failures = Vec::new();
+    for (rpc, expected) in MATRIX {
+        for (col, who) in WHO.iter().enumerate() {
+            let (token, target) = match col {
+                0 => ("", "own"),
+                1 => (wrong, "own"),
+                2 => (api_key.as_str(), "own"),
+                3 => (viewer.as_str(), "own"),
+                4 => (tenant_admin.as_str(), "own"),
+                5 => (tenant_admin.as_str(), "other"),
+                _ => (ADMIN_TOKEN, "other"),
+            };
+            let mut caller = as_token(token);
+            if token.is_empty() {
+                // No authorization metadata at all.
+                caller.token = String::new();
+            }
+            let got = if token.is_empty() {
+                let mut bare = platform.client.clone();
+                match rpc {
+                    &"ListTenants" => bare
+                        .list_tenants(pb::ListTenantsRequest::default())
+                        .await
+                        .map_or_else(|s| s.code(), |_| Code::Ok),
+                    _ => bare
+                        .get_tenant(pb::GetTenantRequest {
+                            tenant_id: "own".into(),
+                        })
+                        .await
+                        .map_or_else(|s| s.code(), |_| Code::Ok),
+                }
+            } else {
+                call(rpc, &mut caller, &mut platform, &Target { tenant: target }).await
+            };
+            if got != expected[col] {
+                failures.push(format!(
+                    "{rpc} as {who}: got {got:?}, want {:?}",
+                    expected[col]
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "authorization matrix:\n{}",
+        failures.join("\n")
+    );
+
+    // A tenant admin learns nothing about other tenants' keys, not even that they exist.
+    let mut ta = as_token(&tenant_admin);
+    let theirs = fresh_key(&mut platform, "other").await;
+    for key_id in [theirs.as_str(), "key_doesnotexist0000"] {
+        let e = ta
+            .client
+            .get_key(ta.req(pb::GetKeyRequest {
+                key_id: key_id.into(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), PD);
+        assert_eq!(e.message(), "this admin token may not do that");
+    }
+    let e = platform
+        .client
+        .get_key(platform.req(pb::GetKeyRequest {
+            key_id: "key_doesnotexist0000".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), NF, "a platform admin is told the truth");
+    // It lists only its own tenant, and its writes are audited under its id.
+    let listed = ta
+        .client
+        .list_tenants(ta.req(pb::ListTenantsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<&str> = listed.tenants.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, vec!["own"]);
+    let made = create(&mut ta, key_req("own", "by tenant admin")).await;
+    let trail = platform
+        .client
+        .list_audit_events(platform.req(pb::ListAuditEventsRequest {
+            key_id: made.key.unwrap().id,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(trail.events[0].actor, tenant_admin_id);
+
+    // Revoked with the CLI: the server stops accepting it within seconds.
+    admin_cli(&s.url, &["admin", "revoke", &tenant_admin_id]);
+    let mut refused = false;
+    for _ in 0..80 {
+        let r = ta
+            .client
+            .list_tenants(ta.req(pb::ListTenantsRequest::default()))
+            .await;
+        if r.as_ref().is_err_and(|s| s.code() == UA) {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "a revoked admin token kept working");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn authorize_callers_must_present_the_authorize_token() {
+    let token = "authorize-token-0123456789abcdef";
+    let Some(s) = TestServer::start_with(Db::Sqlite, |cfg| {
+        cfg.authorize_token = Some(token.to_owned().into());
+    })
+    .await
+    else {
+        return;
+    };
+    let mut a = s.admin().await;
+    tenant(&mut a, "t", pb::TenantPolicy::default()).await;
+    let k = create(&mut a, key_req("t", "k")).await.secret;
+    let mut c = s.authorize().await;
+    let code = |r: Result<tonic::Response<pb::CheckResponse>, tonic::Status>| {
+        r.map_or_else(|s| s.code(), |_| Code::Ok)
+    };
+    assert_eq!(code(c.check(check_req(&k)).await), UA, "no token");
+    let with = |t: &str| {
+        let mut r = tonic::Request::new(check_req(&k));
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        r
+    };
+    assert_eq!(code(c.check(with("not-the-token-at-all-000")).await), UA);
+    assert_eq!(
+        code(c.check(with(ADMIN_TOKEN)).await),
+        UA,
+        "an admin token is not it"
+    );
+    let ok = c.check(with(token)).await.unwrap().into_inner();
+    assert_eq!(ok.reason, pb::Reason::Ok as i32);
+    // ext_authz too (Envoy sends it via grpc_service.initial_metadata).
+    let mut e =
+        envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(
+            s.channel().await,
+        );
+    let req = || crate::observability::ext_authz_req(&[("x-api-key", &k)]);
+    assert_eq!(e.check(req()).await.unwrap_err().code(), UA);
+    let mut r = tonic::Request::new(req());
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    assert!(e.check(r).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn oversized_messages_are_refused_before_any_work() {
+    let Some(s) = TestServer::start_with(Db::Sqlite, |cfg| {
+        cfg.limits.max_message_bytes = 4096;
+    })
+    .await
+    else {
+        return;
+    };
+    let mut c = s.authorize().await;
+    let big = pb::CheckRequest {
+        path: "/".repeat(8192),
+        ..check_req("x")
+    };
+    let e = c.check(big).await.unwrap_err();
+    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+    // The connection and server are fine afterwards.
+    let small = c.check(check_req("")).await.unwrap().into_inner();
+    assert_eq!(small.reason, pb::Reason::MissingCredential as i32);
+}
