@@ -136,6 +136,11 @@ impl KeyCache {
         }
     }
 
+    /// Whether a verified key with this digest is cached (no load, no side effects).
+    pub fn holds_key(&self, digest: &KeyDigest) -> bool {
+        self.keys.contains_key(digest)
+    }
+
     /// The tenant `id`, loading it with `load` on a miss (single-flight).
     pub async fn tenant<F>(&self, id: &str, load: F) -> Result<Arc<Loaded<Tenant>>>
     where

@@ -116,6 +116,15 @@ pub struct LimitsConfig {
     /// Longest a call may run, in milliseconds; then it fails with CANCELLED. Default
     /// 10000.
     pub request_timeout_ms: u64,
+    /// Failed checks (unknown, wrong or malformed key) one client IP may make per
+    /// `failed_checks_window_secs` before its checks of uncached keys are refused
+    /// (RATE_LIMITED, limit `failed_checks`). 0: off. Default 100.
+    pub failed_checks_per_ip: u64,
+    /// Default 60.
+    pub failed_checks_window_secs: u64,
+    /// Most client IPs tracked for failed checks (least recently used dropped). Default
+    /// 100000.
+    pub failed_checks_max_ips: u64,
 }
 
 impl Default for LimitsConfig {
@@ -125,6 +134,9 @@ impl Default for LimitsConfig {
             max_concurrent_streams: 1024,
             max_concurrent_calls_per_connection: 1024,
             request_timeout_ms: 10_000,
+            failed_checks_per_ip: 100,
+            failed_checks_window_secs: 60,
+            failed_checks_max_ips: 100_000,
         }
     }
 }
@@ -141,6 +153,12 @@ impl LimitsConfig {
             return Err(Error::invalid(
                 "limits",
                 "max_concurrent_streams and max_concurrent_calls_per_connection must be at least 1",
+            ));
+        }
+        if self.failed_checks_window_secs == 0 || self.failed_checks_max_ips == 0 {
+            return Err(Error::invalid(
+                "limits",
+                "failed_checks_window_secs and failed_checks_max_ips must be at least 1",
             ));
         }
         if self.request_timeout_ms < 10 {

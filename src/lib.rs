@@ -253,15 +253,21 @@ impl App {
             options.clock.clone(),
             broadcast,
         );
-        let check = Arc::new(CheckService::new(
-            store.clone(),
-            hasher.clone(),
-            cache.clone(),
+        let check = Arc::new(CheckService {
+            store: store.clone(),
+            hasher: hasher.clone(),
+            cache: cache.clone(),
             limiter,
-            options.clock.clone(),
-            usage.clone(),
-            metrics.clone(),
-        ));
+            clock: options.clock.clone(),
+            usage: usage.clone(),
+            guesses: Arc::new(service::guessing::GuessThrottle::new(
+                config.limits.failed_checks_per_ip,
+                Duration::from_secs(config.limits.failed_checks_window_secs),
+                config.limits.failed_checks_max_ips,
+                Some(metrics.guess_throttled.clone()),
+            )),
+            metrics: metrics.clone(),
+        });
         Ok(App {
             origin,
             metrics,

@@ -50,6 +50,8 @@ pub struct Metrics {
     pub propagation_seconds: prometheus::Histogram,
     /// Checks whose shared limiter failed and that followed `on_limiter_error`.
     pub limiter_fallbacks: IntCounter,
+    /// Checks refused because their client IP had too many failed checks.
+    pub guess_throttled: IntCounter,
     tenant_label: bool,
     /// `1` while the store is reachable (readiness).
     pub ready: Arc<AtomicBool>,
@@ -162,6 +164,11 @@ impl Metrics {
         must(registry.register(Box::new(propagation_seconds.clone())));
         must(registry.register(Box::new(miss_load_seconds.clone())));
         must(registry.register(Box::new(admin_calls.clone())));
+        let guess_throttled = must(IntCounter::new(
+            "failed_checks_throttled_total",
+            "Checks refused because their client IP made too many failed checks (key guessing)",
+        ));
+        must(registry.register(Box::new(guess_throttled.clone())));
         must(registry.register(Box::new(usage.dropped.clone())));
         must(registry.register(Box::new(usage.flush_failures.clone())));
         must(registry.register(Box::new(usage.buffered.clone())));
@@ -178,6 +185,7 @@ impl Metrics {
             miss_load_seconds,
             admin_calls,
             usage,
+            guess_throttled,
             propagation_seconds,
             ready: Arc::new(AtomicBool::new(true)),
             tenant_label,

@@ -59,9 +59,9 @@ pub fn init(cfg: &LogConfig, otlp: &OtlpSettings<'_>) -> Telemetry {
                             .with_batch_config(batch_config(otlp.queue_size))
                             .build(),
                     )
-                    .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                        otlp.sample_ratio,
-                    ))))
+                    // Roots are sampled in `check_span`, before any span exists (an
+                    // unsampled span still costs the OpenTelemetry layer its full price).
+                    .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
                     .with_resource(
                         opentelemetry_sdk::Resource::builder()
                             .with_service_name("keygate")
@@ -77,6 +77,9 @@ pub fn init(cfg: &LogConfig, otlp: &OtlpSettings<'_>) -> Telemetry {
     });
     // Only what the span tree needs: no per-span thread name, source location, level,
     // target or busy/idle timing (each costs allocations or clock reads on every check).
+    if provider.is_some() {
+        let _ = ROOT_SAMPLE_RATIO.set(otlp.sample_ratio);
+    }
     let otel = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("keygate"))
@@ -140,11 +143,60 @@ impl Extractor for MetadataExtractor<'_> {
     }
 }
 
+/// Share of root checks traced; set only while traces are exported.
+static ROOT_SAMPLE_RATIO: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+
+/// Whether a W3C `traceparent` says "sampled"; `None` when it is not a valid one.
+fn traceparent_sampled(tp: &str) -> Option<bool> {
+    let parts: Vec<&str> = tp.trim().split('-').collect();
+    match parts.as_slice() {
+        [version, trace, span, flags]
+            if version.len() == 2 && trace.len() == 32 && span.len() == 16 && flags.len() == 2 =>
+        {
+            u8::from_str_radix(flags, 16).ok().map(|f| f & 1 == 1)
+        }
+        _ => None,
+    }
+}
+
+/// Whether this check is traced: the caller's decision when it sent one, else a draw at
+/// `otlp_sample_ratio`. Always true while traces are not exported (spans then only feed
+/// the log lines).
+fn sampled(carrier: Option<&dyn Extractor>) -> bool {
+    let Some(&ratio) = ROOT_SAMPLE_RATIO.get() else {
+        return true;
+    };
+    match carrier
+        .and_then(|c| c.get("traceparent"))
+        .and_then(traceparent_sampled)
+    {
+        Some(decided) => decided,
+        None => rand::random::<f64>() < ratio,
+    }
+}
+
+/// A child span of the current check, or no span when the check is not traced (so an
+/// untraced check creates no spans at all, and no orphan roots).
+#[macro_export]
+macro_rules! child_span {
+    ($name:literal) => {
+        if tracing::Span::current().is_none() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!($name)
+        }
+    };
+}
+
 /// The span of one check (`Authorize/Check` or `ext_authz/Check`), made a child of the
-/// caller's trace when the carrier has a `traceparent`. The parent must be set before the
-/// span is entered, so entry points create it here and enter it with `instrument`.
+/// caller's trace when the carrier has a `traceparent`, or no span when the check is not
+/// sampled. The parent must be set before the span is entered, so entry points create it
+/// here and enter it with `instrument`.
 pub fn check_span(name: &'static str, carrier: Option<&dyn Extractor>) -> tracing::Span {
     use tracing::field::Empty;
+    if !sampled(carrier) {
+        return tracing::Span::none();
+    }
     let span = match name {
         "ext_authz/Check" => tracing::info_span!(
             "ext_authz/Check",
@@ -167,4 +219,20 @@ pub fn check_span(name: &'static str, carrier: Option<&dyn Extractor>) -> tracin
         let _ = span.set_parent(TraceContextPropagator::new().extract(carrier));
     }
     span
+}
+
+#[cfg(test)]
+mod tests {
+    use super::traceparent_sampled;
+
+    #[test]
+    fn traceparent_flags_decide_sampling() {
+        let t = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let s = "00f067aa0ba902b7";
+        assert_eq!(traceparent_sampled(&format!("00-{t}-{s}-01")), Some(true));
+        assert_eq!(traceparent_sampled(&format!("00-{t}-{s}-00")), Some(false));
+        assert_eq!(traceparent_sampled(&format!("00-{t}-{s}-03")), Some(true));
+        assert_eq!(traceparent_sampled("garbage"), None);
+        assert_eq!(traceparent_sampled(&format!("00-{t}-{s}-zz")), None);
+    }
 }

@@ -3,6 +3,7 @@
 //!
 //! Order (first failure wins): credential → format → key exists → revoked / disabled /
 //! expired → tenant → IP → scope → rate limit.
+use super::guessing::GuessThrottle;
 use super::usage::{UsageRecorder, Use};
 use crate::cache::{self, KeyCache, Loaded, Resolved};
 use crate::domain::key;
@@ -134,37 +135,21 @@ fn method_scope(method: &str) -> Scope {
     Scope::parse("method", word).unwrap_or_else(|_| unreachable!("literal scopes parse"))
 }
 
+/// What the decision procedure works with.
 pub struct CheckService {
-    store: Arc<dyn KeyStore>,
-    hasher: SecretHasher,
-    cache: Arc<KeyCache>,
-    limiter: Arc<dyn RateLimiter>,
-    clock: Arc<dyn Clock>,
-    usage: Arc<UsageRecorder>,
-    metrics: Arc<crate::metrics::Metrics>,
+    pub store: Arc<dyn KeyStore>,
+    pub hasher: SecretHasher,
+    pub cache: Arc<KeyCache>,
+    pub limiter: Arc<dyn RateLimiter>,
+    pub clock: Arc<dyn Clock>,
+    /// Where every decided check is counted.
+    pub usage: Arc<UsageRecorder>,
+    /// Failed checks per client IP (key guessing).
+    pub guesses: Arc<GuessThrottle>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl CheckService {
-    pub fn new(
-        store: Arc<dyn KeyStore>,
-        hasher: SecretHasher,
-        cache: Arc<KeyCache>,
-        limiter: Arc<dyn RateLimiter>,
-        clock: Arc<dyn Clock>,
-        usage: Arc<UsageRecorder>,
-        metrics: Arc<crate::metrics::Metrics>,
-    ) -> Self {
-        CheckService {
-            store,
-            hasher,
-            cache,
-            limiter,
-            clock,
-            usage,
-            metrics,
-        }
-    }
-
     /// The service's clock (tests inject one).
     pub fn now(&self) -> crate::domain::UnixMillis {
         self.clock.now()
@@ -214,18 +199,32 @@ impl CheckService {
         if input.api_key.is_empty() {
             return Ok(Decision::deny(Reason::MissingCredential));
         }
+        let now = self.clock.now();
         let Ok(parsed) = key::parse(&input.api_key) else {
+            self.guesses.failed(input.client_ip, now);
             return Ok(Decision::deny(Reason::MalformedKey));
         };
+        // An address that keeps failing may only use keys already verified in the cache.
+        if let Some(status) = self.guesses.throttled(input.client_ip, now) {
+            if !self.cache.holds_key(&cache::digest(&input.api_key)) {
+                self.guesses.refused();
+                return Ok(Decision {
+                    rate_limit: Some(status),
+                    ..Decision::deny(Reason::RateLimited)
+                });
+            }
+        }
         let key = match self
             .resolve(&input.api_key, parsed.lookup_id, parsed.head)
             .await?
         {
             Resolved::Key(k) => k,
-            Resolved::Unknown => return Ok(Decision::deny(Reason::KeyNotFound)),
+            Resolved::Unknown => {
+                self.guesses.failed(input.client_ip, now);
+                return Ok(Decision::deny(Reason::KeyNotFound));
+            }
         };
         let record = &key.value;
-        let now = self.clock.now();
         let tenant = self.tenant(&record.tenant_id).await?;
         let policy = &tenant.policy;
         let scopes = record.scopes.limited_to(&policy.scope_catalogue);
@@ -261,7 +260,7 @@ impl CheckService {
             let outcome = self
                 .limiter
                 .check(&record.id, limits, input.cost.max(1), now, input.dry_run)
-                .instrument(tracing::info_span!("limiter.check"))
+                .instrument(crate::child_span!("limiter.check"))
                 .await?;
             decision.rate_limit = outcome.status;
             if outcome.allowed {
@@ -333,7 +332,7 @@ impl CheckService {
                         timing.observe(started.elapsed().as_secs_f64());
                         Ok(record.filter(|r| verified && r.key_prefix == head))
                     };
-                    load.instrument(tracing::info_span!("store.lookup_and_verify"))
+                    load.instrument(crate::child_span!("store.lookup_and_verify"))
                         .await
                 },
             )

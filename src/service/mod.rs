@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod changes;
 pub mod check;
+pub mod guessing;
 pub mod usage;
 
 use std::sync::Arc;

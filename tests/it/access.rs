@@ -429,3 +429,68 @@ async fn oversized_messages_are_refused_before_any_work() {
     let small = c.check(check_req("")).await.unwrap().into_inner();
     assert_eq!(small.reason, pb::Reason::MissingCredential as i32);
 }
+
+/// Key guessing from one address: after `failed_checks_per_ip` failures, that address may
+/// only use keys already verified in the cache; other addresses are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn key_guessing_from_one_address_is_throttled() {
+    let Some(s) = TestServer::start_with(Db::Sqlite, |cfg| {
+        cfg.limits.failed_checks_per_ip = 5;
+    })
+    .await
+    else {
+        return;
+    };
+    let mut a = s.admin().await;
+    tenant(&mut a, "t", pb::TenantPolicy::default()).await;
+    let known = create(&mut a, key_req("t", "known")).await.secret;
+    let fresh = create(&mut a, key_req("t", "fresh")).await.secret;
+    let mut c = s.authorize().await;
+    let from = |key: &str, ip: &str| pb::CheckRequest {
+        client_ip: ip.into(),
+        ..check_req(key)
+    };
+    let (guesser, neighbour) = ("198.51.100.9", "198.51.100.10");
+    let ok = c.check(from(&known, guesser)).await.unwrap().into_inner();
+    assert_eq!(ok.reason, pb::Reason::Ok as i32);
+    // Wrong secrets under a real lookup id, with valid checksums: real guesses.
+    let forged = |i: usize| {
+        let head = &known[..known.len() - 30];
+        let secret = format!("{:0>24}", i);
+        keygate::domain::key::assemble(head, "", &secret)
+    };
+    for i in 0..5 {
+        let r = c
+            .check(from(&forged(i), guesser))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.reason, pb::Reason::KeyNotFound as i32);
+    }
+    let r = c
+        .check(from(&forged(99), guesser))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.reason, pb::Reason::RateLimited as i32);
+    assert_eq!(r.http_status, 429);
+    let rl = r.rate_limit.unwrap();
+    assert_eq!(rl.name, "failed_checks");
+    assert!(rl.retry_after.is_some());
+    // The cached key still works from there; an uncached one does not; the neighbour is fine.
+    let r = c.check(from(&known, guesser)).await.unwrap().into_inner();
+    assert_eq!(r.reason, pb::Reason::Ok as i32);
+    let r = c.check(from(&fresh, guesser)).await.unwrap().into_inner();
+    assert_eq!(r.reason, pb::Reason::RateLimited as i32);
+    let r = c.check(from(&fresh, neighbour)).await.unwrap().into_inner();
+    assert_eq!(r.reason, pb::Reason::Ok as i32);
+    let m = crate::envoy::http(s.metrics_addr, "127.0.0.1", "GET", "/metrics", &[]).await;
+    assert_eq!(
+        crate::observability::sample(&m.body, "keygate_failed_checks_throttled_total"),
+        2.0
+    );
+    // A minute later the address may try again.
+    s.clock.advance(Duration::from_secs(121));
+    let r = c.check(from(&fresh, guesser)).await.unwrap().into_inner();
+    assert_eq!(r.reason, pb::Reason::Ok as i32);
+}
