@@ -8,6 +8,7 @@ mod audit;
 mod binary;
 mod check;
 mod envoy;
+mod hygiene;
 mod key_admin;
 mod limiter;
 mod observability;
