@@ -29,6 +29,8 @@ pub struct Config {
     pub authorize_token: Option<SecretString>,
     /// Limits on what one caller can make the server do (`[limits]`).
     pub limits: LimitsConfig,
+    /// TLS and mTLS on the gRPC port (`[tls]`). Unset certificate: plaintext.
+    pub tls: TlsConfig,
     /// Apply pending migrations on start (`KEYGATE_AUTO_MIGRATE`, `--auto-migrate`).
     /// SQLite is always migrated; PostgreSQL refuses to start on an old schema without it.
     pub auto_migrate: bool,
@@ -100,6 +102,110 @@ pub struct CacheConfig {
     pub negative_ttl_secs: u64,
     /// Most negative entries. Default 10000.
     pub negative_max_entries: u64,
+}
+
+/// TLS on the gRPC port (`[tls]`), and who a client certificate (mTLS) stands for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain (`KEYGATE_TLS__CERT_PATH`); with `key_path`, turns TLS on.
+    pub cert_path: Option<PathBuf>,
+    /// PEM private key (`KEYGATE_TLS__KEY_PATH`).
+    pub key_path: Option<PathBuf>,
+    /// PEM CA certificate(s): clients must present a certificate they signed (mTLS).
+    pub client_ca_path: Option<PathBuf>,
+    /// Seconds between checks of the files for changes (SIGHUP reloads at once). Default 10.
+    pub reload_secs: u64,
+    /// Client certificate subject CNs that act as admin identities
+    /// (`[[tls.admin_subjects]]` with `subject`, `role`, optional `tenant`).
+    pub admin_subjects: Vec<SubjectAdmin>,
+    /// Client certificate subject CNs allowed to call Authorize and ext_authz (besides
+    /// holders of `authorize_token`). Non-empty: other callers are refused.
+    pub authorize_subjects: Vec<String>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert_path: None,
+            key_path: None,
+            client_ca_path: None,
+            reload_secs: 10,
+            admin_subjects: Vec::new(),
+            authorize_subjects: Vec::new(),
+        }
+    }
+}
+
+/// A client certificate subject acting as an admin identity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectAdmin {
+    /// The certificate's subject CN.
+    pub subject: String,
+    /// `admin` (default) or `viewer`.
+    #[serde(default = "default_role")]
+    pub role: String,
+    /// Limit to one tenant; unset: every tenant.
+    #[serde(default)]
+    pub tenant: Option<String>,
+}
+
+fn default_role() -> String {
+    "admin".into()
+}
+
+impl TlsConfig {
+    fn validate(&self) -> Result<()> {
+        if self.cert_path.is_some() != self.key_path.is_some() {
+            return Err(Error::invalid("tls", "cert_path and key_path go together"));
+        }
+        if self.client_ca_path.is_some() && self.cert_path.is_none() {
+            return Err(Error::invalid(
+                "tls.client_ca_path",
+                "needs cert_path and key_path (mTLS is TLS first)",
+            ));
+        }
+        if (!self.admin_subjects.is_empty() || !self.authorize_subjects.is_empty())
+            && self.client_ca_path.is_none()
+        {
+            return Err(Error::invalid(
+                "tls",
+                "admin_subjects and authorize_subjects need client_ca_path",
+            ));
+        }
+        for (i, a) in self.admin_subjects.iter().enumerate() {
+            crate::domain::access::Role::parse(&format!("tls.admin_subjects[{i}].role"), &a.role)?;
+            if a.subject.is_empty() {
+                return Err(Error::invalid(
+                    format!("tls.admin_subjects[{i}].subject"),
+                    "is required",
+                ));
+            }
+        }
+        if self.reload_secs == 0 {
+            return Err(Error::invalid("tls.reload_secs", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The admin identities of `admin_subjects`, keyed by subject.
+    pub fn subject_principals(&self) -> Vec<(String, crate::domain::access::Principal)> {
+        self.admin_subjects
+            .iter()
+            .filter_map(|a| {
+                let role = crate::domain::access::Role::parse("role", &a.role).ok()?;
+                Some((
+                    a.subject.clone(),
+                    crate::domain::access::Principal {
+                        id: format!("cert:{}", a.subject),
+                        role,
+                        tenant: a.tenant.clone(),
+                    },
+                ))
+            })
+            .collect()
+    }
 }
 
 /// Server-side limits (`[limits]`): bounds on message size, concurrency and call time.
@@ -258,6 +364,7 @@ impl Default for Config {
             admin_token: None,
             authorize_token: None,
             limits: LimitsConfig::default(),
+            tls: TlsConfig::default(),
             auto_migrate: false,
             database: DatabaseConfig::default(),
             argon2: Argon2Config::default(),
@@ -402,6 +509,7 @@ impl Config {
             }
         }
         self.limits.validate()?;
+        self.tls.validate()?;
         if self.cache.max_entries == 0 || self.cache.ttl_secs == 0 {
             return Err(Error::invalid(
                 "cache",

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 use crate::cache::KeyCache;
 use crate::config::Config;
@@ -192,6 +193,8 @@ pub struct App {
     pub usage: Arc<UsageRecorder>,
     clock: Arc<dyn domain::Clock>,
     tokens: AdminTokens,
+    /// TLS material when `[tls]` is configured.
+    tls: Option<Arc<tls::Tls>>,
     /// Whether to LISTEN for other replicas' changes (PostgreSQL store).
     listen_changes: bool,
     /// This replica's id in change notifications.
@@ -216,7 +219,10 @@ impl App {
         .then(|| sea.connection().get_postgres_connection_pool().clone());
         let store: Arc<dyn KeyStore> = Arc::new(sea);
         let hasher = SecretHasher::new(config.argon2)?;
-        let tokens = admin_tokens(&config, store.as_ref(), options.clock.as_ref()).await?;
+        let tokens = admin_tokens(&config, store.as_ref(), options.clock.as_ref())
+            .await?
+            .with_subjects(config.tls.subject_principals());
+        let tls = tls::Tls::from_config(&config.tls)?.map(Arc::new);
         let cache = Arc::new(KeyCache::new(&config.cache));
         let metrics = metrics::Metrics::new(config.metrics_tenant_label);
         let limiter = build_limiter(&config, &metrics)?;
@@ -282,6 +288,7 @@ impl App {
             usage,
             clock: options.clock.clone(),
             tokens,
+            tls,
         })
     }
 
@@ -303,6 +310,7 @@ impl App {
             usage,
             clock,
             tokens,
+            tls,
             cache,
             listen_changes,
             origin,
@@ -335,8 +343,10 @@ impl App {
                 .max_decoding_message_size(max_message),
             move |req| tokens.check(req),
         );
-        let callers =
-            AuthorizeCallers::new(config.authorize_token.as_ref().map(|t| t.expose_secret()));
+        let callers = AuthorizeCallers::new(
+            config.authorize_token.as_ref().map(|t| t.expose_secret()),
+            config.tls.authorize_subjects.clone(),
+        );
         let envoy_callers = callers.clone();
         let ext_authz = tonic::service::interceptor::InterceptedService::new(
             AuthorizationServer::new(envoy::ExtAuthz::new(check.clone(), config.envoy.clone()))
@@ -419,11 +429,7 @@ impl App {
         });
         let mut drained = stop_rx.clone();
         let mut stop_server = stop_rx.clone();
-        // Our own listener, so tonic's accept-time socket options do not apply: without
-        // TCP_NODELAY, Nagle plus delayed ACK put 40 ms tails on Envoy -> Keygate calls.
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let server = tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .timeout(Duration::from_millis(config.limits.request_timeout_ms))
             .concurrency_limit_per_connection(config.limits.max_concurrent_calls_per_connection)
             .max_concurrent_streams(Some(config.limits.max_concurrent_streams))
@@ -432,10 +438,31 @@ impl App {
             .add_service(reflection_v1alpha)
             .add_service(key_admin)
             .add_service(authorize)
-            .add_service(ext_authz)
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = stop_server.wait_for(|stop| *stop).await;
-            });
+            .add_service(ext_authz);
+        let stop_serving = async move {
+            let _ = stop_server.wait_for(|stop| *stop).await;
+        };
+        type Serving =
+            std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+        let server: Serving = match tls {
+            Some(tls) => {
+                tokio::spawn(
+                    tls.clone()
+                        .watch(Duration::from_secs(config.tls.reload_secs), stop_rx.clone()),
+                );
+                Box::pin(
+                    router.serve_with_incoming_shutdown(tls::incoming(listener, tls), stop_serving),
+                )
+            }
+            None => {
+                // Our own listener, so tonic's accept-time socket options do not apply:
+                // without TCP_NODELAY, Nagle plus delayed ACK put 40 ms tails on
+                // Envoy -> Keygate calls.
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                Box::pin(router.serve_with_incoming_shutdown(incoming, stop_serving))
+            }
+        };
         tracing::info!(listen = %addr, "keygate serving");
         // The server drains gracefully; a client that holds a call open longer than the
         // grace period does not keep the process alive.

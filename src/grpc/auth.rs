@@ -3,6 +3,7 @@
 use crate::domain::access::Principal;
 use crate::domain::key;
 use crate::store::{AdminTokenRecord, KeyStore};
+use crate::tls::PeerInfo;
 use sha2::{Digest, Sha256};
 use std::sync::{Arc, RwLock};
 use subtle::ConstantTimeEq;
@@ -20,6 +21,8 @@ type TokenEntry = (Principal, [u8; 32]);
 pub struct AdminTokens {
     configured: Arc<RwLock<Vec<TokenEntry>>>,
     stored: Arc<RwLock<Vec<TokenEntry>>>,
+    /// mTLS: client certificate subjects that are admin identities.
+    subjects: Arc<Vec<(String, Principal)>>,
 }
 
 pub fn digest(token: &str) -> [u8; 32] {
@@ -42,6 +45,12 @@ impl AdminTokens {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .push((who, digest));
+    }
+
+    /// Client certificate subjects (mTLS) that act as admin identities without a token.
+    pub fn with_subjects(mut self, subjects: Vec<(String, Principal)>) -> Self {
+        self.subjects = Arc::new(subjects);
+        self
     }
 
     /// Replaces the stored tokens with the unrevoked ones of `records`.
@@ -91,9 +100,28 @@ impl AdminTokens {
     /// Authenticates a KeyAdmin request from its `authorization` metadata.
     #[allow(clippy::result_large_err)]
     pub fn check(&self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let header = req.metadata().get("authorization").ok_or_else(|| {
-            Status::unauthenticated("missing `authorization: Bearer <admin token>` metadata")
-        })?;
+        let Some(header) = req.metadata().get("authorization") else {
+            // mTLS: a client certificate mapped to an admin identity stands in for a token.
+            let subject = req
+                .extensions()
+                .get::<PeerInfo>()
+                .and_then(|p| p.client_subject.as_deref());
+            let who = subject.and_then(|s| {
+                self.subjects
+                    .iter()
+                    .find(|(known, _)| known == s)
+                    .map(|(_, p)| p.clone())
+            });
+            return match who {
+                Some(who) => {
+                    req.extensions_mut().insert(who);
+                    Ok(req)
+                }
+                None => Err(Status::unauthenticated(
+                    "missing `authorization: Bearer <admin token>` metadata",
+                )),
+            };
+        };
         let header = header
             .to_str()
             .map_err(|_| Status::unauthenticated("authorization metadata is not valid text"))?;
@@ -132,28 +160,38 @@ fn bearer(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
 
 /// Callers of `Authorize.Check` and ext_authz: with an `authorize_token` configured, each
 /// call must carry `authorization: Bearer <token>`, so a random pod cannot probe keys.
+/// With mTLS, client certificate subjects may be allowed instead of (or besides) a token.
 #[derive(Clone, Default)]
 pub struct AuthorizeCallers {
     token: Option<[u8; 32]>,
+    subjects: Arc<Vec<String>>,
 }
 
 impl AuthorizeCallers {
-    pub fn new(token: Option<&str>) -> Self {
+    pub fn new(token: Option<&str>, subjects: Vec<String>) -> Self {
         AuthorizeCallers {
             token: token.map(digest),
+            subjects: Arc::new(subjects),
         }
     }
 
     #[allow(clippy::result_large_err)]
     pub fn check(&self, req: Request<()>) -> Result<Request<()>, Status> {
-        let Some(want) = &self.token else {
+        if self.token.is_none() && self.subjects.is_empty() {
             return Ok(req);
-        };
-        match bearer(req.metadata()) {
-            Some(t) if bool::from(digest(t).ct_eq(want)) => Ok(req),
-            Some(_) => Err(Status::unauthenticated("authorize token not recognised")),
-            None => Err(Status::unauthenticated(
-                "missing `authorization: Bearer <authorize token>` metadata",
+        }
+        let subject = req
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.client_subject.as_deref());
+        if subject.is_some_and(|s| self.subjects.iter().any(|k| k == s)) {
+            return Ok(req);
+        }
+        match (bearer(req.metadata()), &self.token) {
+            (Some(t), Some(want)) if bool::from(digest(t).ct_eq(want)) => Ok(req),
+            (Some(_), _) => Err(Status::unauthenticated("authorize token not recognised")),
+            (None, _) => Err(Status::unauthenticated(
+                "missing `authorization: Bearer <authorize token>` metadata (or an allowed client certificate)",
             )),
         }
     }

@@ -15,5 +15,6 @@ mod observability;
 mod outage;
 mod readme;
 mod replicas;
+mod tls;
 mod traces;
 mod usage;

@@ -159,6 +159,12 @@ impl TestServer {
         Self::start_shared(Some(db), url, cfg).await
     }
 
+    /// A server with `[tls]` configured: readiness is not polled over plaintext.
+    pub async fn start_on_tls(db: TestDb, cfg: Config) -> TestServer {
+        let url = db.url.clone();
+        Self::start_inner(Some(db), url, cfg, false).await
+    }
+
     /// Another replica on `url`, which some other server owns.
     pub async fn start_replica(url: &str, tweak: impl FnOnce(&mut Config)) -> TestServer {
         let mut cfg = config_for(url);
@@ -167,6 +173,10 @@ impl TestServer {
     }
 
     async fn start_shared(db: Option<TestDb>, url: String, cfg: Config) -> TestServer {
+        Self::start_inner(db, url, cfg, true).await
+    }
+
+    async fn start_inner(db: Option<TestDb>, url: String, cfg: Config, wait: bool) -> TestServer {
         let clock = Arc::new(ManualClock::new(SystemClock.now()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -193,7 +203,9 @@ impl TestServer {
             stop: Some(tx),
             handle: Some(handle),
         };
-        server.wait_ready().await;
+        if wait {
+            server.wait_ready().await;
+        }
         server
     }
 
