@@ -10,8 +10,8 @@
 //! is taken from next to the bench executable, `deps/../keygate`, and built with
 //! `cargo build --release --bin keygate` if missing). Each process gets a fresh SQLite file
 //! in a temp dir, `KEYGATE_LISTEN=127.0.0.1:0`, no metrics port, JSON logs at
-//! `warn,keygate=info` (Keygate's spans are enabled in both, so A is "spans created, none
-//! exported") and an admin token of the run's own; its environment is otherwise cleared,
+//! `warn,keygate=info` (with export off Keygate creates no check spans at all, so A is the
+//! untraced hot path) and an admin token of the run's own; its environment is otherwise cleared,
 //! so a stray `RUST_LOG`, `KEYGATE_*` or `OTEL_BSP_*` in the shell cannot skew one side.
 //! B also gets `KEYGATE_OTLP_SAMPLE_RATIO` from `KG_BENCH_SAMPLE_RATIO` (default 1: every
 //! check traced) and `KEYGATE_OTLP_ENDPOINT`, an OTLP/gRPC collector inside this bench that only
