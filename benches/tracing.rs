@@ -40,6 +40,11 @@
 //! spans short of the checks answered were dropped by the SDK or never flushed. Figures
 //! also go to `target/bench/tracing.json` (under `CARGO_TARGET_DIR` when set).
 //!
+//! `KG_BENCH_AB=usage` runs the same comparison for usage recording instead: A with
+//! `usage.enabled = false` (only `last_used_time` and the use count are kept), B with the
+//! default (per-minute/day counts by endpoint and reason), neither exporting traces;
+//! figures go to `target/bench/usage.json`.
+//!
 //! Caveats. The load generator, the collector and both servers share the machine's cores
 //! (2 on the reference machine), so absolute figures are far below what a dedicated server
 //! reaches: compare the ratio, not the numbers. The collector decodes every export request
@@ -213,6 +218,7 @@ impl Keygate {
         db: &Path,
         admin_token: &str,
         otlp: Option<SocketAddr>,
+        env: &[(&str, &str)],
     ) -> Result<Keygate, BoxError> {
         let mut cmd = Command::new(bin);
         cmd.env_clear()
@@ -226,6 +232,7 @@ impl Keygate {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        cmd.envs(env.iter().copied());
         if let Some(otlp) = otlp {
             cmd.env("KEYGATE_OTLP_ENDPOINT", format!("http://{otlp}"))
                 .env("KEYGATE_OTLP_SAMPLE_RATIO", sample_ratio().to_string());
@@ -648,7 +655,12 @@ fn write_summary(summary: &serde_json::Value) -> Result<PathBuf, BoxError> {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
         .join("bench");
     std::fs::create_dir_all(&out_dir)?;
-    let path = out_dir.join("tracing.json");
+    let name = if std::env::var("KG_BENCH_AB").is_ok_and(|v| v == "usage") {
+        "usage.json"
+    } else {
+        "tracing.json"
+    };
+    let path = out_dir.join(name);
     std::fs::write(&path, serde_json::to_string_pretty(summary)?)?;
     Ok(path)
 }
@@ -659,22 +671,49 @@ async fn bench(s: Settings, cpus: usize, bin: PathBuf) -> Result<(), BoxError> {
     let admin_token = format!("bench-{}", keygate::domain::key::random_base62(32));
     let collector = Collector::default();
     let otlp = CollectorServer::start(collector.clone()).await?;
-    let a = Keygate::start("A", &bin, &dir.path().join("a.db"), &admin_token, None).await?;
+    // KG_BENCH_AB=usage: usage recording off (A) vs on (B, the default), no tracing.
+    let usage_mode = std::env::var("KG_BENCH_AB").is_ok_and(|v| v == "usage");
+    let (a_env, b_otlp, labels): (&[(&str, &str)], _, _) = if usage_mode {
+        (
+            &[("KEYGATE_USAGE__ENABLED", "false")],
+            None,
+            ("A:no-usage", "B:usage", "usage recording"),
+        )
+    } else {
+        (&[], Some(otlp.addr), ("A:off", "B:otlp", "trace export"))
+    };
+    let a = Keygate::start(
+        "A",
+        &bin,
+        &dir.path().join("a.db"),
+        &admin_token,
+        None,
+        a_env,
+    )
+    .await?;
     let b = Keygate::start(
         "B",
         &bin,
         &dir.path().join("b.db"),
         &admin_token,
-        Some(otlp.addr),
+        b_otlp,
+        &[],
     )
     .await?;
     let check_a = provision(a.addr, &admin_token).await?;
     let check_b = provision(b.addr, &admin_token).await?;
 
-    println!(
-        "\nkeygate.v1.Authorize/Check, trace export off (A) vs on (B): two keygate processes, \
-         B exporting OTLP/gRPC to a counting collector in this bench"
-    );
+    if usage_mode {
+        println!(
+            "\nkeygate.v1.Authorize/Check, usage recording off (A: usage.enabled=false) vs on \
+             (B: default): two keygate processes"
+        );
+    } else {
+        println!(
+            "\nkeygate.v1.Authorize/Check, trace export off (A) vs on (B): two keygate processes, \
+             B exporting OTLP/gRPC to a counting collector in this bench"
+        );
+    }
     println!(
         "nproc {cpus}: load generator, collector and both keygate processes share these cores; \
          compare ratios, not absolute figures"
@@ -704,12 +743,12 @@ async fn bench(s: Settings, cpus: usize, bin: PathBuf) -> Result<(), BoxError> {
         let t = run(&a, clock, &s, &check_a).await?;
         a_rps.push(t.latency_us.len() as f64 / secs);
         a_cpu.extend(us_per_ok(t.server_cpu, &t));
-        rows.push(row(round, "A:off", &t, secs));
+        rows.push(row(round, labels.0, &t, secs));
         let t = run(&b, clock, &s, &check_b).await?;
         b_rps.push(t.latency_us.len() as f64 / secs);
         b_cpu.extend(us_per_ok(t.server_cpu, &t));
         b_answered += t.answered;
-        rows.push(row(round, "B:otlp", &t, secs));
+        rows.push(row(round, labels.1, &t, secs));
     }
     let ((a_best, a_median), (b_best, b_median)) =
         (best_and_median(&a_rps), best_and_median(&b_rps));
@@ -721,8 +760,9 @@ async fn bench(s: Settings, cpus: usize, bin: PathBuf) -> Result<(), BoxError> {
         .collect();
     let shown: Vec<String> = per_round.iter().map(|r| format!("{r:.2}")).collect();
     println!(
-        "\nB/A req/s (export on / off): best-of-rounds {best_ratio:.2}, median-of-rounds \
+        "\nB/A req/s ({} on / off): best-of-rounds {best_ratio:.2}, median-of-rounds \
          {median_ratio:.2} (target ≥ {TARGET_RATIO:.2}); per round {}",
+        labels.2,
         shown.join(", ")
     );
     // Server CPU per check does not depend on how the cores were shared.
@@ -749,7 +789,9 @@ async fn bench(s: Settings, cpus: usize, bin: PathBuf) -> Result<(), BoxError> {
         "\ncollector received {spans} spans in {requests} export requests; \
          B answered {b_answered} checks (warm-up included)"
     );
-    if by_name.is_empty() {
+    if usage_mode {
+        // No traces in this comparison.
+    } else if by_name.is_empty() {
         println!("no spans: trace export was NOT on");
     } else {
         println!("  span name                      received  per check");
