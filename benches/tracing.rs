@@ -803,13 +803,15 @@ async fn bench(s: Settings, cpus: usize, bin: PathBuf) -> Result<(), BoxError> {
     let check_spans = by_name.get("Authorize/Check").copied().unwrap_or(0);
     let expected = (b_answered as f64 * sample_ratio()).round() as u64;
     let lost = expected.saturating_sub(check_spans);
-    println!(
-        "B samples {:.0} % of checks: about {expected} Authorize/Check spans expected, \
+    if !usage_mode {
+        println!(
+            "B samples {:.0} % of checks: about {expected} Authorize/Check spans expected, \
          {check_spans} received; missing {lost} ({:.1} %; dropped when the SDK's span queue \
          was full, or never flushed)",
-        100.0 * sample_ratio(),
-        100.0 * ratio(lost as f64, expected as f64)
-    );
+            100.0 * sample_ratio(),
+            100.0 * ratio(lost as f64, expected as f64)
+        );
+    }
 
     let summary = json!({
         "nproc": cpus,

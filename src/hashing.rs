@@ -116,6 +116,14 @@ impl SecretHasher {
             inner.verifies.fetch_add(1, Ordering::Relaxed);
             let known = phc.is_some();
             let phc = phc.unwrap_or_else(|| inner.dummy.clone());
+            // Imported from a system that stored SHA-256 hex (see domain::import).
+            if let Some(hex) = phc.strip_prefix("sha256:") {
+                use sha2::{Digest, Sha256};
+                use subtle::ConstantTimeEq;
+                let d = Sha256::digest(secret.expose_secret().as_bytes());
+                let got: String = d.iter().map(|b| format!("{b:02x}")).collect();
+                return Ok(bool::from(got.as_bytes().ct_eq(hex.as_bytes())));
+            }
             let parsed = PasswordHash::new(&phc)
                 .map_err(|_| Error::internal("stored hash is not a PHC string"))?;
             let ok = inner

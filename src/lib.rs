@@ -253,12 +253,15 @@ impl App {
             pg_pool,
             origin.clone(),
         ));
+        let imports = Arc::new(service::imports::ImportRegistry::default());
+        imports.refresh(store.as_ref()).await?;
         let admin = AdminService::new(
             store.clone(),
             hasher.clone(),
             options.clock.clone(),
             broadcast,
-        );
+        )
+        .with_imports(imports.clone());
         let check = Arc::new(CheckService {
             store: store.clone(),
             hasher: hasher.clone(),
@@ -272,6 +275,7 @@ impl App {
                 config.limits.failed_checks_max_ips,
                 Some(metrics.guess_throttled.clone()),
             )),
+            imports: imports.clone(),
             metrics: metrics.clone(),
         });
         Ok(App {
@@ -337,6 +341,7 @@ impl App {
             .build_v1alpha()
             .map_err(internal)?;
         let max_message = config.limits.max_message_bytes;
+        let imports = check.imports.clone();
         let refresh_tokens = tokens.clone();
         let key_admin = tonic::service::interceptor::InterceptedService::new(
             KeyAdminServer::new(grpc::key_admin::KeyAdminApi::new(admin, metrics.clone()))
@@ -382,6 +387,7 @@ impl App {
         }
         tokio::spawn(refresh_admin_tokens(
             refresh_tokens,
+            imports,
             store.clone(),
             stop_rx.clone(),
         ));
@@ -481,10 +487,12 @@ impl App {
     }
 }
 
-/// Reloads the stored admin tokens every 5 s: tokens made or revoked with `keygate admin`
-/// take effect without a restart.
+/// Reloads the stored admin tokens and imported key prefixes every 5 s: tokens made or
+/// revoked with `keygate admin`, and keys imported on another replica, take effect without
+/// a restart.
 async fn refresh_admin_tokens(
     tokens: AdminTokens,
+    imports: Arc<service::imports::ImportRegistry>,
     store: Arc<dyn KeyStore>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -497,6 +505,9 @@ async fn refresh_admin_tokens(
         }
         if let Err(e) = tokens.refresh(store.as_ref()).await {
             tracing::warn!(error = %e, "could not reload admin tokens; keeping the last set");
+        }
+        if let Err(e) = imports.refresh(store.as_ref()).await {
+            tracing::warn!(error = %e, "could not reload imported key prefixes; keeping the last set");
         }
     }
 }

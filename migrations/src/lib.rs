@@ -6,6 +6,7 @@ mod m0001_initial;
 mod m0002_audit_events;
 mod m0003_usage;
 mod m0004_admin_roles;
+mod m0005_imports;
 
 /// Every migration, oldest first. Never edit one that has shipped: add a new one.
 pub struct Migrator;
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0002_audit_events::Migration),
             Box::new(m0003_usage::Migration),
             Box::new(m0004_admin_roles::Migration),
+            Box::new(m0005_imports::Migration),
         ]
     }
 }

@@ -1,11 +1,12 @@
 //! Wire ↔ domain conversions for `keygate.v1`. A value that cannot be converted becomes
 //! `InvalidArgument` naming its field.
 use super::pb;
+use crate::domain::import::ImportFormat;
 use crate::domain::policy::{ExpiryPolicy, ExpiryRequest, RateLimitSpec};
 use crate::domain::usage::{Counts, Granularity, Report};
 use crate::domain::{IpAllowlist, KeyRecord, KeyState, ScopeSet, Tenant, TenantPolicy, UnixMillis};
 use crate::error::{Error, Result};
-use crate::service::admin::{CreateKey, KeyPatch};
+use crate::service::admin::{CreateKey, ImportKey, KeyPatch};
 use std::time::Duration;
 
 pub fn timestamp(t: UnixMillis) -> prost_types::Timestamp {
@@ -280,4 +281,28 @@ pub fn usage_report(r: &Report) -> pb::UsageReport {
             Granularity::Total => G::Total,
         } as i32,
     }
+}
+
+pub fn import_format(f: i32) -> Result<Option<ImportFormat>> {
+    use pb::ImportHashFormat as F;
+    match F::try_from(f) {
+        Ok(F::Sha256Hex) => Ok(Some(ImportFormat::Sha256)),
+        Ok(F::Argon2Phc) => Ok(Some(ImportFormat::Argon2)),
+        Ok(F::Unspecified) => Ok(None),
+        Err(_) => Err(Error::invalid("format", "unknown value")),
+    }
+}
+
+pub fn imported_key(i: usize, k: pb::ImportedKey) -> Result<ImportKey> {
+    let field = |f: &str| format!("keys[{i}].{f}");
+    Ok(ImportKey {
+        scopes: ScopeSet::parse(&field("scopes"), &k.scopes)?,
+        ip_allowlist: IpAllowlist::parse(&field("ip_allowlist"), &k.ip_allowlist)?,
+        rate_limits: rate_limits_from(&field("rate_limits"), &k.rate_limits)?,
+        expire_time: opt_timestamp(&field("expire_time"), k.expire_time.as_ref())?,
+        metadata: k.metadata.into_iter().collect(),
+        name: k.name,
+        hash: k.hash,
+        lookup: k.lookup,
+    })
 }

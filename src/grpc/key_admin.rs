@@ -340,4 +340,38 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
         .await;
         self.done("GetTenantUsage", reply)
     }
+
+    #[tracing::instrument(skip_all, fields(tenant_id))]
+    async fn import_keys(
+        &self,
+        req: Request<pb::ImportKeysRequest>,
+    ) -> Reply<pb::ImportKeysResponse> {
+        let caller = caller(&req);
+        let reply: Reply<pb::ImportKeysResponse> = async {
+            let caller = caller?;
+            let r = req.into_inner();
+            tracing::Span::current().record("tenant_id", r.tenant_id.as_str());
+            let format = convert::import_format(r.format)?;
+            let keys = r
+                .keys
+                .into_iter()
+                .enumerate()
+                .map(|(i, k)| convert::imported_key(i, k))
+                .collect::<Result<Vec<_>, _>>()?;
+            let rule = (r.key_prefix, format, r.lookup_length as usize);
+            let imported = self
+                .svc
+                .import_keys(&caller, &r.tenant_id, rule, keys)
+                .await?;
+            let now = self.svc.now();
+            Ok(Response::new(pb::ImportKeysResponse {
+                keys: imported
+                    .into_iter()
+                    .map(|k| convert::key(k, now, 0))
+                    .collect(),
+            }))
+        }
+        .await;
+        self.done("ImportKeys", reply)
+    }
 }

@@ -13,6 +13,7 @@ use crate::hashing::SecretHasher;
 use crate::limiter::{LimitStatus, RateLimiter};
 use crate::store::KeyStore;
 use secrecy::SecretString;
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use tracing::Instrument;
@@ -146,6 +147,8 @@ pub struct CheckService {
     pub usage: Arc<UsageRecorder>,
     /// Failed checks per client IP (key guessing).
     pub guesses: Arc<GuessThrottle>,
+    /// Prefixes of keys imported from other systems.
+    pub imports: Arc<super::imports::ImportRegistry>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -200,9 +203,16 @@ impl CheckService {
             return Ok(Decision::deny(Reason::MissingCredential));
         }
         let now = self.clock.now();
-        let Ok(parsed) = key::parse(&input.api_key) else {
-            self.guesses.failed(input.client_ip, now);
-            return Ok(Decision::deny(Reason::MalformedKey));
+        // Keygate's own format, else a key imported by its hash from another system.
+        let (lookup_id, head): (Cow<'_, str>, Cow<'_, str>) = match key::parse(&input.api_key) {
+            Ok(p) => (p.lookup_id.into(), p.head.into()),
+            Err(_) => match self.imports.lookup(&input.api_key) {
+                Some((id, prefix)) => (id.into(), prefix.into()),
+                None => {
+                    self.guesses.failed(input.client_ip, now);
+                    return Ok(Decision::deny(Reason::MalformedKey));
+                }
+            },
         };
         // An address that keeps failing may only use keys already verified in the cache.
         if let Some(status) = self.guesses.throttled(input.client_ip, now) {
@@ -214,10 +224,7 @@ impl CheckService {
                 });
             }
         }
-        let key = match self
-            .resolve(&input.api_key, parsed.lookup_id, parsed.head)
-            .await?
-        {
+        let key = match self.resolve(&input.api_key, &lookup_id, &head).await? {
             Resolved::Key(k) => k,
             Resolved::Unknown => {
                 self.guesses.failed(input.client_ip, now);

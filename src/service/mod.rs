@@ -4,6 +4,7 @@ pub mod admin;
 pub mod changes;
 pub mod check;
 pub mod guessing;
+pub mod imports;
 pub mod usage;
 
 use std::sync::Arc;

@@ -7,6 +7,7 @@ mod sea;
 pub use db::{connect, migrate, pending_migrations, Backend};
 pub use sea::SeaStore;
 
+use crate::domain::import::ImportRule;
 use crate::domain::{AuditEvent, KeyRecord, NewKey, Tenant, UnixMillis};
 use crate::error::Result;
 use std::collections::HashMap;
@@ -161,6 +162,20 @@ pub trait KeyStore: Send + Sync + 'static {
     ) -> Result<(KeyRecord, KeyRecord)>;
     /// The audit trail, newest first.
     async fn list_audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>>;
+
+    /// Inserts imported keys under `rule` in one transaction, within the tenant's `cap`
+    /// of active keys (0 = none), each with its audit event. The rule is recorded on first
+    /// use; a prefix already imported with another tenant, format or lookup length is
+    /// refused, as is a key whose lookup id exists.
+    async fn import_keys(
+        &self,
+        rule: &ImportRule,
+        keys: Vec<(NewKey, AuditEvent)>,
+        cap: u32,
+        now: UnixMillis,
+    ) -> Result<Vec<KeyRecord>>;
+    /// Every imported key prefix's rule.
+    async fn import_rules(&self) -> Result<Vec<ImportRule>>;
 
     /// Whether the store answers (health).
     async fn ping(&self) -> Result<()>;

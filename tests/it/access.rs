@@ -40,6 +40,7 @@ const MATRIX: &[(&str, [Code; 7])] = &[
     ("ListAuditEvents", [UA, UA, PD, OK, OK, PD, OK]),
     ("GetKeyUsage", [UA, UA, PD, OK, OK, PD, OK]),
     ("GetTenantUsage", [UA, UA, PD, OK, OK, PD, OK]),
+    ("ImportKeys", [UA, UA, PD, PD, OK, PD, OK]),
 ];
 
 /// Every method of `keygate.v1.KeyAdmin`, from the descriptor set compiled into Keygate.
@@ -183,6 +184,31 @@ async fn call(rpc: &str, who: &mut Admin, platform: &mut Admin, target: &Target)
                 ..Default::default()
             }
         ),
+        "ImportKeys" => {
+            // A fresh SHA-256 hash each call, under the target tenant's own prefix.
+            let n = keygate::domain::key::random_base62(16);
+            let hash: String = {
+                use sha2::Digest;
+                sha2::Sha256::digest(n.as_bytes())
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect()
+            };
+            run!(
+                import_keys,
+                pb::ImportKeysRequest {
+                    tenant_id: t.clone(),
+                    key_prefix: format!("{t}_old_"),
+                    format: pb::ImportHashFormat::Sha256Hex as i32,
+                    lookup_length: 0,
+                    keys: vec![pb::ImportedKey {
+                        name: "imported".into(),
+                        hash,
+                        ..Default::default()
+                    }],
+                }
+            )
+        }
         other => panic!("the matrix has a row for {other} but this harness cannot call it"),
     }
 }

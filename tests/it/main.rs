@@ -9,6 +9,7 @@ mod binary;
 mod check;
 mod envoy;
 mod hygiene;
+mod import;
 mod key_admin;
 mod limiter;
 mod observability;

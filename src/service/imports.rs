@@ -1,0 +1,32 @@
+//! The imported key prefixes this server knows (see `domain::import`): read by the check
+//! path when a presented key is not in Keygate's format, updated by ImportKeys here and
+//! reloaded from the store every few seconds for imports made on other replicas.
+use crate::domain::import::{self, ImportRule};
+use crate::error::Result;
+use crate::store::KeyStore;
+use std::sync::{Arc, RwLock};
+
+#[derive(Default)]
+pub struct ImportRegistry(RwLock<Arc<Vec<ImportRule>>>);
+
+impl ImportRegistry {
+    /// The lookup id and key prefix of an imported key, if `presented` starts with an
+    /// imported prefix.
+    pub fn lookup(&self, presented: &str) -> Option<(String, String)> {
+        let rules = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if rules.is_empty() {
+            return None;
+        }
+        let rule = import::rule_for(&rules, presented)?;
+        Some((import::lookup_id(rule, presented)?, rule.key_prefix.clone()))
+    }
+
+    pub fn set(&self, rules: Vec<ImportRule>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rules);
+    }
+
+    pub async fn refresh(&self, store: &dyn KeyStore) -> Result<()> {
+        self.set(store.import_rules().await?);
+        Ok(())
+    }
+}

@@ -1,0 +1,247 @@
+//! ImportKeys: keys from another system keep working by their stored hash (SHA-256 hex or
+//! argon2 PHC), all or nothing, audited, within the tenant's cap. On both stores.
+use crate::check::check_req;
+use crate::key_admin::tenant;
+use crate::support::{code, Admin, Db};
+use crate::{on_both_stores, server_or_skip};
+use argon2::password_hash::{PasswordHasher, SaltString};
+use keygate::grpc::pb::{self, ImportHashFormat};
+use sha2::{Digest, Sha256};
+use tonic::Code;
+
+fn sha_hex(s: &str) -> String {
+    Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn argon(s: &str) -> String {
+    let salt = SaltString::encode_b64(b"import-test-salt").unwrap();
+    argon2::Argon2::default()
+        .hash_password(s.as_bytes(), &salt)
+        .unwrap()
+        .to_string()
+}
+
+fn imported(name: &str, hash: String, lookup: &str) -> pb::ImportedKey {
+    pb::ImportedKey {
+        name: name.into(),
+        hash,
+        lookup: lookup.into(),
+        ..Default::default()
+    }
+}
+
+async fn import(
+    a: &mut Admin,
+    tenant_id: &str,
+    prefix: &str,
+    format: ImportHashFormat,
+    lookup_length: u32,
+    keys: Vec<pb::ImportedKey>,
+) -> Result<tonic::Response<pb::ImportKeysResponse>, tonic::Status> {
+    a.client
+        .import_keys(a.req(pb::ImportKeysRequest {
+            tenant_id: tenant_id.into(),
+            key_prefix: prefix.into(),
+            format: format as i32,
+            lookup_length,
+            keys,
+        }))
+        .await
+}
+
+async fn reason(
+    c: &mut pb::authorize_client::AuthorizeClient<tonic::transport::Channel>,
+    key: &str,
+) -> pb::Reason {
+    pb::Reason::try_from(c.check(check_req(key)).await.unwrap().into_inner().reason).unwrap()
+}
+
+async fn imported_keys_keep_working(db: Db) {
+    let s = server_or_skip!(db);
+    let mut a = s.admin().await;
+    let policy = pb::TenantPolicy {
+        max_active_keys: 3,
+        ..Default::default()
+    };
+    tenant(&mut a, "legacy", policy).await;
+    tenant(&mut a, "other", pb::TenantPolicy::default()).await;
+    let sha_key = "sk_live_9f8e7d6c5b4a39281706f5e4d3c2b1a0";
+    let argon_key = "acme-AB12CD34.the-secret-part-of-it";
+    let got = import(
+        &mut a,
+        "legacy",
+        "sk_live_",
+        ImportHashFormat::Sha256Hex,
+        0,
+        vec![imported("old sha", sha_hex(sha_key), "")],
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(got.keys[0].key_prefix, "sk_live_");
+    let argon_id = import(
+        &mut a,
+        "legacy",
+        "acme-",
+        ImportHashFormat::Argon2Phc,
+        8,
+        vec![imported("old argon", argon(argon_key), "acme-AB12CD34")],
+    )
+    .await
+    .unwrap()
+    .into_inner()
+    .keys[0]
+        .clone();
+    assert_eq!(argon_id.display_prefix, "AB12CD34");
+
+    let mut c = s.authorize().await;
+    assert_eq!(reason(&mut c, sha_key).await, pb::Reason::Ok);
+    assert_eq!(reason(&mut c, argon_key).await, pb::Reason::Ok);
+    // Under an imported prefix a wrong key is unknown, not malformed; elsewhere, malformed.
+    assert_eq!(
+        reason(&mut c, "sk_live_0000000000000000000000000000000").await,
+        pb::Reason::KeyNotFound
+    );
+    assert_eq!(
+        reason(&mut c, "acme-AB12CD34.wrong-secret").await,
+        pb::Reason::KeyNotFound
+    );
+    assert_eq!(
+        reason(&mut c, "acme-ZZ99ZZ99.whatever").await,
+        pb::Reason::KeyNotFound
+    );
+    assert_eq!(
+        reason(&mut c, "pk_test_nothing_like_it").await,
+        pb::Reason::MalformedKey
+    );
+    // The imported key lives the normal life: revoke it and it is denied at once.
+    a.client
+        .revoke_key(a.req(pb::RevokeKeyRequest {
+            key_id: argon_id.id.clone(),
+            reason: "migrated".into(),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(reason(&mut c, argon_key).await, pb::Reason::KeyRevoked);
+    let trail = a
+        .client
+        .list_audit_events(a.req(pb::ListAuditEventsRequest {
+            key_id: argon_id.id.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let actions: Vec<&str> = trail.events.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, vec!["revoke_key", "import_key"]);
+
+    // All or nothing: a duplicate in the batch imports none of it.
+    let list = |a: &mut Admin| {
+        let mut a = a.clone();
+        async move {
+            a.client
+                .list_keys(a.req(pb::ListKeysRequest {
+                    tenant_id: "legacy".into(),
+                    include_revoked: true,
+                    ..Default::default()
+                }))
+                .await
+                .unwrap()
+                .into_inner()
+                .keys
+                .len()
+        }
+    };
+    let before = list(&mut a).await;
+    let (c1, m) = code(
+        import(
+            &mut a,
+            "legacy",
+            "sk_live_",
+            ImportHashFormat::Sha256Hex,
+            0,
+            vec![
+                imported("new", sha_hex("sk_live_another"), ""),
+                imported("dup", sha_hex(sha_key), ""),
+            ],
+        )
+        .await,
+    );
+    assert_eq!(c1, Code::FailedPrecondition, "{m}");
+    assert!(m.contains("keys[1]"), "{m}");
+    assert_eq!(list(&mut a).await, before);
+    // The cap counts imported keys (1 active of 3 after the revoke: three more exceed it).
+    let (c2, m) = code(
+        import(
+            &mut a,
+            "legacy",
+            "sk_live_",
+            ImportHashFormat::Sha256Hex,
+            0,
+            vec![
+                imported("a", sha_hex("sk_live_a1"), ""),
+                imported("b", sha_hex("sk_live_b2"), ""),
+                imported("c", sha_hex("sk_live_c3"), ""),
+            ],
+        )
+        .await,
+    );
+    assert_eq!(c2, Code::FailedPrecondition, "{m}");
+    assert!(m.contains("max_active_keys"), "{m}");
+    // Another tenant cannot claim an overlapping prefix; bad input names its field.
+    let (c3, _) = code(
+        import(
+            &mut a,
+            "other",
+            "sk_",
+            ImportHashFormat::Sha256Hex,
+            0,
+            vec![imported("x", sha_hex("sk_x"), "")],
+        )
+        .await,
+    );
+    assert_eq!(c3, Code::FailedPrecondition);
+    let (c4, m) = code(
+        import(
+            &mut a,
+            "legacy",
+            "sk_live_",
+            ImportHashFormat::Sha256Hex,
+            0,
+            vec![imported("x", "nothex".into(), "")],
+        )
+        .await,
+    );
+    assert_eq!(c4, Code::InvalidArgument);
+    assert!(m.starts_with("keys[0].hash"), "{m}");
+    let (c5, m) = code(
+        import(
+            &mut a,
+            "legacy",
+            "acme-",
+            ImportHashFormat::Argon2Phc,
+            8,
+            vec![imported("x", argon("acme-x"), "acme-short")],
+        )
+        .await,
+    );
+    assert_eq!(c5, Code::InvalidArgument);
+    assert!(m.starts_with("keys[0].lookup"), "{m}");
+    let (c6, m) = code(
+        import(
+            &mut a,
+            "legacy",
+            "acme-",
+            ImportHashFormat::Unspecified,
+            8,
+            vec![],
+        )
+        .await,
+    );
+    assert_eq!(c6, Code::InvalidArgument, "{m}");
+}
+
+on_both_stores!(imported_keys_keep_working);
