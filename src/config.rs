@@ -458,7 +458,8 @@ impl Config {
             .merge(
                 Env::prefixed("KEYGATE_")
                     .split("__")
-                    .filter(|k| k.as_str() != "config"),
+                    // KEYGATE_CONFIG names the file; it is not a setting.
+                    .filter(|k| !k.as_str().eq_ignore_ascii_case("config")),
             )
             .merge(Serialized::defaults(overrides));
         let cfg: Config = fig.extract().map_err(|e| {

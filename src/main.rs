@@ -34,6 +34,9 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Load and validate the configuration (file, environment, flags), then exit: 0 when
+    /// it is valid, 2 with the offending setting named when not.
+    CheckConfig,
     /// Offline tools for API keys.
     Key {
         #[command(subcommand)]
@@ -117,6 +120,10 @@ fn main() -> ExitCode {
             Command::Migrate => keygate::migrate(&config).await,
             Command::Admin { command } => admin(&config, command).await,
             Command::Key { .. } => Ok(()),
+            Command::CheckConfig => {
+                eprintln!("keygate: configuration OK");
+                Ok(())
+            }
         };
         telemetry.shutdown();
         result

@@ -7,6 +7,7 @@ mod access;
 mod audit;
 mod binary;
 mod check;
+mod deploy;
 mod envoy;
 mod hygiene;
 mod import;
