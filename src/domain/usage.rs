@@ -269,6 +269,9 @@ pub enum Granularity {
     Total,
 }
 
+/// A requested `[start, end)`; either end may be open (see [`report_range`]).
+pub type Range = (Option<UnixMillis>, Option<UnixMillis>);
+
 /// Longest range a report may cover, per granularity (bounds the points returned).
 const MAX_MINUTE_RANGE_MS: i64 = 7 * DAY_MS;
 const MAX_DAY_RANGE_MS: i64 = 3660 * DAY_MS;

@@ -240,6 +240,21 @@ pub fn granularity(g: i32) -> Result<Granularity> {
     }
 }
 
+/// A usage request's granularity and `[start_time, end_time)` (either may be unset).
+pub fn usage_window(
+    granularity_field: i32,
+    start: Option<prost_types::Timestamp>,
+    end: Option<prost_types::Timestamp>,
+) -> Result<(Granularity, crate::domain::usage::Range)> {
+    Ok((
+        granularity(granularity_field)?,
+        (
+            opt_timestamp("start_time", start.as_ref())?,
+            opt_timestamp("end_time", end.as_ref())?,
+        ),
+    ))
+}
+
 /// An optional timestamp field.
 pub fn opt_timestamp(
     field: &str,

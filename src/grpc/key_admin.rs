@@ -291,19 +291,11 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
             let caller = caller?;
             let r = req.into_inner();
             tracing::Span::current().record("key_id", r.key_id.as_str());
-            let range = (
-                convert::opt_timestamp("start_time", r.start_time.as_ref())?,
-                convert::opt_timestamp("end_time", r.end_time.as_ref())?,
-            );
+            let (granularity, range) =
+                convert::usage_window(r.granularity, r.start_time, r.end_time)?;
             let report = self
                 .svc
-                .key_usage(
-                    &caller,
-                    &r.key_id,
-                    convert::granularity(r.granularity)?,
-                    range,
-                    r.group_by_endpoint,
-                )
+                .key_usage(&caller, &r.key_id, granularity, range, r.group_by_endpoint)
                 .await?;
             Ok(Response::new(convert::usage_report(&report)))
         }
@@ -321,16 +313,14 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
             let caller = caller?;
             let r = req.into_inner();
             tracing::Span::current().record("tenant_id", r.tenant_id.as_str());
-            let range = (
-                convert::opt_timestamp("start_time", r.start_time.as_ref())?,
-                convert::opt_timestamp("end_time", r.end_time.as_ref())?,
-            );
+            let (granularity, range) =
+                convert::usage_window(r.granularity, r.start_time, r.end_time)?;
             let report = self
                 .svc
                 .tenant_usage(
                     &caller,
                     &r.tenant_id,
-                    convert::granularity(r.granularity)?,
+                    granularity,
                     range,
                     r.group_by_endpoint,
                 )

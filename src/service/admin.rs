@@ -509,7 +509,7 @@ impl AdminService {
         caller: &Caller,
         key_id: &str,
         granularity: Granularity,
-        range: (Option<UnixMillis>, Option<UnixMillis>),
+        range: crate::domain::usage::Range,
         by_endpoint: bool,
     ) -> Result<Report> {
         let key = self.key_for(key_id, caller, Need::Read).await?;
@@ -523,7 +523,7 @@ impl AdminService {
         caller: &Caller,
         tenant_id: &str,
         granularity: Granularity,
-        range: (Option<UnixMillis>, Option<UnixMillis>),
+        range: crate::domain::usage::Range,
         by_endpoint: bool,
     ) -> Result<Report> {
         text::validate_tenant_id("tenant_id", tenant_id)?;
@@ -538,7 +538,7 @@ impl AdminService {
         tenant_id: String,
         key_id: Option<String>,
         granularity: Granularity,
-        (start, end): (Option<UnixMillis>, Option<UnixMillis>),
+        (start, end): crate::domain::usage::Range,
         by_endpoint: bool,
     ) -> Result<Report> {
         let range = report_range(granularity, start, end, self.now())?;

@@ -29,6 +29,40 @@ fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// Writes the tenant row first, which takes its row lock (PostgreSQL) or the database write
+/// lock (SQLite) before anything is read: concurrent key inserts for one tenant queue here
+/// and each counts the keys the others committed.
+async fn lock_tenant(txn: &sea_orm::DatabaseTransaction, tenant_id: &str) -> Result<()> {
+    let touched = tenants::Entity::update_many()
+        .col_expr(
+            tenants::Column::UpdateTime,
+            Expr::col(tenants::Column::UpdateTime).into(),
+        )
+        .filter(tenants::Column::Id.eq(tenant_id))
+        .exec(txn)
+        .await
+        .map_err(db_err)?;
+    if touched.rows_affected == 0 {
+        return Err(Error::not_found("tenant", tenant_id));
+    }
+    Ok(())
+}
+
+/// The tenant's keys that are neither revoked nor expired at `now`.
+async fn active_keys(
+    txn: &sea_orm::DatabaseTransaction,
+    tenant_id: &str,
+    now: UnixMillis,
+) -> Result<u64> {
+    api_keys::Entity::find()
+        .filter(api_keys::Column::TenantId.eq(tenant_id))
+        .filter(not_revoked(now))
+        .filter(not_expired(now))
+        .count(txn)
+        .await
+        .map_err(db_err)
+}
+
 /// The sea-orm store.
 #[derive(Clone)]
 pub struct SeaStore {
@@ -263,29 +297,9 @@ impl KeyStore for SeaStore {
         let tenant_id = key.record.tenant_id.clone();
         let row = key_row(&key)?;
         let txn = self.db.begin().await.map_err(db_err)?;
-        // Writing the tenant row first takes its row lock (PostgreSQL) or the database write
-        // lock (SQLite) before anything is read, so concurrent creates for one tenant queue
-        // here and each counts the keys the others committed.
-        let touched = tenants::Entity::update_many()
-            .col_expr(
-                tenants::Column::UpdateTime,
-                Expr::col(tenants::Column::UpdateTime).into(),
-            )
-            .filter(tenants::Column::Id.eq(tenant_id.as_str()))
-            .exec(&txn)
-            .await
-            .map_err(db_err)?;
-        if touched.rows_affected == 0 {
-            return Err(Error::not_found("tenant", tenant_id));
-        }
+        lock_tenant(&txn, &tenant_id).await?;
         if cap > 0 {
-            let active = api_keys::Entity::find()
-                .filter(api_keys::Column::TenantId.eq(tenant_id.as_str()))
-                .filter(not_revoked(now))
-                .filter(not_expired(now))
-                .count(&txn)
-                .await
-                .map_err(db_err)?;
+            let active = active_keys(&txn, &tenant_id, now).await?;
             if active >= u64::from(cap) {
                 return Err(Error::precondition(
                     "tenant.policy.max_active_keys",
@@ -313,18 +327,7 @@ impl KeyStore for SeaStore {
         now: UnixMillis,
     ) -> Result<Vec<KeyRecord>> {
         let txn = self.db.begin().await.map_err(db_err)?;
-        let touched = tenants::Entity::update_many()
-            .col_expr(
-                tenants::Column::UpdateTime,
-                Expr::col(tenants::Column::UpdateTime).into(),
-            )
-            .filter(tenants::Column::Id.eq(rule.tenant_id.as_str()))
-            .exec(&txn)
-            .await
-            .map_err(db_err)?;
-        if touched.rows_affected == 0 {
-            return Err(Error::not_found("tenant", &rule.tenant_id));
-        }
+        lock_tenant(&txn, &rule.tenant_id).await?;
         // Prefixes must not shadow each other across rules: one rule decides a key.
         let existing = import_prefixes::Entity::find()
             .all(&txn)
@@ -365,13 +368,7 @@ impl KeyStore for SeaStore {
             .map_err(db_err)?;
         }
         if cap > 0 {
-            let active = api_keys::Entity::find()
-                .filter(api_keys::Column::TenantId.eq(rule.tenant_id.as_str()))
-                .filter(not_revoked(now))
-                .filter(not_expired(now))
-                .count(&txn)
-                .await
-                .map_err(db_err)?;
+            let active = active_keys(&txn, &rule.tenant_id, now).await?;
             if active + keys.len() as u64 > u64::from(cap) {
                 return Err(Error::precondition(
                     "tenant.policy.max_active_keys",
