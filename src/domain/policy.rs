@@ -144,6 +144,9 @@ pub struct TenantPolicy {
     pub default_scopes: ScopeSet,
     pub default_rate_limits: Vec<RateLimitSpec>,
     pub scopes_from_method: bool,
+    /// Limits every key of the tenant spends together (a plan's account-wide budget),
+    /// checked with the key's own limits in one atomic step.
+    pub shared_rate_limits: Vec<RateLimitSpec>,
 }
 
 mod scope_strings {
@@ -211,6 +214,10 @@ impl TenantPolicy {
         validate_rate_limits(
             &format!("{field}.default_rate_limits"),
             &self.default_rate_limits,
+        )?;
+        validate_rate_limits(
+            &format!("{field}.shared_rate_limits"),
+            &self.shared_rate_limits,
         )
     }
 

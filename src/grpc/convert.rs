@@ -98,6 +98,10 @@ pub fn policy_from(p: Option<pb::TenantPolicy>) -> Result<TenantPolicy> {
             &p.default_rate_limits,
         )?,
         scopes_from_method: p.scopes_from_method,
+        shared_rate_limits: rate_limits_from(
+            &format!("{F}.shared_rate_limits"),
+            &p.shared_rate_limits,
+        )?,
     })
 }
 
@@ -118,6 +122,7 @@ pub fn tenant(t: Tenant) -> pb::Tenant {
             default_scopes: p.default_scopes.to_strings(),
             default_rate_limits: p.default_rate_limits.iter().map(rate_limit).collect(),
             scopes_from_method: p.scopes_from_method,
+            shared_rate_limits: p.shared_rate_limits.iter().map(rate_limit).collect(),
         }),
         create_time: Some(timestamp(t.create_time)),
         update_time: Some(timestamp(t.update_time)),

@@ -1,5 +1,5 @@
 //! The in-memory limiter: exact for one replica, bounded in memory.
-use super::{LimitOutcome, LimitStatus, RateLimiter, Window};
+use super::{LimitOutcome, LimitScope, LimitStatus, RateLimiter, Window};
 use crate::domain::{RateLimitSpec, UnixMillis};
 use crate::error::Result;
 use std::sync::{Arc, Mutex};
@@ -73,7 +73,7 @@ impl Default for MemoryLimiter {
 /// its windows in process.
 pub fn decide(
     windows: &mut [Window],
-    limits: &[RateLimitSpec],
+    limits: &[&RateLimitSpec],
     cost: u64,
     now: i64,
     dry_run: bool,
@@ -124,50 +124,76 @@ pub fn decide(
     }
 }
 
+/// Lines the stored windows up with the current limits (by name): a limit whose window
+/// length changed starts afresh, one that is unchanged keeps its counts.
+fn align(b: &mut Bucket, limits: &[RateLimitSpec]) {
+    if b.windows.len() != limits.len()
+        || b.windows.iter().zip(limits).any(|((n, _), l)| *n != l.name)
+    {
+        let old = std::mem::take(&mut b.windows);
+        b.windows = limits
+            .iter()
+            .map(|l| {
+                (
+                    l.name.clone(),
+                    old.iter()
+                        .find(|(n, _)| *n == l.name)
+                        .map(|(_, w)| *w)
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
+        b.longest = limits.iter().map(|l| l.window).max().unwrap_or_default();
+    }
+}
+
 #[async_trait::async_trait]
 impl RateLimiter for MemoryLimiter {
-    async fn check(
+    async fn check_scopes(
         &self,
-        bucket: &str,
-        limits: &[RateLimitSpec],
+        _group: &str,
+        scopes: &[LimitScope<'_>],
         cost: u64,
         now: UnixMillis,
         dry_run: bool,
     ) -> Result<LimitOutcome> {
-        if limits.is_empty() {
+        let mut scopes: Vec<&LimitScope<'_>> =
+            scopes.iter().filter(|s| !s.limits.is_empty()).collect();
+        if scopes.is_empty() {
             return Ok(LimitOutcome {
                 allowed: true,
                 status: None,
             });
         }
-        let entry = self
-            .buckets
-            .get_with_by_ref(bucket, || Arc::new(Mutex::new(Bucket::default())));
-        let mut b = entry.lock().unwrap_or_else(|p| p.into_inner());
-        // Line the stored windows up with the current limits (by name); a limit whose
-        // window length changed starts afresh, one that is unchanged keeps its counts.
-        if b.windows.len() != limits.len()
-            || b.windows.iter().zip(limits).any(|((n, _), l)| *n != l.name)
-        {
-            let old = std::mem::take(&mut b.windows);
-            b.windows = limits
-                .iter()
-                .map(|l| {
-                    (
-                        l.name.clone(),
-                        old.iter()
-                            .find(|(n, _)| *n == l.name)
-                            .map(|(_, w)| *w)
-                            .unwrap_or_default(),
-                    )
-                })
-                .collect();
-            b.longest = limits.iter().map(|l| l.window).max().unwrap_or_default();
+        // Buckets are locked in one global order (by name), so two calls that share some
+        // buckets (keys of one tenant) never wait on each other in a cycle.
+        scopes.sort_by(|a, b| a.bucket.cmp(b.bucket));
+        let entries: Vec<_> = scopes
+            .iter()
+            .map(|s| {
+                self.buckets
+                    .get_with_by_ref(s.bucket, || Arc::new(Mutex::new(Bucket::default())))
+            })
+            .collect();
+        let mut guards: Vec<_> = entries
+            .iter()
+            .map(|e| e.lock().unwrap_or_else(|p| p.into_inner()))
+            .collect();
+        let mut windows = Vec::new();
+        let mut limits = Vec::new();
+        for (b, s) in guards.iter_mut().zip(&scopes) {
+            align(b, s.limits);
+            windows.extend(b.windows.iter().map(|(_, w)| *w));
+            limits.extend(s.limits.iter());
         }
-        let mut windows: Vec<Window> = b.windows.iter().map(|(_, w)| *w).collect();
-        let outcome = decide(&mut windows, limits, cost, now.0, dry_run);
-        for ((_, stored), w) in b.windows.iter_mut().zip(windows) {
-            *stored = w;
+        let outcome = decide(&mut windows, &limits, cost, now.0, dry_run);
+        let mut fresh = windows.into_iter();
+        for b in guards.iter_mut() {
+            for (_, stored) in b.windows.iter_mut() {
+                if let Some(w) = fresh.next() {
+                    *stored = w;
+                }
+            }
         }
         Ok(outcome)
     }

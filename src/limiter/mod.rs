@@ -42,12 +42,31 @@ pub struct LimitOutcome {
     pub status: Option<LimitStatus>,
 }
 
+/// One set of limits spent together under one counter bucket: a key's own limits, or its
+/// tenant's shared limits.
+#[derive(Debug, Clone, Copy)]
+pub struct LimitScope<'a> {
+    pub bucket: &'a str,
+    pub limits: &'a [RateLimitSpec],
+}
+
 /// Checks and spends rate budget.
 #[async_trait::async_trait]
 pub trait RateLimiter: Send + Sync + 'static {
-    /// Admits the call only if *every* limit has room for `cost`, and then spends `cost`
-    /// on every limit, atomically; a refused call spends nothing anywhere. With `dry_run`
-    /// it decides the same way but spends nothing.
+    /// Admits the call only if *every* limit of *every* scope has room for `cost`, and then
+    /// spends `cost` on all of them, atomically; a refused call spends nothing anywhere.
+    /// With `dry_run` it decides the same way but spends nothing. All scopes of one call
+    /// belong to `group` (the tenant): a shared limiter keeps a group's counters together.
+    async fn check_scopes(
+        &self,
+        group: &str,
+        scopes: &[LimitScope<'_>],
+        cost: u64,
+        now: UnixMillis,
+        dry_run: bool,
+    ) -> Result<LimitOutcome>;
+
+    /// One bucket's limits (its own group).
     async fn check(
         &self,
         bucket: &str,
@@ -55,7 +74,10 @@ pub trait RateLimiter: Send + Sync + 'static {
         cost: u64,
         now: UnixMillis,
         dry_run: bool,
-    ) -> Result<LimitOutcome>;
+    ) -> Result<LimitOutcome> {
+        self.check_scopes(bucket, &[LimitScope { bucket, limits }], cost, now, dry_run)
+            .await
+    }
 }
 
 /// The counters of one limit: cost spent in the current and the previous window.

@@ -2,7 +2,7 @@
 //! Redis so every replica spends from one budget. One round trip per check: a Lua script
 //! (`sliding_window.lua`) decides and spends all of a key's limits atomically.
 use super::memory::decide;
-use super::{LimitOutcome, RateLimiter, Window};
+use super::{LimitOutcome, LimitScope, RateLimiter, Window};
 use crate::domain::{RateLimitSpec, UnixMillis};
 use crate::error::{Error, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -79,21 +79,27 @@ impl RedisLimiter {
     }
 
     /// One hash per limit, all under the key's hash tag.
-    fn key(&self, bucket: &str, limit: &str) -> String {
-        format!("{}:{{{bucket}}}:{limit}", self.prefix)
+    /// `prefix:{group}:bucket:limit`: a group's (a tenant's) counters share one hash tag,
+    /// so one call's keys are in one Redis Cluster slot.
+    fn key(&self, group: &str, bucket: &str, limit: &str) -> String {
+        format!("{}:{{{group}}}:{bucket}:{limit}", self.prefix)
     }
 }
 
 #[async_trait::async_trait]
 impl RateLimiter for RedisLimiter {
-    async fn check(
+    async fn check_scopes(
         &self,
-        bucket: &str,
-        limits: &[RateLimitSpec],
+        group: &str,
+        scopes: &[LimitScope<'_>],
         cost: u64,
         now: UnixMillis,
         dry_run: bool,
     ) -> Result<LimitOutcome> {
+        let limits: Vec<(&str, &RateLimitSpec)> = scopes
+            .iter()
+            .flat_map(|s| s.limits.iter().map(move |l| (s.bucket, l)))
+            .collect();
         if limits.is_empty() {
             return Ok(LimitOutcome {
                 allowed: true,
@@ -103,8 +109,8 @@ impl RateLimiter for RedisLimiter {
         let mut conn = self.connection().await?;
         let mut call = self.script.prepare_invoke();
         call.arg(now.0).arg(cost).arg(u8::from(dry_run));
-        for l in limits {
-            call.key(self.key(bucket, &l.name))
+        for (bucket, l) in &limits {
+            call.key(self.key(group, bucket, &l.name))
                 .arg(l.limit)
                 .arg(l.window.as_millis() as u64);
         }
@@ -120,20 +126,21 @@ impl RateLimiter for RedisLimiter {
         let mut windows: Vec<Window> = limits
             .iter()
             .zip(reply[1..].chunks(3))
-            .map(|(l, w)| Window {
+            .map(|((_, l), w)| Window {
                 window_ms: l.window.as_millis() as i64,
                 start: w[0],
                 current: w[1] as u64,
                 previous: w[2] as u64,
             })
             .collect();
+        let specs: Vec<&RateLimitSpec> = limits.iter().map(|(_, l)| *l).collect();
         // The script decided and spent; the same arithmetic here yields the figures. They
         // agree by construction; if they ever did not, Redis (which spent) is the truth.
-        let mut outcome = decide(&mut windows, limits, cost, now.0, dry_run);
+        let mut outcome = decide(&mut windows, &specs, cost, now.0, dry_run);
         let allowed = reply[0] == 1;
         if outcome.allowed != allowed {
             tracing::warn!(
-                bucket_limits = limits.len(),
+                limits = limits.len(),
                 "rate-limit script and local arithmetic disagree"
             );
             outcome.allowed = allowed;

@@ -1,7 +1,7 @@
 //! What a check does when the shared limiter cannot be reached (`on_limiter_error`).
 use super::memory::MemoryLimiter;
-use super::{LimitOutcome, LimitStatus, RateLimiter};
-use crate::domain::{RateLimitSpec, UnixMillis};
+use super::{LimitOutcome, LimitScope, LimitStatus, RateLimiter};
+use crate::domain::UnixMillis;
 use crate::error::Result;
 use serde::Deserialize;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -69,14 +69,16 @@ impl Resilient {
 
 #[async_trait::async_trait]
 impl RateLimiter for Resilient {
-    async fn check(
+    async fn check_scopes(
         &self,
-        bucket: &str,
-        limits: &[RateLimitSpec],
+        group: &str,
+        scopes: &[LimitScope<'_>],
         cost: u64,
         now: UnixMillis,
         dry_run: bool,
     ) -> Result<LimitOutcome> {
+        // The pre-check remembers refusals by the call's first bucket (the key).
+        let bucket = scopes.first().map_or(group, |s| s.bucket);
         if let Some(refused) = &self.refused {
             if let Some((until, outcome)) = refused.get(bucket) {
                 if now < until {
@@ -89,7 +91,11 @@ impl RateLimiter for Resilient {
                 refused.invalidate(bucket);
             }
         }
-        let err = match self.primary.check(bucket, limits, cost, now, dry_run).await {
+        let err = match self
+            .primary
+            .check_scopes(group, scopes, cost, now, dry_run)
+            .await
+        {
             Ok(o) => {
                 if let (Some(refused), false) = (&self.refused, o.allowed) {
                     if let Some(after) = o.status.as_ref().and_then(|s| s.retry_after) {
@@ -110,13 +116,18 @@ impl RateLimiter for Resilient {
             tracing::warn!(error = %err, mode = ?self.mode, failures = n, "rate limiter unavailable; falling back");
         }
         match self.mode {
-            OnLimiterError::Local => self.local.check(bucket, limits, cost, now, dry_run).await,
+            OnLimiterError::Local => {
+                self.local
+                    .check_scopes(group, scopes, cost, now, dry_run)
+                    .await
+            }
             OnLimiterError::Allow => Ok(LimitOutcome {
                 allowed: true,
                 status: None,
             }),
             OnLimiterError::Deny => {
-                let status = limits.first().map(|l| LimitStatus {
+                let first = scopes.iter().flat_map(|s| s.limits.iter()).next();
+                let status = first.map(|l| LimitStatus {
                     name: l.name.clone(),
                     limit: l.limit,
                     remaining: 0,

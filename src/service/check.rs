@@ -10,7 +10,7 @@ use crate::domain::key;
 use crate::domain::{Clock, KeyRecord, Scope, ScopeSet, Tenant};
 use crate::error::{Error, Result};
 use crate::hashing::SecretHasher;
-use crate::limiter::{LimitStatus, RateLimiter};
+use crate::limiter::{LimitScope, LimitStatus, RateLimiter};
 use crate::store::KeyStore;
 use secrecy::SecretString;
 use std::borrow::Cow;
@@ -264,9 +264,28 @@ impl CheckService {
         } else if !self.scopes_suffice(input, policy.scopes_from_method, &decision.scopes) {
             Reason::InsufficientScope
         } else {
+            // The key's own limits and its tenant's shared ones, in one atomic step.
+            let shared_bucket;
+            let mut scopes = vec![LimitScope {
+                bucket: &record.id,
+                limits,
+            }];
+            if !policy.shared_rate_limits.is_empty() {
+                shared_bucket = format!("tenant:{}", record.tenant_id);
+                scopes.push(LimitScope {
+                    bucket: &shared_bucket,
+                    limits: &policy.shared_rate_limits,
+                });
+            }
             let outcome = self
                 .limiter
-                .check(&record.id, limits, input.cost.max(1), now, input.dry_run)
+                .check_scopes(
+                    &record.tenant_id,
+                    &scopes,
+                    input.cost.max(1),
+                    now,
+                    input.dry_run,
+                )
                 .instrument(crate::child_span!("limiter.check"))
                 .await?;
             decision.rate_limit = outcome.status;

@@ -1,7 +1,7 @@
 //! The rate-limiter behaviour suite. Every `RateLimiter` implementation runs it unchanged
 //! (`limiter_suite!` below); the Redis limiter joins with one line.
 use keygate::domain::{RateLimitSpec, UnixMillis};
-use keygate::limiter::RateLimiter;
+use keygate::limiter::{LimitScope, RateLimiter};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -177,6 +177,65 @@ pub async fn concurrent_calls_admit_exactly_the_limit(l: Arc<dyn RateLimiter>) {
     assert_eq!(admitted, 100);
 }
 
+/// Two keys of one tenant spend one shared limit together, exactly; the binding limit is
+/// named; a refused call spends nothing on either scope.
+pub async fn shared_limits_are_spent_together_or_not_at_all(l: Arc<dyn RateLimiter>) {
+    let own = [lim("key-minute", 5, 60)];
+    let shared = [lim("plan-minute", 8, 60)];
+    let call = |key: &'static str, cost: u64, dry: bool| {
+        let (l, own, shared) = (l.clone(), own.clone(), shared.clone());
+        async move {
+            let scopes = [
+                LimitScope {
+                    bucket: key,
+                    limits: &own,
+                },
+                LimitScope {
+                    bucket: "tenant:t",
+                    limits: &shared,
+                },
+            ];
+            l.check_scopes("t", &scopes, cost, at(0), dry)
+                .await
+                .unwrap()
+        }
+    };
+    // 5 + 3 = the plan's 8; key a's own limit of 5 binds first.
+    for _ in 0..5 {
+        assert!(call("key-a", 1, false).await.allowed);
+    }
+    let o = call("key-a", 1, false).await;
+    assert!(!o.allowed);
+    assert_eq!(o.status.unwrap().name, "key-minute");
+    for _ in 0..3 {
+        assert!(call("key-b", 1, false).await.allowed);
+    }
+    // The plan is spent: key b (own budget left: 2) is refused by the shared limit.
+    let o = call("key-b", 1, false).await;
+    assert!(!o.allowed);
+    let st = o.status.unwrap();
+    assert_eq!(st.name, "plan-minute");
+    assert!(st.retry_after.is_some());
+    // Nothing was spent by the refusals: key b's own limit still has exactly 2 left.
+    let key_b_alone = |cost: u64| {
+        let (l, own) = (l.clone(), own.clone());
+        async move {
+            let scopes = [LimitScope {
+                bucket: "key-b",
+                limits: &own,
+            }];
+            l.check_scopes("t", &scopes, cost, at(0), true)
+                .await
+                .unwrap()
+                .allowed
+        }
+    };
+    assert!(key_b_alone(2).await);
+    assert!(!key_b_alone(3).await);
+    let o = call("key-c", 1, true).await;
+    assert!(!o.allowed, "the plan is spent for every key of the tenant");
+}
+
 /// Each Redis test writes under its own key prefix, so tests run in parallel.
 async fn redis_limiter() -> Option<Arc<dyn RateLimiter>> {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -216,6 +275,7 @@ macro_rules! limiter_suite {
                 all_limits_or_none_are_spent,
                 dry_run_spends_nothing,
                 buckets_are_independent_and_no_limits_admit,
+                shared_limits_are_spent_together_or_not_at_all,
                 concurrent_calls_admit_exactly_the_limit);
         }
     };
@@ -245,16 +305,16 @@ struct Counting(
 
 #[async_trait::async_trait]
 impl RateLimiter for Counting {
-    async fn check(
+    async fn check_scopes(
         &self,
-        b: &str,
-        l: &[RateLimitSpec],
+        g: &str,
+        s: &[LimitScope<'_>],
         c: u64,
         now: UnixMillis,
         d: bool,
     ) -> keygate::error::Result<keygate::limiter::LimitOutcome> {
         self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.0.check(b, l, c, now, d).await
+        self.0.check_scopes(g, s, c, now, d).await
     }
 }
 

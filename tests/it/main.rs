@@ -15,6 +15,7 @@ mod key_admin;
 mod limiter;
 mod observability;
 mod outage;
+mod plans;
 mod readme;
 mod replicas;
 mod tls;
