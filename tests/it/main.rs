@@ -4,6 +4,7 @@
 mod support;
 
 mod access;
+mod apidoc;
 mod audit;
 mod binary;
 mod check;
