@@ -7,6 +7,7 @@ mod m0002_audit_events;
 mod m0003_usage;
 mod m0004_admin_roles;
 mod m0005_imports;
+mod m0006_plans;
 
 /// Every migration, oldest first. Never edit one that has shipped: add a new one.
 pub struct Migrator;
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0003_usage::Migration),
             Box::new(m0004_admin_roles::Migration),
             Box::new(m0005_imports::Migration),
+            Box::new(m0006_plans::Migration),
         ]
     }
 }

@@ -13,7 +13,7 @@ pub mod usage;
 
 pub use ip::IpAllowlist;
 pub use key::{ApiKeyFormat, ParsedKey};
-pub use policy::{ExpiryPolicy, RateLimitSpec, TenantPolicy};
-pub use record::{AuditEvent, Caller, KeyRecord, KeyState, NewKey, Tenant};
+pub use policy::{ExpiryPolicy, PlanLimits, RateLimitSpec, TenantPolicy};
+pub use record::{AuditEvent, Caller, KeyRecord, KeyState, NewKey, Plan, Tenant};
 pub use scope::{Scope, ScopeSet};
 pub use time::{Clock, ManualClock, SystemClock, UnixMillis};

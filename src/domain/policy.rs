@@ -147,6 +147,35 @@ pub struct TenantPolicy {
     /// Limits every key of the tenant spends together (a plan's account-wide budget),
     /// checked with the key's own limits in one atomic step.
     pub shared_rate_limits: Vec<RateLimitSpec>,
+    /// The plan the tenant is on; empty = none. See [`TenantPolicy::under_plan`].
+    pub plan_id: String,
+}
+
+/// What a plan template sets for every tenant on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PlanLimits {
+    /// Per-key limits of keys with none of their own, when the tenant sets none either.
+    pub default_rate_limits: Vec<RateLimitSpec>,
+    /// Limits each tenant on the plan spends with all its keys (added to the tenant's own).
+    pub shared_rate_limits: Vec<RateLimitSpec>,
+    /// The scope ceiling: at check time, the catalogue keys' scopes are limited to.
+    /// Empty = the tenant's own catalogue.
+    #[serde(with = "scope_strings")]
+    pub scope_catalogue: ScopeSet,
+}
+
+impl PlanLimits {
+    pub fn validate(&self, field: &str) -> Result<()> {
+        validate_rate_limits(
+            &format!("{field}.default_rate_limits"),
+            &self.default_rate_limits,
+        )?;
+        validate_rate_limits(
+            &format!("{field}.shared_rate_limits"),
+            &self.shared_rate_limits,
+        )
+    }
 }
 
 mod scope_strings {
@@ -162,6 +191,22 @@ mod scope_strings {
 }
 
 impl TenantPolicy {
+    /// The policy a check applies to a tenant on `plan`: the plan's scope ceiling (when it
+    /// has one), the tenant's default limits or else the plan's, and both sets of shared
+    /// limits (tenant's first; names must differ to be told apart in a refusal).
+    pub fn under_plan(&self, plan: &PlanLimits) -> TenantPolicy {
+        let mut p = self.clone();
+        if !plan.scope_catalogue.is_empty() {
+            p.scope_catalogue = plan.scope_catalogue.clone();
+        }
+        if p.default_rate_limits.is_empty() {
+            p.default_rate_limits = plan.default_rate_limits.clone();
+        }
+        p.shared_rate_limits
+            .extend(plan.shared_rate_limits.iter().cloned());
+        p
+    }
+
     /// The prefix keys actually get.
     pub fn effective_prefix(&self) -> &str {
         if self.key_prefix.is_empty() {

@@ -13,6 +13,16 @@ pub struct Tenant {
     pub update_time: UnixMillis,
 }
 
+/// A plan template: limits and a scope ceiling shared by every tenant on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub id: String,
+    pub display_name: String,
+    pub limits: super::policy::PlanLimits,
+    pub create_time: UnixMillis,
+    pub update_time: UnixMillis,
+}
+
 /// A key's lifecycle state at a given instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyState {

@@ -5,6 +5,7 @@ use crate::domain::import::ImportFormat;
 use crate::domain::policy::{ExpiryPolicy, ExpiryRequest, RateLimitSpec};
 use crate::domain::usage::{Counts, Granularity, Report};
 use crate::domain::{IpAllowlist, KeyRecord, KeyState, ScopeSet, Tenant, TenantPolicy, UnixMillis};
+use crate::domain::{Plan, PlanLimits};
 use crate::error::{Error, Result};
 use crate::service::admin::{CreateKey, ImportKey, KeyPatch};
 use std::time::Duration;
@@ -102,7 +103,42 @@ pub fn policy_from(p: Option<pb::TenantPolicy>) -> Result<TenantPolicy> {
             &format!("{F}.shared_rate_limits"),
             &p.shared_rate_limits,
         )?,
+        plan_id: p.plan_id,
     })
+}
+
+pub fn plan_from(p: pb::Plan) -> Result<Plan> {
+    Ok(Plan {
+        limits: PlanLimits {
+            default_rate_limits: rate_limits_from(
+                "plan.default_rate_limits",
+                &p.default_rate_limits,
+            )?,
+            shared_rate_limits: rate_limits_from("plan.shared_rate_limits", &p.shared_rate_limits)?,
+            scope_catalogue: ScopeSet::parse("plan.scope_catalogue", &p.scope_catalogue)?,
+        },
+        id: p.id,
+        display_name: p.display_name,
+        create_time: UnixMillis(0),
+        update_time: UnixMillis(0),
+    })
+}
+
+pub fn plan(p: Plan) -> pb::Plan {
+    pb::Plan {
+        id: p.id,
+        display_name: p.display_name,
+        default_rate_limits: p
+            .limits
+            .default_rate_limits
+            .iter()
+            .map(rate_limit)
+            .collect(),
+        shared_rate_limits: p.limits.shared_rate_limits.iter().map(rate_limit).collect(),
+        scope_catalogue: p.limits.scope_catalogue.to_strings(),
+        create_time: Some(timestamp(p.create_time)),
+        update_time: Some(timestamp(p.update_time)),
+    }
 }
 
 pub fn tenant(t: Tenant) -> pb::Tenant {
@@ -123,6 +159,7 @@ pub fn tenant(t: Tenant) -> pb::Tenant {
             default_rate_limits: p.default_rate_limits.iter().map(rate_limit).collect(),
             scopes_from_method: p.scopes_from_method,
             shared_rate_limits: p.shared_rate_limits.iter().map(rate_limit).collect(),
+            plan_id: p.plan_id,
         }),
         create_time: Some(timestamp(t.create_time)),
         update_time: Some(timestamp(t.update_time)),

@@ -364,4 +364,38 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
         .await;
         self.done("ImportKeys", reply)
     }
+
+    #[tracing::instrument(skip_all, fields(plan_id))]
+    async fn upsert_plan(&self, req: Request<pb::UpsertPlanRequest>) -> Reply<pb::Plan> {
+        let caller = caller(&req);
+        let reply: Reply<pb::Plan> = async {
+            let caller = caller?;
+            let p = req
+                .into_inner()
+                .plan
+                .ok_or_else(|| Status::invalid_argument("plan: is required"))?;
+            tracing::Span::current().record("plan_id", p.id.as_str());
+            let plan = self
+                .svc
+                .upsert_plan(convert::plan_from(p)?, &caller)
+                .await?;
+            Ok(Response::new(convert::plan(plan)))
+        }
+        .await;
+        self.done("UpsertPlan", reply)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_plans(&self, req: Request<pb::ListPlansRequest>) -> Reply<pb::ListPlansResponse> {
+        let caller = caller(&req);
+        let reply: Reply<pb::ListPlansResponse> = async {
+            let caller = caller?;
+            let plans = self.svc.list_plans(&caller).await?;
+            Ok(Response::new(pb::ListPlansResponse {
+                plans: plans.into_iter().map(convert::plan).collect(),
+            }))
+        }
+        .await;
+        self.done("ListPlans", reply)
+    }
 }

@@ -7,7 +7,7 @@ use crate::domain::key::{self, ApiKeyFormat};
 use crate::domain::policy::{validate_rate_limits, ExpiryRequest, RateLimitSpec};
 use crate::domain::usage::{day_of, report_range, Granularity, Report, StoredCount};
 use crate::domain::{
-    text, Clock, IpAllowlist, KeyRecord, NewKey, ScopeSet, Tenant, TenantPolicy, UnixMillis,
+    text, Clock, IpAllowlist, KeyRecord, NewKey, Plan, ScopeSet, Tenant, TenantPolicy, UnixMillis,
 };
 use crate::domain::{AuditEvent, Caller};
 use crate::error::{Error, Result};
@@ -226,6 +226,15 @@ impl AdminService {
         caller.principal.may(Need::Platform, &id)?;
         text::validate_text("tenant.display_name", &display_name, text::MAX_NAME_CHARS)?;
         policy.validate("tenant.policy")?;
+        if !policy.plan_id.is_empty() && self.store.get_plan(&policy.plan_id).await?.is_none() {
+            return Err(Error::precondition(
+                "tenant.policy.plan_id",
+                format!(
+                    "no plan {:?}; create it with UpsertPlan first",
+                    policy.plan_id
+                ),
+            ));
+        }
         let now = self.now();
         let tenant = self
             .store
@@ -249,6 +258,53 @@ impl AdminService {
             .await?;
         self.listener.tenant_changed(&tenant.id);
         Ok(tenant)
+    }
+
+    /// Creates or replaces a plan template (platform admins). Tenants on it see the change
+    /// on their next check, on every replica.
+    pub async fn upsert_plan(&self, mut plan: Plan, caller: &Caller) -> Result<Plan> {
+        text::validate_tenant_id("plan.id", &plan.id)?;
+        caller.principal.may(Need::Platform, "")?;
+        text::validate_text(
+            "plan.display_name",
+            &plan.display_name,
+            text::MAX_NAME_CHARS,
+        )?;
+        plan.limits.validate("plan")?;
+        let now = self.now();
+        plan.create_time = now;
+        plan.update_time = now;
+        let audit = self.event(
+            caller,
+            "upsert_plan",
+            "",
+            "",
+            vec!["display_name".into(), "limits".into()],
+            format!("plan {}", plan.id),
+        );
+        let plan = self.store.upsert_plan(plan, audit).await?;
+        // Cached tenants hold their effective policy: drop those on this plan.
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.list_tenants(after.as_deref(), 1000).await?;
+            for t in &page {
+                if t.policy.plan_id == plan.id {
+                    self.listener.tenant_changed(&t.id);
+                }
+            }
+            match page.last() {
+                Some(t) if page.len() == 1000 => after = Some(t.id.clone()),
+                _ => break,
+            }
+        }
+        tracing::info!(plan_id = %plan.id, "plan upserted");
+        Ok(plan)
+    }
+
+    /// Every plan (any admin identity may read them).
+    pub async fn list_plans(&self, caller: &Caller) -> Result<Vec<Plan>> {
+        let _ = caller;
+        self.store.list_plans().await
     }
 
     pub async fn get_tenant(&self, id: &str, caller: &Caller) -> Result<Tenant> {

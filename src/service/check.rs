@@ -381,10 +381,18 @@ impl CheckService {
         let owned = id.to_owned();
         self.cache
             .tenant(id, async move {
-                store.get_tenant(&owned).await?.ok_or(Error::Internal {
+                let mut tenant = store.get_tenant(&owned).await?.ok_or(Error::Internal {
                     context: "key without a tenant",
                     source: None,
-                })
+                })?;
+                // Cached as the effective policy under the tenant's plan.
+                if !tenant.policy.plan_id.is_empty() {
+                    match store.get_plan(&tenant.policy.plan_id).await? {
+                        Some(plan) => tenant.policy = tenant.policy.under_plan(&plan.limits),
+                        None => tracing::warn!(tenant_id = %tenant.id, plan_id = %tenant.policy.plan_id, "tenant's plan does not exist; checking without it"),
+                    }
+                }
+                Ok(tenant)
             })
             .await
     }

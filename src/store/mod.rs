@@ -8,7 +8,7 @@ pub use db::{connect, migrate, pending_migrations, Backend};
 pub use sea::SeaStore;
 
 use crate::domain::import::ImportRule;
-use crate::domain::{AuditEvent, KeyRecord, NewKey, Tenant, UnixMillis};
+use crate::domain::{AuditEvent, KeyRecord, NewKey, Plan, Tenant, UnixMillis};
 use crate::error::Result;
 use std::collections::HashMap;
 
@@ -176,6 +176,12 @@ pub trait KeyStore: Send + Sync + 'static {
     ) -> Result<Vec<KeyRecord>>;
     /// Every imported key prefix's rule.
     async fn import_rules(&self) -> Result<Vec<ImportRule>>;
+
+    /// Inserts or replaces a plan (its `create_time` kept), with its audit event.
+    async fn upsert_plan(&self, plan: Plan, audit: AuditEvent) -> Result<Plan>;
+    async fn get_plan(&self, id: &str) -> Result<Option<Plan>>;
+    /// Every plan, ordered by id.
+    async fn list_plans(&self) -> Result<Vec<Plan>>;
 
     /// Whether the store answers (health).
     async fn ping(&self) -> Result<()>;

@@ -1,10 +1,11 @@
 //! [`KeyStore`] on sea-orm: one implementation for SQLite and PostgreSQL.
-use super::entities::{admin_tokens, api_keys, audit_events, import_prefixes, tenants};
+use super::entities::{admin_tokens, api_keys, audit_events, import_prefixes, plans, tenants};
 use super::{
     AdminTokenRecord, AuditQuery, BucketSize, KeyQuery, KeyStore, UsageBatch, UsageQuery, UsageRow,
 };
 use crate::domain::access::Role;
 use crate::domain::import::{ImportFormat, ImportRule};
+use crate::domain::Plan;
 use crate::domain::{
     AuditEvent, IpAllowlist, KeyRecord, NewKey, ScopeSet, Tenant, TenantPolicy, UnixMillis,
 };
@@ -61,6 +62,16 @@ async fn active_keys(
         .count(txn)
         .await
         .map_err(db_err)
+}
+
+fn plan_from(m: plans::Model) -> Result<Plan> {
+    Ok(Plan {
+        limits: serde_json::from_str(&m.limits).map_err(corrupt("stored plan limits"))?,
+        id: m.id,
+        display_name: m.display_name,
+        create_time: UnixMillis(m.create_time),
+        update_time: UnixMillis(m.update_time),
+    })
 }
 
 /// The sea-orm store.
@@ -262,6 +273,58 @@ impl KeyStore for SeaStore {
         self.get_tenant(&t.id)
             .await?
             .ok_or_else(|| Error::internal("tenant vanished after upsert"))
+    }
+
+    async fn upsert_plan(&self, p: Plan, audit: AuditEvent) -> Result<Plan> {
+        let row = plans::ActiveModel {
+            id: Set(p.id.clone()),
+            display_name: Set(p.display_name.clone()),
+            limits: Set(to_json(&p.limits)?),
+            create_time: Set(p.create_time.0),
+            update_time: Set(p.update_time.0),
+        };
+        let txn = self.db.begin().await.map_err(db_err)?;
+        plans::Entity::insert(row)
+            .on_conflict(
+                OnConflict::column(plans::Column::Id)
+                    .update_columns([
+                        plans::Column::DisplayName,
+                        plans::Column::Limits,
+                        plans::Column::UpdateTime,
+                    ])
+                    .to_owned(),
+            )
+            .exec(&txn)
+            .await
+            .map_err(db_err)?;
+        audit_events::Entity::insert(audit_row(&audit)?)
+            .exec(&txn)
+            .await
+            .map_err(db_err)?;
+        txn.commit().await.map_err(db_err)?;
+        self.get_plan(&p.id)
+            .await?
+            .ok_or_else(|| Error::internal("plan vanished after upsert"))
+    }
+
+    async fn get_plan(&self, id: &str) -> Result<Option<Plan>> {
+        plans::Entity::find_by_id(id.to_owned())
+            .one(&self.db)
+            .await
+            .map_err(db_err)?
+            .map(plan_from)
+            .transpose()
+    }
+
+    async fn list_plans(&self) -> Result<Vec<Plan>> {
+        plans::Entity::find()
+            .order_by_asc(plans::Column::Id)
+            .all(&self.db)
+            .await
+            .map_err(db_err)?
+            .into_iter()
+            .map(plan_from)
+            .collect()
     }
 
     async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>> {

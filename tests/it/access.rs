@@ -41,6 +41,8 @@ const MATRIX: &[(&str, [Code; 7])] = &[
     ("GetKeyUsage", [UA, UA, PD, OK, OK, PD, OK]),
     ("GetTenantUsage", [UA, UA, PD, OK, OK, PD, OK]),
     ("ImportKeys", [UA, UA, PD, PD, OK, PD, OK]),
+    ("UpsertPlan", [UA, UA, PD, PD, PD, PD, OK]),
+    ("ListPlans", [UA, UA, PD, OK, OK, OK, OK]),
 ];
 
 /// Every method of `keygate.v1.KeyAdmin`, from the descriptor set compiled into Keygate.
@@ -209,6 +211,17 @@ async fn call(rpc: &str, who: &mut Admin, platform: &mut Admin, target: &Target)
                 }
             )
         }
+        "UpsertPlan" => run!(
+            upsert_plan,
+            pb::UpsertPlanRequest {
+                plan: Some(pb::Plan {
+                    id: "starter".into(),
+                    display_name: "Starter".into(),
+                    ..Default::default()
+                })
+            }
+        ),
+        "ListPlans" => run!(list_plans, pb::ListPlansRequest::default()),
         other => panic!("the matrix has a row for {other} but this harness cannot call it"),
     }
 }
