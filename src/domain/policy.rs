@@ -63,6 +63,16 @@ impl RateLimitSpec {
     }
 }
 
+/// The default and shared limit lists of a tenant policy or a plan, named under `field`.
+fn validate_limit_sets(
+    field: &str,
+    default: &[RateLimitSpec],
+    shared: &[RateLimitSpec],
+) -> Result<()> {
+    validate_rate_limits(&format!("{field}.default_rate_limits"), default)?;
+    validate_rate_limits(&format!("{field}.shared_rate_limits"), shared)
+}
+
 /// Validates a list of limits: each well-formed, names unique, at most eight.
 pub fn validate_rate_limits(field: &str, limits: &[RateLimitSpec]) -> Result<()> {
     if limits.len() > MAX_RATE_LIMITS {
@@ -167,14 +177,7 @@ pub struct PlanLimits {
 
 impl PlanLimits {
     pub fn validate(&self, field: &str) -> Result<()> {
-        validate_rate_limits(
-            &format!("{field}.default_rate_limits"),
-            &self.default_rate_limits,
-        )?;
-        validate_rate_limits(
-            &format!("{field}.shared_rate_limits"),
-            &self.shared_rate_limits,
-        )
+        validate_limit_sets(field, &self.default_rate_limits, &self.shared_rate_limits)
     }
 }
 
@@ -256,14 +259,7 @@ impl TenantPolicy {
                 format!("{s} is not in the tenant's scope_catalogue"),
             ));
         }
-        validate_rate_limits(
-            &format!("{field}.default_rate_limits"),
-            &self.default_rate_limits,
-        )?;
-        validate_rate_limits(
-            &format!("{field}.shared_rate_limits"),
-            &self.shared_rate_limits,
-        )
+        validate_limit_sets(field, &self.default_rate_limits, &self.shared_rate_limits)
     }
 
     /// The environment a new key gets, checked against the tenant's list.

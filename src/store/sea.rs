@@ -74,6 +74,15 @@ fn plan_from(m: plans::Model) -> Result<Plan> {
     })
 }
 
+/// Appends the write's audit event and commits: no change without its event.
+async fn commit_audited(txn: sea_orm::DatabaseTransaction, audit: &AuditEvent) -> Result<()> {
+    audit_events::Entity::insert(audit_row(audit)?)
+        .exec(&txn)
+        .await
+        .map_err(db_err)?;
+    txn.commit().await.map_err(db_err)
+}
+
 /// The sea-orm store.
 #[derive(Clone)]
 pub struct SeaStore {
@@ -265,11 +274,7 @@ impl KeyStore for SeaStore {
             .exec(&txn)
             .await
             .map_err(db_err)?;
-        audit_events::Entity::insert(audit_row(&audit)?)
-            .exec(&txn)
-            .await
-            .map_err(db_err)?;
-        txn.commit().await.map_err(db_err)?;
+        commit_audited(txn, &audit).await?;
         self.get_tenant(&t.id)
             .await?
             .ok_or_else(|| Error::internal("tenant vanished after upsert"))
@@ -297,11 +302,7 @@ impl KeyStore for SeaStore {
             .exec(&txn)
             .await
             .map_err(db_err)?;
-        audit_events::Entity::insert(audit_row(&audit)?)
-            .exec(&txn)
-            .await
-            .map_err(db_err)?;
-        txn.commit().await.map_err(db_err)?;
+        commit_audited(txn, &audit).await?;
         self.get_plan(&p.id)
             .await?
             .ok_or_else(|| Error::internal("plan vanished after upsert"))
@@ -374,11 +375,7 @@ impl KeyStore for SeaStore {
             .exec(&txn)
             .await
             .map_err(db_err)?;
-        audit_events::Entity::insert(audit_row(&audit)?)
-            .exec(&txn)
-            .await
-            .map_err(db_err)?;
-        txn.commit().await.map_err(db_err)?;
+        commit_audited(txn, &audit).await?;
         Ok(key.record)
     }
 
@@ -563,11 +560,7 @@ impl KeyStore for SeaStore {
         if res.rows_affected == 0 {
             return Err(Error::not_found("key", &k.id));
         }
-        audit_events::Entity::insert(audit_row(&audit)?)
-            .exec(&txn)
-            .await
-            .map_err(db_err)?;
-        txn.commit().await.map_err(db_err)
+        commit_audited(txn, &audit).await
     }
 
     async fn revoke_key(
