@@ -71,19 +71,19 @@ impl Default for MemoryLimiter {
 
 /// Decides and (unless `dry_run`) spends on `windows`; shared by every limiter that keeps
 /// its windows in process.
-pub fn decide(
+pub fn decide<L: std::borrow::Borrow<RateLimitSpec>>(
     windows: &mut [Window],
-    limits: &[&RateLimitSpec],
+    limits: &[L],
     cost: u64,
     now: i64,
     dry_run: bool,
 ) -> LimitOutcome {
-    for (w, l) in windows.iter_mut().zip(limits) {
+    for (w, l) in windows.iter_mut().zip(limits.iter().map(|l| l.borrow())) {
         w.roll(now, l.window.as_millis() as i64);
     }
     let refusing = windows
         .iter()
-        .zip(limits)
+        .zip(limits.iter().map(|l| l.borrow()))
         .filter(|(w, l)| !w.admits(now, l.limit, cost))
         .max_by_key(|(w, l)| w.next_admission(now, l.limit, cost).unwrap_or(i64::MAX));
     if let Some((w, l)) = refusing {
@@ -109,7 +109,7 @@ pub fn decide(
     }
     let tightest = windows
         .iter()
-        .zip(limits)
+        .zip(limits.iter().map(|l| l.borrow()))
         .min_by_key(|(w, l)| w.remaining(now, l.limit));
     let status = tightest.map(|(w, l)| LimitStatus {
         name: l.name.clone(),
@@ -147,6 +147,23 @@ fn align(b: &mut Bucket, limits: &[RateLimitSpec]) {
     }
 }
 
+impl MemoryLimiter {
+    /// Decides on one bucket's limits.
+    fn one(&self, s: &LimitScope<'_>, cost: u64, now: UnixMillis, dry_run: bool) -> LimitOutcome {
+        let entry = self
+            .buckets
+            .get_with_by_ref(s.bucket, || Arc::new(Mutex::new(Bucket::default())));
+        let mut b = entry.lock().unwrap_or_else(|p| p.into_inner());
+        align(&mut b, s.limits);
+        let mut windows: Vec<Window> = b.windows.iter().map(|(_, w)| *w).collect();
+        let outcome = decide(&mut windows, s.limits, cost, now.0, dry_run);
+        for ((_, stored), w) in b.windows.iter_mut().zip(windows) {
+            *stored = w;
+        }
+        outcome
+    }
+}
+
 #[async_trait::async_trait]
 impl RateLimiter for MemoryLimiter {
     async fn check_scopes(
@@ -159,11 +176,16 @@ impl RateLimiter for MemoryLimiter {
     ) -> Result<LimitOutcome> {
         let mut scopes: Vec<&LimitScope<'_>> =
             scopes.iter().filter(|s| !s.limits.is_empty()).collect();
-        if scopes.is_empty() {
-            return Ok(LimitOutcome {
-                allowed: true,
-                status: None,
-            });
+        match scopes.as_slice() {
+            [] => {
+                return Ok(LimitOutcome {
+                    allowed: true,
+                    status: None,
+                })
+            }
+            // The common case (a key without shared limits): one lock, no merging.
+            [only] => return Ok(self.one(only, cost, now, dry_run)),
+            _ => {}
         }
         // Buckets are locked in one global order (by name), so two calls that share some
         // buckets (keys of one tenant) never wait on each other in a cycle.

@@ -265,23 +265,28 @@ impl CheckService {
             Reason::InsufficientScope
         } else {
             // The key's own limits and its tenant's shared ones, in one atomic step.
-            let shared_bucket;
-            let mut scopes = vec![LimitScope {
-                bucket: &record.id,
-                limits,
-            }];
-            if !policy.shared_rate_limits.is_empty() {
-                shared_bucket = format!("tenant:{}", record.tenant_id);
-                scopes.push(LimitScope {
+            // No allocation unless the tenant has shared limits.
+            let shared = !policy.shared_rate_limits.is_empty();
+            let shared_bucket = if shared {
+                format!("tenant:{}", record.tenant_id)
+            } else {
+                String::new()
+            };
+            let scopes = [
+                LimitScope {
+                    bucket: &record.id,
+                    limits,
+                },
+                LimitScope {
                     bucket: &shared_bucket,
                     limits: &policy.shared_rate_limits,
-                });
-            }
+                },
+            ];
             let outcome = self
                 .limiter
                 .check_scopes(
                     &record.tenant_id,
-                    &scopes,
+                    &scopes[..1 + usize::from(shared)],
                     input.cost.max(1),
                     now,
                     input.dry_run,
