@@ -78,6 +78,8 @@ pub struct Config {
     pub envoy: crate::envoy::settings::EnvoyConfig,
     /// Usage recording: flush interval, buffer bound, retention, route table (`[usage]`).
     pub usage: UsageConfig,
+    /// How replicas share quota counters (`[quotas]`): lease size, idle release.
+    pub quotas: crate::service::quota::QuotaConfig,
     /// Longest a graceful shutdown waits for in-flight calls, in seconds.
     pub shutdown_grace_secs: u64,
 }
@@ -387,6 +389,7 @@ impl Default for Config {
             on_limiter_error: crate::limiter::resilient::OnLimiterError::Local,
             shutdown_grace_secs: 30,
             usage: UsageConfig::default(),
+            quotas: Default::default(),
         }
     }
 }
@@ -536,6 +539,7 @@ impl Config {
             return Err(Error::invalid("otlp_queue_size", "must be at least 1"));
         }
         self.usage.validate()?;
+        self.quotas.validate()?;
         crate::hashing::SecretHasher::new(self.argon2).map(|_| ())
     }
 

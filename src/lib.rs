@@ -191,6 +191,8 @@ pub struct App {
     pub check: Arc<CheckService>,
     /// Usage recording; `flush` writes what is buffered (tests call it directly).
     pub usage: Arc<UsageRecorder>,
+    /// This replica's quota leases.
+    pub quotas: Arc<service::quota::QuotaLedger>,
     clock: Arc<dyn domain::Clock>,
     tokens: AdminTokens,
     /// TLS material when `[tls]` is configured.
@@ -255,13 +257,18 @@ impl App {
         ));
         let imports = Arc::new(service::imports::ImportRegistry::default());
         imports.refresh(store.as_ref()).await?;
+        let quotas = Arc::new(service::quota::QuotaLedger::new(
+            store.clone(),
+            config.quotas,
+        ));
         let admin = AdminService::new(
             store.clone(),
             hasher.clone(),
             options.clock.clone(),
             broadcast,
         )
-        .with_imports(imports.clone());
+        .with_imports(imports.clone())
+        .with_quotas(quotas.clone());
         let check = Arc::new(CheckService {
             store: store.clone(),
             hasher: hasher.clone(),
@@ -276,6 +283,7 @@ impl App {
                 Some(metrics.guess_throttled.clone()),
             )),
             imports: imports.clone(),
+            quotas: quotas.clone(),
             metrics: metrics.clone(),
         });
         Ok(App {
@@ -290,6 +298,7 @@ impl App {
             admin,
             check,
             usage,
+            quotas,
             clock: options.clock.clone(),
             tokens,
             tls,
@@ -312,6 +321,7 @@ impl App {
             admin,
             check,
             usage,
+            quotas,
             clock,
             tokens,
             tls,
@@ -415,8 +425,10 @@ impl App {
             store.clone(),
             clock.clone(),
             Duration::from_millis(config.usage.flush_ms),
-            flush_stop_rx,
+            flush_stop_rx.clone(),
         ));
+        // Likewise the quota leases: given back once no check can spend them any more.
+        let leases = tokio::spawn(quotas.run(clock.clone(), flush_stop_rx));
         tokio::spawn(service::usage::prune(
             store,
             clock,
@@ -482,6 +494,7 @@ impl App {
         }
         let _ = flush_stop_tx.send(true);
         let _ = flusher.await;
+        let _ = leases.await;
         tracing::info!("keygate stopped");
         Ok(())
     }

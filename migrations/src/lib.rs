@@ -8,6 +8,7 @@ mod m0003_usage;
 mod m0004_admin_roles;
 mod m0005_imports;
 mod m0006_plans;
+mod m0007_quotas;
 
 /// Every migration, oldest first. Never edit one that has shipped: add a new one.
 pub struct Migrator;
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0004_admin_roles::Migration),
             Box::new(m0005_imports::Migration),
             Box::new(m0006_plans::Migration),
+            Box::new(m0007_quotas::Migration),
         ]
     }
 }

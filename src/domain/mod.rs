@@ -5,6 +5,7 @@ pub mod import;
 pub mod ip;
 pub mod key;
 pub mod policy;
+pub mod quota;
 pub mod record;
 pub mod scope;
 pub mod text;

@@ -1,4 +1,5 @@
 //! A tenant's key policy and the rules it imposes when a key is created.
+use super::quota::{self, QuotaSpec};
 use super::{key, scope::ScopeSet, time::UnixMillis};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -159,6 +160,32 @@ pub struct TenantPolicy {
     pub shared_rate_limits: Vec<RateLimitSpec>,
     /// The plan the tenant is on; empty = none. See [`TenantPolicy::under_plan`].
     pub plan_id: String,
+    /// A budget every key of the tenant spends together.
+    pub quota: Option<QuotaSpec>,
+    /// The quota of a key created without one of its own.
+    pub default_key_quota: Option<QuotaSpec>,
+    /// IANA name of the zone quota periods follow; empty = UTC.
+    pub time_zone: String,
+    /// HTTP status of a `QUOTA_EXCEEDED` denial: 429 (default, also for 0), 402 or 403.
+    pub quota_exceeded_status: u16,
+}
+
+/// Statuses a tenant may choose for an exhausted quota.
+pub const QUOTA_STATUSES: [u16; 3] = [429, 402, 403];
+
+/// The quota fields of a tenant policy or a plan, named under `field`.
+fn validate_quotas(
+    field: &str,
+    quota: Option<&QuotaSpec>,
+    default_key_quota: Option<&QuotaSpec>,
+) -> Result<()> {
+    if let Some(q) = quota {
+        q.validate(&format!("{field}.quota"))?;
+    }
+    if let Some(q) = default_key_quota {
+        q.validate(&format!("{field}.default_key_quota"))?;
+    }
+    Ok(())
 }
 
 /// What a plan template sets for every tenant on it.
@@ -173,11 +200,16 @@ pub struct PlanLimits {
     /// Empty = the tenant's own catalogue.
     #[serde(with = "scope_strings")]
     pub scope_catalogue: ScopeSet,
+    /// The tenant-wide quota of tenants on the plan that set none.
+    pub quota: Option<QuotaSpec>,
+    /// The quota of keys with none of their own, when the tenant sets no default either.
+    pub default_key_quota: Option<QuotaSpec>,
 }
 
 impl PlanLimits {
     pub fn validate(&self, field: &str) -> Result<()> {
-        validate_limit_sets(field, &self.default_rate_limits, &self.shared_rate_limits)
+        validate_limit_sets(field, &self.default_rate_limits, &self.shared_rate_limits)?;
+        validate_quotas(field, self.quota.as_ref(), self.default_key_quota.as_ref())
     }
 }
 
@@ -207,7 +239,23 @@ impl TenantPolicy {
         }
         p.shared_rate_limits
             .extend(plan.shared_rate_limits.iter().cloned());
+        p.quota = p.quota.or(plan.quota);
+        p.default_key_quota = p.default_key_quota.or(plan.default_key_quota);
         p
+    }
+
+    /// The quota a key spends: its own, else the tenant's default for keys.
+    pub fn key_quota<'a>(&'a self, own: Option<&'a QuotaSpec>) -> Option<&'a QuotaSpec> {
+        own.or(self.default_key_quota.as_ref())
+    }
+
+    /// The HTTP status of an exhausted quota.
+    pub fn quota_status(&self) -> u16 {
+        if self.quota_exceeded_status == 0 {
+            429
+        } else {
+            self.quota_exceeded_status
+        }
     }
 
     /// The prefix keys actually get.
@@ -259,7 +307,17 @@ impl TenantPolicy {
                 format!("{s} is not in the tenant's scope_catalogue"),
             ));
         }
-        validate_limit_sets(field, &self.default_rate_limits, &self.shared_rate_limits)
+        validate_limit_sets(field, &self.default_rate_limits, &self.shared_rate_limits)?;
+        validate_quotas(field, self.quota.as_ref(), self.default_key_quota.as_ref())?;
+        quota::time_zone(&format!("{field}.time_zone"), &self.time_zone)?;
+        if self.quota_exceeded_status != 0 && !QUOTA_STATUSES.contains(&self.quota_exceeded_status)
+        {
+            return Err(Error::invalid(
+                format!("{field}.quota_exceeded_status"),
+                "must be 429 (the default), 402 or 403",
+            ));
+        }
+        Ok(())
     }
 
     /// The environment a new key gets, checked against the tenant's list.

@@ -47,6 +47,8 @@ pub struct KeyRecord {
     pub ip_allowlist: IpAllowlist,
     /// Empty = the tenant's defaults.
     pub rate_limits: Vec<RateLimitSpec>,
+    /// `None` = the tenant's `default_key_quota`, if any.
+    pub quota: Option<super::quota::QuotaSpec>,
     pub metadata: BTreeMap<String, String>,
     pub enabled: bool,
     pub create_time: UnixMillis,

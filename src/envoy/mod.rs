@@ -145,7 +145,14 @@ fn ratelimit_headers(
     now: UnixMillis,
 ) -> Vec<(&'static str, String)> {
     let Some(rl) = &d.rate_limit else {
-        return vec![];
+        // An exhausted quota that refills: when to come back.
+        return match d.quota.and_then(|q| q.retry_after) {
+            Some(after) if d.reason == Reason::QuotaExceeded => vec![(
+                "retry-after",
+                after.as_millis().div_ceil(1000).max(1).to_string(),
+            )],
+            _ => vec![],
+        };
     };
     let reset = match settings.reset_format {
         ResetFormat::Epoch => (rl.reset.0 + 999) / 1000,
@@ -173,7 +180,20 @@ pub fn deny_body(d: &Decision, format: ErrorFormat) -> String {
             serde_json::json!({ "success": false, "data": null, "message": message })
         }
         ErrorFormat::Default => {
-            let (code, details) = match d.reason.http_status() {
+            let (code, details) = match d.http_status() {
+                _ if d.reason == Reason::QuotaExceeded => {
+                    let q = d.quota.as_ref();
+                    let retry = q
+                        .and_then(|q| q.retry_after)
+                        .map(|a| a.as_millis().div_ceil(1000).max(1));
+                    (
+                        "quota_exceeded",
+                        serde_json::json!({
+                            "quota": q.map(|q| q.exhausted.owner.name()),
+                            "retry_after": retry,
+                        }),
+                    )
+                }
                 429 => {
                     let retry = d
                         .rate_limit
@@ -266,7 +286,9 @@ pub fn respond(
         resp.set_http_response(ok);
     } else {
         let status = match d.reason {
-            Reason::RateLimited => Status::resource_exhausted(d.reason.message()),
+            Reason::RateLimited | Reason::QuotaExceeded => {
+                Status::resource_exhausted(d.reason.message())
+            }
             Reason::InsufficientScope | Reason::IpNotAllowed => {
                 Status::permission_denied(d.reason.message())
             }
@@ -274,11 +296,11 @@ pub fn respond(
         };
         resp.set_status(status);
         let mut denied = DeniedHttpResponseBuilder::new();
-        let code = HttpStatusCode::try_from(i32::from(d.reason.http_status()))
+        let code = HttpStatusCode::try_from(i32::from(d.http_status()))
             .unwrap_or(HttpStatusCode::Forbidden);
         denied.set_http_status(code);
         denied.add_header("content-type", "application/json", None, false);
-        if d.reason.http_status() == 401 {
+        if d.http_status() == 401 {
             denied.add_header("www-authenticate", www_authenticate(settings), None, false);
         }
         for (name, value) in rl {
@@ -381,5 +403,64 @@ mod tests {
             client_ip(Some(&mapped), &HashMap::new(), 0),
             Some("192.0.2.1".parse().unwrap())
         );
+    }
+
+    /// An exhausted quota gets the rate-limit body's shape with its own code, the tenant's
+    /// HTTP status and a Retry-After until the refill.
+    #[test]
+    fn quota_exceeded_answers_in_every_format() {
+        use crate::domain::quota::{QuotaOwner, Window};
+        use crate::service::check::QuotaRefusal;
+        use crate::service::quota::Exhausted;
+        let d = Decision {
+            reason: Reason::QuotaExceeded,
+            key: None,
+            scopes: Default::default(),
+            rate_limit: None,
+            quota: Some(QuotaRefusal {
+                exhausted: Exhausted {
+                    owner: QuotaOwner::Tenant,
+                    limit: 1000,
+                    window: Window {
+                        start: UnixMillis(0),
+                        end: Some(UnixMillis(3_600_000)),
+                    },
+                },
+                http_status: 402,
+                retry_after: Some(std::time::Duration::from_millis(1500)),
+            }),
+        };
+        let body: serde_json::Value =
+            serde_json::from_str(&deny_body(&d, ErrorFormat::Default)).unwrap();
+        assert_eq!(body["code"], "quota_exceeded");
+        assert_eq!(body["message"], "Quota exceeded");
+        assert_eq!(body["details"]["quota"], "tenant");
+        assert_eq!(body["details"]["retry_after"], 2);
+        let nesika: serde_json::Value =
+            serde_json::from_str(&deny_body(&d, ErrorFormat::Nesika)).unwrap();
+        assert_eq!(nesika["success"], false);
+        assert_eq!(nesika["message"], "Quota exceeded");
+        let settings = EnvoyConfig::default().for_route(&HashMap::new()).unwrap();
+        let resp = respond(&d, &settings, &HashMap::new(), UnixMillis(0));
+        let Some(
+            envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse::DeniedResponse(
+                denied,
+            ),
+        ) = resp.http_response
+        else {
+            panic!("a denial carries a denied response");
+        };
+        assert_eq!(denied.status.unwrap().code, 402);
+        let headers: Vec<(String, String)> = denied
+            .headers
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+            .map(|h| (h.key.clone(), h.value.clone()))
+            .collect();
+        assert!(
+            headers.contains(&("retry-after".into(), "2".into())),
+            "{headers:?}"
+        );
+        assert!(!headers.iter().any(|(k, _)| k == "www-authenticate"));
     }
 }

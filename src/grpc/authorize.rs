@@ -63,6 +63,7 @@ fn reason(r: Reason) -> pb::Reason {
         Reason::InsufficientScope => pb::Reason::InsufficientScope,
         Reason::IpNotAllowed => pb::Reason::IpNotAllowed,
         Reason::RateLimited => pb::Reason::RateLimited,
+        Reason::QuotaExceeded => pb::Reason::QuotaExceeded,
     }
 }
 
@@ -75,7 +76,21 @@ pub fn response(d: Decision) -> pb::CheckResponse {
             pb::Decision::Deny
         } as i32,
         reason: reason(d.reason) as i32,
-        http_status: u32::from(d.reason.http_status()),
+        http_status: u32::from(d.http_status()),
+        quota: d.quota.map(|q| {
+            let e = q.exhausted;
+            convert::quota_status(
+                &crate::domain::quota::QuotaStatus {
+                    owner: e.owner,
+                    limit: e.limit,
+                    // Not read from the store on the check path.
+                    used: 0,
+                    remaining: 0,
+                    window: e.window,
+                },
+                q.retry_after,
+            )
+        }),
         message: d.reason.message().to_owned(),
         scopes: d.scopes.to_strings(),
         rate_limit: d.rate_limit.map(|l| pb::RateLimitStatus {

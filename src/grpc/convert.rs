@@ -3,6 +3,7 @@
 use super::pb;
 use crate::domain::import::ImportFormat;
 use crate::domain::policy::{ExpiryPolicy, ExpiryRequest, RateLimitSpec};
+use crate::domain::quota::{QuotaPeriod, QuotaSpec, QuotaStatus};
 use crate::domain::usage::{Counts, Granularity, Report};
 use crate::domain::{IpAllowlist, KeyRecord, KeyState, ScopeSet, Tenant, TenantPolicy, UnixMillis};
 use crate::domain::{Plan, PlanLimits};
@@ -69,6 +70,61 @@ pub fn rate_limits_from(field: &str, raw: &[pb::RateLimit]) -> Result<Vec<RateLi
         .collect()
 }
 
+/// A quota from the wire; `field` names it in errors.
+pub fn quota_from(field: &str, q: Option<&pb::Quota>) -> Result<Option<QuotaSpec>> {
+    let Some(q) = q else { return Ok(None) };
+    let period = match pb::QuotaPeriod::try_from(q.period) {
+        Ok(pb::QuotaPeriod::Day) => QuotaPeriod::Day,
+        Ok(pb::QuotaPeriod::Week) => QuotaPeriod::Week,
+        Ok(pb::QuotaPeriod::Month) => QuotaPeriod::Month,
+        Ok(pb::QuotaPeriod::Never) => QuotaPeriod::Never,
+        _ => {
+            return Err(Error::invalid(
+                format!("{field}.period"),
+                "is required: QUOTA_PERIOD_DAY, _WEEK, _MONTH or _NEVER (prepaid credits)",
+            ))
+        }
+    };
+    let spec = QuotaSpec {
+        limit: q.limit,
+        period,
+        refill_anchor: q
+            .refill_anchor
+            .as_ref()
+            .map(|t| from_timestamp(&format!("{field}.refill_anchor"), t))
+            .transpose()?,
+    };
+    spec.validate(field)?;
+    Ok(Some(spec))
+}
+
+pub fn quota(q: &QuotaSpec) -> pb::Quota {
+    pb::Quota {
+        limit: q.limit,
+        period: match q.period {
+            QuotaPeriod::Day => pb::QuotaPeriod::Day,
+            QuotaPeriod::Week => pb::QuotaPeriod::Week,
+            QuotaPeriod::Month => pb::QuotaPeriod::Month,
+            QuotaPeriod::Never => pb::QuotaPeriod::Never,
+        } as i32,
+        refill_anchor: q.refill_anchor.map(timestamp),
+    }
+}
+
+/// A quota's figures; `retry_after` only for a refusal.
+pub fn quota_status(s: &QuotaStatus, retry_after: Option<Duration>) -> pb::QuotaStatus {
+    let periodic = s.window.end.is_some();
+    pb::QuotaStatus {
+        name: s.owner.name().to_owned(),
+        limit: s.limit,
+        used: s.used,
+        remaining: s.remaining,
+        period_start: periodic.then(|| timestamp(s.window.start)),
+        reset_time: s.window.end.map(timestamp),
+        retry_after: retry_after.map(duration),
+    }
+}
+
 pub fn policy_from(p: Option<pb::TenantPolicy>) -> Result<TenantPolicy> {
     let p = p.unwrap_or_default();
     const F: &str = "tenant.policy";
@@ -104,6 +160,18 @@ pub fn policy_from(p: Option<pb::TenantPolicy>) -> Result<TenantPolicy> {
             &p.shared_rate_limits,
         )?,
         plan_id: p.plan_id,
+        quota: quota_from(&format!("{F}.quota"), p.quota.as_ref())?,
+        default_key_quota: quota_from(
+            &format!("{F}.default_key_quota"),
+            p.default_key_quota.as_ref(),
+        )?,
+        time_zone: p.time_zone,
+        quota_exceeded_status: u16::try_from(p.quota_exceeded_status).map_err(|_| {
+            Error::invalid(
+                format!("{F}.quota_exceeded_status"),
+                "must be 429 (the default), 402 or 403",
+            )
+        })?,
     })
 }
 
@@ -116,6 +184,8 @@ pub fn plan_from(p: pb::Plan) -> Result<Plan> {
             )?,
             shared_rate_limits: rate_limits_from("plan.shared_rate_limits", &p.shared_rate_limits)?,
             scope_catalogue: ScopeSet::parse("plan.scope_catalogue", &p.scope_catalogue)?,
+            quota: quota_from("plan.quota", p.quota.as_ref())?,
+            default_key_quota: quota_from("plan.default_key_quota", p.default_key_quota.as_ref())?,
         },
         id: p.id,
         display_name: p.display_name,
@@ -136,12 +206,14 @@ pub fn plan(p: Plan) -> pb::Plan {
             .collect(),
         shared_rate_limits: p.limits.shared_rate_limits.iter().map(rate_limit).collect(),
         scope_catalogue: p.limits.scope_catalogue.to_strings(),
+        quota: p.limits.quota.as_ref().map(quota),
+        default_key_quota: p.limits.default_key_quota.as_ref().map(quota),
         create_time: Some(timestamp(p.create_time)),
         update_time: Some(timestamp(p.update_time)),
     }
 }
 
-pub fn tenant(t: Tenant) -> pb::Tenant {
+pub fn tenant(t: Tenant, quota_now: Option<&QuotaStatus>) -> pb::Tenant {
     let p = t.policy;
     pb::Tenant {
         id: t.id,
@@ -160,9 +232,14 @@ pub fn tenant(t: Tenant) -> pb::Tenant {
             scopes_from_method: p.scopes_from_method,
             shared_rate_limits: p.shared_rate_limits.iter().map(rate_limit).collect(),
             plan_id: p.plan_id,
+            quota: p.quota.as_ref().map(quota),
+            default_key_quota: p.default_key_quota.as_ref().map(quota),
+            time_zone: p.time_zone,
+            quota_exceeded_status: u32::from(p.quota_exceeded_status),
         }),
         create_time: Some(timestamp(t.create_time)),
         update_time: Some(timestamp(t.update_time)),
+        quota_status: quota_now.map(|s| quota_status(s, None)),
     }
 }
 
@@ -178,8 +255,15 @@ fn state(s: KeyState) -> pb::KeyState {
 /// The wire form of a key at `now` (state is computed). Carries no secret and no hash:
 /// the record has neither.
 /// A key as the API shows it; `uses_today` comes from the usage tables.
-pub fn key(k: KeyRecord, now: UnixMillis, uses_today: u64) -> pb::Key {
+pub fn key(
+    k: KeyRecord,
+    now: UnixMillis,
+    uses_today: u64,
+    quota_now: Option<&QuotaStatus>,
+) -> pb::Key {
     pb::Key {
+        quota: k.quota.as_ref().map(quota),
+        quota_status: quota_now.map(|s| quota_status(s, None)),
         use_count: k.use_count,
         uses_today,
         state: state(k.state(now)) as i32,
@@ -218,6 +302,7 @@ pub fn create_key(r: pb::CreateKeyRequest) -> Result<CreateKey> {
         ip_allowlist: IpAllowlist::parse("ip_allowlist", &r.ip_allowlist)?,
         rate_limits: rate_limits_from("rate_limits", &r.rate_limits)?,
         metadata: r.metadata.into_iter().collect(),
+        quota: quota_from("quota", r.quota.as_ref())?,
         tenant_id: r.tenant_id,
         name: r.name,
         environment: r.environment,
@@ -247,10 +332,11 @@ pub fn key_patch(r: pb::UpdateKeyRequest) -> Result<(String, KeyPatch)> {
             "rate_limits" => patch.rate_limits = Some(rate_limits_from("key.rate_limits", &k.rate_limits)?),
             "metadata" => patch.metadata = Some(k.metadata.clone().into_iter().collect()),
             "enabled" => patch.enabled = Some(k.enabled),
+            "quota" => patch.quota = Some(quota_from("key.quota", k.quota.as_ref())?),
             other => {
                 return Err(Error::invalid(
                     "update_mask.paths",
-                    format!("{other:?} cannot be updated; allowed: name, scopes, ip_allowlist, rate_limits, metadata, enabled"),
+                    format!("{other:?} cannot be updated; allowed: name, scopes, ip_allowlist, rate_limits, metadata, enabled, quota"),
                 ))
             }
         }

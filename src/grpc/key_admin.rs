@@ -18,11 +18,36 @@ impl KeyAdminApi {
         KeyAdminApi { svc, metrics }
     }
 
-    /// A key with its count of today's uses.
+    /// A key with its count of today's uses and its quota's figures.
     async fn key_out(&self, key: crate::domain::KeyRecord) -> Result<pb::Key, crate::error::Error> {
-        let today = self.svc.uses_today(std::slice::from_ref(&key)).await?;
-        let n = today.get(&key.id).copied().unwrap_or(0);
-        Ok(convert::key(key, self.svc.now(), n))
+        Ok(self.keys_out(vec![key]).await?.remove(0))
+    }
+
+    /// Keys with their counts of today's uses and quota figures: two queries in all.
+    async fn keys_out(
+        &self,
+        keys: Vec<crate::domain::KeyRecord>,
+    ) -> Result<Vec<pb::Key>, crate::error::Error> {
+        let today = self.svc.uses_today(&keys).await?;
+        let quotas = self.svc.key_quotas(&keys).await?;
+        let now = self.svc.now();
+        Ok(keys
+            .into_iter()
+            .map(|k| {
+                let n = today.get(&k.id).copied().unwrap_or(0);
+                let q = quotas.get(&k.id);
+                convert::key(k, now, n, q)
+            })
+            .collect())
+    }
+
+    /// A tenant with its tenant-wide quota's figures.
+    async fn tenant_out(
+        &self,
+        tenant: crate::domain::Tenant,
+    ) -> Result<pb::Tenant, crate::error::Error> {
+        let q = self.svc.tenant_quota(&tenant).await?;
+        Ok(convert::tenant(tenant, q.as_ref()))
     }
 
     /// Records the call's outcome (metrics by RPC and code) and passes it on.
@@ -77,7 +102,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
                 .svc
                 .upsert_tenant(t.id, t.display_name, policy, &caller)
                 .await?;
-            Ok(Response::new(convert::tenant(tenant)))
+            Ok(Response::new(self.tenant_out(tenant).await?))
         }
         .await;
         self.done("UpsertTenant", reply)
@@ -92,7 +117,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
                 .svc
                 .get_tenant(&req.into_inner().tenant_id, &caller)
                 .await?;
-            Ok(Response::new(convert::tenant(tenant)))
+            Ok(Response::new(self.tenant_out(tenant).await?))
         }
         .await;
         self.done("GetTenant", reply)
@@ -118,7 +143,10 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
                 )
                 .await?;
             Ok(Response::new(pb::ListTenantsResponse {
-                tenants: tenants.into_iter().map(convert::tenant).collect(),
+                tenants: tenants
+                    .into_iter()
+                    .map(|t| convert::tenant(t, None))
+                    .collect(),
                 next_page_token,
             }))
         }
@@ -135,11 +163,10 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
             tracing::Span::current().record("tenant_id", input.tenant_id.as_str());
             let issued = self.svc.create_key(input, &caller).await?;
             tracing::Span::current().record("key_id", issued.key.id.as_str());
-            let now = self.svc.now();
             // The only place a secret is put on the wire: once, in this response.
             let secret = secrecy::ExposeSecret::expose_secret(&issued.secret).to_owned();
             Ok(Response::new(pb::CreateKeyResponse {
-                key: Some(convert::key(issued.key, now, 0)),
+                key: Some(self.key_out(issued.key).await?),
                 secret,
             }))
         }
@@ -179,16 +206,8 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
                     r.include_expired,
                 )
                 .await?;
-            let today = self.svc.uses_today(&keys).await?;
-            let now = self.svc.now();
             Ok(Response::new(pb::ListKeysResponse {
-                keys: keys
-                    .into_iter()
-                    .map(|k| {
-                        let n = today.get(&k.id).copied().unwrap_or(0);
-                        convert::key(k, now, n)
-                    })
-                    .collect(),
+                keys: self.keys_out(keys).await?,
                 next_page_token,
             }))
         }
@@ -236,10 +255,9 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
                 None => Duration::ZERO,
             };
             let (issued, old) = self.svc.rotate_key(&r.key_id, grace, &caller).await?;
-            let now = self.svc.now();
             let secret = secrecy::ExposeSecret::expose_secret(&issued.secret).to_owned();
             Ok(Response::new(pb::RotateKeyResponse {
-                key: Some(convert::key(issued.key, now, 0)),
+                key: Some(self.key_out(issued.key).await?),
                 secret,
                 previous_key: Some(self.key_out(old).await?),
             }))
@@ -353,12 +371,8 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
                 .svc
                 .import_keys(&caller, &r.tenant_id, rule, keys)
                 .await?;
-            let now = self.svc.now();
             Ok(Response::new(pb::ImportKeysResponse {
-                keys: imported
-                    .into_iter()
-                    .map(|k| convert::key(k, now, 0))
-                    .collect(),
+                keys: self.keys_out(imported).await?,
             }))
         }
         .await;
@@ -397,5 +411,53 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
         }
         .await;
         self.done("ListPlans", reply)
+    }
+
+    #[tracing::instrument(skip_all, fields(tenant_id, key_id))]
+    async fn adjust_quota(&self, req: Request<pb::AdjustQuotaRequest>) -> Reply<pb::QuotaStatus> {
+        use crate::domain::quota::QuotaChange;
+        use crate::service::admin::QuotaTarget;
+        use pb::adjust_quota_request::{Change, Target};
+        let caller = caller(&req);
+        let reply: Reply<pb::QuotaStatus> = async {
+            let caller = caller?;
+            let r = req.into_inner();
+            let target = match r.target {
+                Some(Target::KeyId(id)) => {
+                    tracing::Span::current().record("key_id", id.as_str());
+                    QuotaTarget::Key(id)
+                }
+                Some(Target::TenantId(id)) => {
+                    tracing::Span::current().record("tenant_id", id.as_str());
+                    QuotaTarget::Tenant(id)
+                }
+                None => {
+                    return Err(Status::invalid_argument(
+                        "target: is required: key_id or tenant_id",
+                    ))
+                }
+            };
+            let change = match r.change {
+                Some(Change::Delta(0)) => {
+                    return Err(Status::invalid_argument(
+                        "delta: must not be 0 (a top-up is positive, a deduction negative)",
+                    ))
+                }
+                Some(Change::Delta(d)) => QuotaChange::Add(d),
+                Some(Change::SetRemaining(n)) => QuotaChange::SetRemaining(n),
+                None => {
+                    return Err(Status::invalid_argument(
+                        "change: is required: delta or set_remaining",
+                    ))
+                }
+            };
+            let status = self
+                .svc
+                .adjust_quota(target, change, &r.reason, &caller)
+                .await?;
+            Ok(Response::new(convert::quota_status(&status, None)))
+        }
+        .await;
+        self.done("AdjustQuota", reply)
     }
 }

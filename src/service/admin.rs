@@ -5,6 +5,7 @@ use crate::domain::access::{self, Need};
 use crate::domain::import::{self, ImportFormat, ImportRule};
 use crate::domain::key::{self, ApiKeyFormat};
 use crate::domain::policy::{validate_rate_limits, ExpiryRequest, RateLimitSpec};
+use crate::domain::quota::{self, QuotaChange, QuotaOwner, QuotaSpec, QuotaStatus};
 use crate::domain::usage::{day_of, report_range, Granularity, Report, StoredCount};
 use crate::domain::{
     text, Clock, IpAllowlist, KeyRecord, NewKey, Plan, ScopeSet, Tenant, TenantPolicy, UnixMillis,
@@ -50,6 +51,8 @@ pub struct CreateKey {
     pub ip_allowlist: IpAllowlist,
     pub rate_limits: Vec<RateLimitSpec>,
     pub metadata: BTreeMap<String, String>,
+    /// `None` = the tenant's `default_key_quota`.
+    pub quota: Option<QuotaSpec>,
 }
 
 /// A new key and its secret, which exists nowhere else.
@@ -67,6 +70,15 @@ pub struct KeyPatch {
     pub rate_limits: Option<Vec<RateLimitSpec>>,
     pub metadata: Option<BTreeMap<String, String>>,
     pub enabled: Option<bool>,
+    /// `Some(None)` removes the key's own quota (the tenant's default applies).
+    pub quota: Option<Option<QuotaSpec>>,
+}
+
+/// Whose quota `AdjustQuota` changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QuotaTarget {
+    Key(String),
+    Tenant(String),
 }
 
 /// A page request: size 0 = default; token as returned by the previous page.
@@ -85,6 +97,8 @@ pub struct AdminService {
     listener: Listener,
     /// The check path's imported prefixes, refreshed after an import.
     imports: Option<Arc<super::imports::ImportRegistry>>,
+    /// This replica's quota leases (units it holds count as remaining).
+    quotas: Option<Arc<super::quota::QuotaLedger>>,
 }
 
 fn page_size(size: u32) -> Result<u64> {
@@ -119,7 +133,14 @@ impl AdminService {
             clock,
             listener,
             imports: None,
+            quotas: None,
         }
+    }
+
+    /// Reports and top-ups see this replica's leases.
+    pub fn with_quotas(mut self, quotas: Arc<super::quota::QuotaLedger>) -> Self {
+        self.quotas = Some(quotas);
+        self
     }
 
     /// Tells the check path's registry about new imported prefixes at once.
@@ -351,6 +372,9 @@ impl AdminService {
         text::validate_name("name", &req.name)?;
         text::validate_metadata("metadata", &req.metadata)?;
         validate_rate_limits("rate_limits", &req.rate_limits)?;
+        if let Some(q) = &req.quota {
+            q.validate("quota")?;
+        }
         caller.principal.may(Need::Write, &req.tenant_id)?;
         let tenant = self.tenant(&req.tenant_id).await?;
         let policy = &tenant.policy;
@@ -370,6 +394,7 @@ impl AdminService {
             scopes,
             ip_allowlist: req.ip_allowlist,
             rate_limits: req.rate_limits,
+            quota: req.quota,
             metadata: req.metadata,
             enabled: true,
             create_time: now,
@@ -476,6 +501,7 @@ impl AdminService {
                 scopes: tenant.policy.scopes_for_new_key(k.scopes)?,
                 ip_allowlist: k.ip_allowlist,
                 rate_limits: k.rate_limits,
+                quota: None,
                 metadata: k.metadata,
                 enabled: true,
                 create_time: now,
@@ -683,6 +709,7 @@ impl AdminService {
             ("rate_limits", patch.rate_limits.is_some()),
             ("metadata", patch.metadata.is_some()),
             ("enabled", patch.enabled.is_some()),
+            ("quota", patch.quota.is_some()),
         ]
         .iter()
         .filter(|(_, set)| *set)
@@ -720,6 +747,12 @@ impl AdminService {
         }
         if let Some(enabled) = patch.enabled {
             key.enabled = enabled;
+        }
+        if let Some(q) = patch.quota {
+            if let Some(q) = &q {
+                q.validate("key.quota")?;
+            }
+            key.quota = q;
         }
         key.update_time = now;
         let audit = self.event(
@@ -759,6 +792,235 @@ impl AdminService {
 
     /// A new secret for the key: a successor key with the same settings and the same
     /// absolute expiry; the old secret works for `grace` more, then is revoked.
+    /// The policy checks apply to `tenant`: its own, under its plan.
+    async fn effective_policy(&self, tenant: &Tenant) -> Result<TenantPolicy> {
+        if tenant.policy.plan_id.is_empty() {
+            return Ok(tenant.policy.clone());
+        }
+        Ok(match self.store.get_plan(&tenant.policy.plan_id).await? {
+            Some(plan) => tenant.policy.under_plan(&plan.limits),
+            None => tenant.policy.clone(),
+        })
+    }
+
+    /// Figures of quotas in their current periods: one query for all of them. Units this
+    /// replica holds in a lease count as remaining.
+    async fn quota_statuses(
+        &self,
+        wanted: Vec<(QuotaOwner, String, QuotaSpec, jiff::tz::TimeZone)>,
+    ) -> Result<HashMap<String, QuotaStatus>> {
+        let now = self.now();
+        let mut cells = Vec::with_capacity(wanted.len());
+        for (owner, id, spec, tz) in &wanted {
+            cells.push((owner.subject(id), spec.window(now, tz)?));
+        }
+        let stored = self
+            .store
+            .quota_counters(
+                &cells
+                    .iter()
+                    .map(|(s, w)| (s.clone(), w.start))
+                    .collect::<Vec<_>>(),
+            )
+            .await?;
+        let mut out = HashMap::with_capacity(wanted.len());
+        for ((owner, id, spec, _), (subject, window)) in wanted.into_iter().zip(cells) {
+            let mut counter = stored
+                .get(&(subject.clone(), window.start))
+                .copied()
+                .unwrap_or_default();
+            if let Some(ledger) = &self.quotas {
+                let held = ledger.held(&subject, window.start).await;
+                counter.used = counter.used.saturating_sub(held);
+            }
+            out.insert(id, QuotaStatus::new(owner, &spec, window, counter));
+        }
+        Ok(out)
+    }
+
+    /// Each key's quota figures (keys without a quota absent). `keys` share one tenant
+    /// when listed; any mix works.
+    pub async fn key_quotas(&self, keys: &[KeyRecord]) -> Result<HashMap<String, QuotaStatus>> {
+        let mut policies: HashMap<String, TenantPolicy> = HashMap::new();
+        let mut wanted = Vec::new();
+        for k in keys {
+            if !policies.contains_key(&k.tenant_id) {
+                let tenant = self.tenant(&k.tenant_id).await?;
+                policies.insert(k.tenant_id.clone(), self.effective_policy(&tenant).await?);
+            }
+            let policy = &policies[&k.tenant_id];
+            if let Some(spec) = policy.key_quota(k.quota.as_ref()) {
+                let tz = quota::time_zone("tenant.policy.time_zone", &policy.time_zone)?;
+                wanted.push((QuotaOwner::Key, k.id.clone(), *spec, tz));
+            }
+        }
+        self.quota_statuses(wanted).await
+    }
+
+    /// The tenant-wide quota's figures, if the tenant (or its plan) has one.
+    pub async fn tenant_quota(&self, tenant: &Tenant) -> Result<Option<QuotaStatus>> {
+        let policy = self.effective_policy(tenant).await?;
+        let Some(spec) = policy.quota else {
+            return Ok(None);
+        };
+        let tz = quota::time_zone("tenant.policy.time_zone", &policy.time_zone)?;
+        let mut all = self
+            .quota_statuses(vec![(QuotaOwner::Tenant, tenant.id.clone(), spec, tz)])
+            .await?;
+        Ok(all.remove(&tenant.id))
+    }
+
+    /// Tops up or resets a key's or a tenant's quota for its current period, audited.
+    /// A key's quota is the tenant admins' to manage; a tenant's quota (what the tenant
+    /// pays for) only platform admins may change.
+    pub async fn adjust_quota(
+        &self,
+        target: QuotaTarget,
+        change: QuotaChange,
+        reason: &str,
+        caller: &Caller,
+    ) -> Result<QuotaStatus> {
+        if reason.trim().is_empty() {
+            return Err(Error::invalid(
+                "reason",
+                "is required: say why the quota changes (kept in the audit trail)",
+            ));
+        }
+        text::validate_text("reason", reason, MAX_REASON_CHARS)?;
+        let (owner, id, tenant, spec, key_id) = match &target {
+            QuotaTarget::Key(id) => {
+                let key = self.key_for(id, caller, Need::Write).await?;
+                let tenant = self.tenant(&key.tenant_id).await?;
+                let policy = self.effective_policy(&tenant).await?;
+                let spec = policy
+                    .key_quota(key.quota.as_ref())
+                    .copied()
+                    .ok_or_else(|| {
+                        Error::precondition(
+                            "key.quota",
+                            "the key has no quota (neither its own nor a tenant default_key_quota)",
+                        )
+                    })?;
+                (QuotaOwner::Key, key.id.clone(), tenant, spec, key.id)
+            }
+            QuotaTarget::Tenant(id) => {
+                text::validate_tenant_id("tenant_id", id)?;
+                caller.principal.may(Need::Platform, id)?;
+                let tenant = self.tenant(id).await?;
+                let spec = self.effective_policy(&tenant).await?.quota.ok_or_else(|| {
+                    Error::precondition(
+                        "tenant.policy.quota",
+                        "the tenant has no quota (neither its own nor its plan's)",
+                    )
+                })?;
+                (
+                    QuotaOwner::Tenant,
+                    tenant.id.clone(),
+                    tenant,
+                    spec,
+                    String::new(),
+                )
+            }
+        };
+        let change_text = match change {
+            QuotaChange::Add(d) => format!("delta {d:+}"),
+            QuotaChange::SetRemaining(n) => format!("set remaining {n}"),
+        };
+        let audit = self.event(
+            caller,
+            "adjust_quota",
+            &tenant.id,
+            &key_id,
+            vec!["quota".into()],
+            format!(
+                "{} quota: {change_text}; reason: {}",
+                owner.name(),
+                reason.trim()
+            ),
+        );
+        self.adjust(&tenant, owner, &id, &spec, change, audit).await
+    }
+
+    /// Applies `change` to the current period of `owner`/`id`'s quota.
+    async fn adjust(
+        &self,
+        tenant: &Tenant,
+        owner: QuotaOwner,
+        id: &str,
+        spec: &QuotaSpec,
+        change: QuotaChange,
+        audit: AuditEvent,
+    ) -> Result<QuotaStatus> {
+        let policy = self.effective_policy(tenant).await?;
+        let tz = quota::time_zone("tenant.policy.time_zone", &policy.time_zone)?;
+        let now = self.now();
+        let window = spec.window(now, &tz)?;
+        let subject = owner.subject(id);
+        // Units this replica holds are not in the database's remaining: a set counts them.
+        let held = match &self.quotas {
+            Some(l) => l.held(&subject, window.start).await,
+            None => 0,
+        };
+        let change = match change {
+            QuotaChange::SetRemaining(n) => QuotaChange::SetRemaining(n.saturating_sub(held)),
+            add => add,
+        };
+        let mut counter = self
+            .store
+            .adjust_quota(&subject, window.start, spec.limit, change, now, audit)
+            .await?;
+        if let Some(l) = &self.quotas {
+            l.forget(&subject).await;
+        }
+        counter.used = counter.used.saturating_sub(held);
+        tracing::info!(subject = %subject, "quota adjusted");
+        Ok(QuotaStatus::new(owner, spec, window, counter))
+    }
+
+    /// A rotated key's successor takes over what is left of the old key's quota, so a
+    /// rotation is no way to refill it.
+    async fn carry_quota(
+        &self,
+        tenant: &Tenant,
+        old: &KeyRecord,
+        new: &KeyRecord,
+        caller: &Caller,
+    ) -> Result<()> {
+        let policy = self.effective_policy(tenant).await?;
+        let Some(spec) = policy.key_quota(old.quota.as_ref()).copied() else {
+            return Ok(());
+        };
+        let left = self
+            .key_quotas(std::slice::from_ref(old))
+            .await?
+            .remove(&old.id)
+            .map_or(spec.limit, |s| s.remaining);
+        if left == spec.limit {
+            return Ok(());
+        }
+        let audit = self.event(
+            caller,
+            "adjust_quota",
+            &tenant.id,
+            &new.id,
+            vec!["quota".into()],
+            format!(
+                "key quota: set remaining {left}; reason: carried over from {} on rotation",
+                old.id
+            ),
+        );
+        self.adjust(
+            tenant,
+            QuotaOwner::Key,
+            &new.id,
+            &spec,
+            QuotaChange::SetRemaining(left),
+            audit,
+        )
+        .await?;
+        Ok(())
+    }
+
     pub async fn rotate_key(
         &self,
         id: &str,
@@ -815,6 +1077,7 @@ impl AdminService {
             .rotate_key(&old.id, now.plus(grace), new, audit)
             .await?;
         self.listener.key_changed(&old.id, &old.lookup_id);
+        self.carry_quota(&tenant, &old, &key, caller).await?;
         tracing::info!(key_id = %old.id, successor = %key.id, tenant_id = %key.tenant_id, "key rotated");
         Ok((Issued { key, secret }, old))
     }

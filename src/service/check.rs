@@ -2,11 +2,13 @@
 //! call [`CheckService::check`]; neither decides anything itself.
 //!
 //! Order (first failure wins): credential → format → key exists → revoked / disabled /
-//! expired → tenant → IP → scope → rate limit.
+//! expired → tenant → IP → scope → quota → rate limit.
 use super::guessing::GuessThrottle;
+use super::quota::{Exhausted, QuotaLedger, QuotaUse};
 use super::usage::{UsageRecorder, Use};
 use crate::cache::{self, KeyCache, Loaded, Resolved};
 use crate::domain::key;
+use crate::domain::quota::QuotaOwner;
 use crate::domain::{Clock, KeyRecord, Scope, ScopeSet, Tenant};
 use crate::error::{Error, Result};
 use crate::hashing::SecretHasher;
@@ -49,6 +51,7 @@ pub enum Reason {
     TenantMismatch,
     InsufficientScope,
     IpNotAllowed,
+    QuotaExceeded,
     RateLimited,
 }
 
@@ -58,7 +61,7 @@ impl Reason {
         match self {
             Reason::Ok => 200,
             Reason::InsufficientScope | Reason::IpNotAllowed => 403,
-            Reason::RateLimited => 429,
+            Reason::RateLimited | Reason::QuotaExceeded => 429,
             _ => 401,
         }
     }
@@ -77,6 +80,7 @@ impl Reason {
             Reason::InsufficientScope => "INSUFFICIENT_SCOPE",
             Reason::IpNotAllowed => "IP_NOT_ALLOWED",
             Reason::RateLimited => "RATE_LIMITED",
+            Reason::QuotaExceeded => "QUOTA_EXCEEDED",
         }
     }
 
@@ -96,6 +100,7 @@ impl Reason {
                 "Requests from this IP address are not allowed for this API key"
             }
             Reason::RateLimited => "Rate limit exceeded",
+            Reason::QuotaExceeded => "Quota exceeded",
         }
     }
 }
@@ -109,11 +114,32 @@ pub struct Decision {
     /// The key's effective scopes under its tenant's current catalogue.
     pub scopes: ScopeSet,
     pub rate_limit: Option<LimitStatus>,
+    /// Set when `QUOTA_EXCEEDED`: the quota that refused.
+    pub quota: Option<QuotaRefusal>,
+}
+
+/// An exhausted quota, as a denial reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct QuotaRefusal {
+    pub exhausted: Exhausted,
+    /// The tenant's choice: 429, 402 or 403.
+    pub http_status: u16,
+    /// Until the period refills; `None` for prepaid credits.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl Decision {
     pub fn allowed(&self) -> bool {
         self.reason == Reason::Ok
+    }
+
+    /// What a gateway should answer: the reason's status, or the tenant's choice for an
+    /// exhausted quota.
+    pub fn http_status(&self) -> u16 {
+        match (&self.quota, self.reason) {
+            (Some(q), Reason::QuotaExceeded) => q.http_status,
+            _ => self.reason.http_status(),
+        }
     }
 
     fn deny(reason: Reason) -> Self {
@@ -122,6 +148,7 @@ impl Decision {
             key: None,
             scopes: ScopeSet::default(),
             rate_limit: None,
+            quota: None,
         }
     }
 }
@@ -149,6 +176,8 @@ pub struct CheckService {
     pub guesses: Arc<GuessThrottle>,
     /// Prefixes of keys imported from other systems.
     pub imports: Arc<super::imports::ImportRegistry>,
+    /// This replica's quota leases.
+    pub quotas: Arc<QuotaLedger>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -245,6 +274,7 @@ impl CheckService {
             key: Some(key.clone()),
             scopes,
             rate_limit: None,
+            quota: None,
         };
 
         let reason = if record.is_revoked(now) {
@@ -263,6 +293,12 @@ impl CheckService {
             Reason::IpNotAllowed
         } else if !self.scopes_suffice(input, policy.scopes_from_method, &decision.scopes) {
             Reason::InsufficientScope
+        } else if let Some(refusal) = self
+            .spend_quotas(record, policy, input.cost.max(1), input.dry_run, now)
+            .await?
+        {
+            decision.quota = Some(refusal);
+            Reason::QuotaExceeded
         } else {
             // The key's own limits and its tenant's shared ones, in one atomic step.
             // No allocation unless the tenant has shared limits.
@@ -297,6 +333,11 @@ impl CheckService {
             if outcome.allowed {
                 Reason::Ok
             } else {
+                // Refused after the quotas were spent: they get the units back.
+                if !input.dry_run {
+                    self.refund_quotas(record, policy, input.cost.max(1), now)
+                        .await;
+                }
                 Reason::RateLimited
             }
         };
@@ -320,6 +361,74 @@ impl CheckService {
             });
         }
         Ok(decision)
+    }
+
+    /// The quotas a call of `record` spends: the key's (its own, else the tenant's default
+    /// for keys) and the tenant's. Empty for most keys, without allocating.
+    fn quota_uses<'a>(
+        record: &'a KeyRecord,
+        policy: &'a crate::domain::TenantPolicy,
+    ) -> Vec<QuotaUse<'a>> {
+        let key = policy.key_quota(record.quota.as_ref());
+        if key.is_none() && policy.quota.is_none() {
+            return Vec::new();
+        }
+        let mut uses = Vec::with_capacity(2);
+        if let Some(spec) = key {
+            uses.push(QuotaUse {
+                owner: QuotaOwner::Key,
+                id: &record.id,
+                spec,
+                time_zone: &policy.time_zone,
+            });
+        }
+        if let Some(spec) = &policy.quota {
+            uses.push(QuotaUse {
+                owner: QuotaOwner::Tenant,
+                id: &record.tenant_id,
+                spec,
+                time_zone: &policy.time_zone,
+            });
+        }
+        uses
+    }
+
+    /// Spends `cost` on the call's quotas, all or none; the refusal if one had no room.
+    async fn spend_quotas(
+        &self,
+        record: &KeyRecord,
+        policy: &crate::domain::TenantPolicy,
+        cost: u64,
+        dry_run: bool,
+        now: crate::domain::UnixMillis,
+    ) -> Result<Option<QuotaRefusal>> {
+        let uses = Self::quota_uses(record, policy);
+        if uses.is_empty() {
+            return Ok(None);
+        }
+        let refused = self
+            .quotas
+            .spend(&uses, cost, dry_run, now)
+            .instrument(crate::child_span!("quota.spend"))
+            .await?;
+        Ok(refused.map(|exhausted| QuotaRefusal {
+            exhausted,
+            http_status: policy.quota_status(),
+            retry_after: exhausted.window.end.map(|end| now.until(end)),
+        }))
+    }
+
+    async fn refund_quotas(
+        &self,
+        record: &KeyRecord,
+        policy: &crate::domain::TenantPolicy,
+        cost: u64,
+        now: crate::domain::UnixMillis,
+    ) {
+        let uses = Self::quota_uses(record, policy);
+        if !uses.is_empty() {
+            self.quotas.refund(&uses, cost, now).await;
+        }
     }
 
     fn scopes_suffice(&self, input: &CheckInput, from_method: bool, granted: &ScopeSet) -> bool {

@@ -51,6 +51,8 @@ pub mod api_keys {
         pub revoke_time: Option<i64>,
         pub revoke_reason: Option<String>,
         pub rotated_from: Option<String>,
+        /// The key's own `QuotaSpec` as JSON; unset = the tenant's default.
+        pub quota: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -8,6 +8,7 @@ pub use db::{connect, migrate, pending_migrations, Backend};
 pub use sea::SeaStore;
 
 use crate::domain::import::ImportRule;
+use crate::domain::quota::{QuotaChange, QuotaCounter};
 use crate::domain::{AuditEvent, KeyRecord, NewKey, Plan, Tenant, UnixMillis};
 use crate::error::Result;
 use std::collections::HashMap;
@@ -112,6 +113,22 @@ pub struct UsageRow {
     pub cost: u64,
 }
 
+/// A request for units of one quota period, made when a replica's lease runs dry.
+#[derive(Debug, Clone)]
+pub struct QuotaClaim {
+    /// `key:<id>` or `tenant:<id>`.
+    pub subject: String,
+    pub period_start: UnixMillis,
+    /// The quota's limit for the period (top-ups come on top).
+    pub limit: u64,
+    /// Units the call at hand needs: less than this remaining, nothing is claimed.
+    pub need: u64,
+    /// Units the replica would like to hold; it gets at most an eighth of what remains
+    /// (but at least `need`), so replicas share the last units of a period.
+    pub want: u64,
+    pub now: UnixMillis,
+}
+
 /// Everything Keygate persists about tenants, keys and admin tokens.
 ///
 /// Every write that changes a tenant or a key takes the `audit` event describing it and
@@ -201,6 +218,36 @@ pub trait KeyStore: Send + Sync + 'static {
     /// `days_before`; returns the rows deleted.
     async fn prune_usage(&self, minutes_before: UnixMillis, days_before: UnixMillis)
         -> Result<u64>;
+
+    /// Hands out units of a quota period in one atomic step: `0` when fewer than
+    /// `claim.need` remain, else the units now counted as used (see [`QuotaClaim`]). The
+    /// counter row is created on first use. Across replicas the counter never passes the
+    /// limit plus top-ups.
+    async fn claim_quota(&self, claim: &QuotaClaim) -> Result<u64>;
+    /// Gives back units claimed and not spent (a replica shutting down or going idle).
+    async fn release_quota(
+        &self,
+        subject: &str,
+        period_start: UnixMillis,
+        units: u64,
+        now: UnixMillis,
+    ) -> Result<()>;
+    /// Tops up or resets a period's counter, with its audit event, in one transaction;
+    /// returns the counter afterwards.
+    async fn adjust_quota(
+        &self,
+        subject: &str,
+        period_start: UnixMillis,
+        limit: u64,
+        change: QuotaChange,
+        now: UnixMillis,
+        audit: AuditEvent,
+    ) -> Result<QuotaCounter>;
+    /// The counters of these (subject, period) pairs; pairs never claimed are absent.
+    async fn quota_counters(
+        &self,
+        cells: &[(String, UnixMillis)],
+    ) -> Result<HashMap<(String, UnixMillis), QuotaCounter>>;
 
     /// Stores a new admin token (`revoke_time` ignored).
     async fn add_admin_token(&self, token: &AdminTokenRecord) -> Result<()>;

@@ -17,6 +17,7 @@ mod limiter;
 mod observability;
 mod outage;
 mod plans;
+mod quotas;
 mod readme;
 mod replicas;
 mod tls;

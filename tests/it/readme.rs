@@ -3,15 +3,24 @@ use crate::binary::spawn;
 use crate::support::{in_ci, Db, TestDb};
 use std::path::{Path, PathBuf};
 
-/// Every ```sh block between the readme-test markers, in order.
+/// Every ```sh block between readme-test markers (there may be several regions), in order.
 fn walkthrough() -> String {
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let start = readme.find("<!-- readme-test:begin").expect("begin marker");
-    let end = readme.find("<!-- readme-test:end -->").expect("end marker");
+    let mut regions = String::new();
+    let mut rest = readme.as_str();
+    while let Some(start) = rest.find("<!-- readme-test:begin") {
+        let end = rest[start..]
+            .find("<!-- readme-test:end -->")
+            .expect("every begin marker has an end marker")
+            + start;
+        regions.push_str(&rest[start..end]);
+        rest = &rest[end + 1..];
+    }
+    assert!(!regions.is_empty(), "begin marker");
     let mut script = String::new();
     let mut in_block = false;
-    for line in readme[start..end].lines() {
+    for line in regions.lines() {
         match (in_block, line.trim_end()) {
             (false, "```sh") => in_block = true,
             (true, "```") => in_block = false,
@@ -71,7 +80,7 @@ async fn readme_grpcurl_walkthrough_works_as_written() {
     );
     // Every key the walkthrough made is nxc_live_… / nxc_test_…: none may reach the server's log.
     let logs = p.output();
-    for leak in ["nxc_live_", "nxc_test_", token, "$argon2"] {
+    for leak in ["nxc_live_", "nxc_test_", "nnt_", token, "$argon2"] {
         assert!(!logs.contains(leak), "the server logged {leak:?}");
     }
     for want in [
@@ -92,6 +101,14 @@ async fn readme_grpcurl_walkthrough_works_as_written() {
         "old_secret_valid_until",
         "rotate_key",
         "disable_key",
+        // Plans and quotas.
+        "\"id\": \"starter\"",
+        "\"reason\":\"QUOTA_EXCEEDED\"",
+        "\"httpStatus\":429",
+        "\"used\":\"3\"",
+        "{\"decision\":\"ALLOW\",\"reason\":\"OK\"}",
+        "ticket 4711",
+        "adjust_quota",
     ] {
         assert!(
             stdout.contains(want),
