@@ -30,3 +30,9 @@ if ! "$root/scripts/check-deploy.sh"; then
 fi
 
 cargo test --workspace --lib --bins --tests --locked "$@"
+
+# The cargo-fuzz targets, 30 s each, whenever a nightly toolchain is present (fuzz.sh
+# skips loudly otherwise; the regression corpus already ran in cargo test above).
+if [ "${CI:-}" = true ]; then
+  FUZZ_SECONDS="${FUZZ_SECONDS:-30}" "$root/scripts/fuzz.sh"
+fi

@@ -465,6 +465,16 @@ impl Config {
                     .filter(|k| !k.as_str().eq_ignore_ascii_case("config")),
             )
             .merge(Serialized::defaults(overrides));
+        Self::extract(fig)
+    }
+
+    /// A configuration from TOML text alone (no environment, no flags): what
+    /// `keygate check-config` and the config fuzz target feed the same extraction.
+    pub fn from_toml_str(text: &str) -> Result<Config> {
+        Self::extract(Figment::new().merge(Toml::string(text)))
+    }
+
+    fn extract(fig: Figment) -> Result<Config> {
         let cfg: Config = fig.extract().map_err(|e| {
             let field = if e.path.is_empty() {
                 "config".to_owned()

@@ -11,6 +11,8 @@ pub mod config;
 pub mod domain;
 pub mod envoy;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod hashing;
 pub mod limiter;
