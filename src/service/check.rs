@@ -445,57 +445,51 @@ impl CheckService {
     /// lookup id still costs a verify against a dummy hash, so timing reveals nothing.
     async fn resolve(&self, presented: &str, lookup_id: &str, head: &str) -> Result<Resolved> {
         let digest = cache::digest(presented);
-        let store = self.store.clone();
-        let hasher = self.hasher.clone();
-        let secret = SecretString::from(presented.to_owned());
-        let (lookup, head) = (lookup_id.to_owned(), head.to_owned());
-        let loaded = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = loaded.clone();
-        let timing = self.metrics.miss_load_seconds.clone();
+        let loaded = std::sync::atomic::AtomicBool::new(false);
         let resolved = self
             .cache
             .key(
                 digest,
                 lookup_id,
-                // The span is created inside the load, which only runs on a miss: a
-                // cache hit must not create (and export) a store span.
-                async move {
+                // Built only on a miss (a hit allocates nothing here). The span is created
+                // inside the load too: a cache hit must not create (and export) a store
+                // span.
+                || {
+                    let secret = SecretString::from(presented.to_owned());
+                    let loaded = &loaded;
                     let load = async move {
-                        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                        loaded.store(true, std::sync::atomic::Ordering::Relaxed);
                         let started = std::time::Instant::now();
-                        let found = store.find_by_lookup_id(&lookup).await?;
+                        let found = self.store.find_by_lookup_id(lookup_id).await?;
                         let (record, hash) = match found {
                             Some((r, h)) => (Some(r), Some(h)),
                             None => (None, None),
                         };
-                        let verified = hasher.verify(secret, hash).await?;
-                        timing.observe(started.elapsed().as_secs_f64());
+                        let verified = self.hasher.verify(secret, hash).await?;
+                        self.metrics
+                            .miss_load_seconds
+                            .observe(started.elapsed().as_secs_f64());
                         Ok(record.filter(|r| verified && r.key_prefix == head))
                     };
                     load.instrument(crate::child_span!("store.lookup_and_verify"))
-                        .await
                 },
             )
             .await?;
-        let result = match (&resolved, loaded.load(std::sync::atomic::Ordering::Relaxed)) {
+        let result = match (&resolved, loaded.into_inner()) {
             (_, true) => "miss",
             (Resolved::Key(_), false) => "hit",
             (Resolved::Unknown, false) => "negative",
         };
-        self.metrics
-            .cache_lookups
-            .with_label_values(&[result])
-            .inc();
+        self.metrics.cache_lookup(result);
         tracing::Span::current().record("cache", result);
         Ok(resolved)
     }
 
     async fn tenant(&self, id: &str) -> Result<Arc<Loaded<Tenant>>> {
-        let store = self.store.clone();
-        let owned = id.to_owned();
+        let store = &self.store;
         self.cache
-            .tenant(id, async move {
-                let mut tenant = store.get_tenant(&owned).await?.ok_or(Error::Internal {
+            .tenant(id, || async move {
+                let mut tenant = store.get_tenant(id).await?.ok_or(Error::Internal {
                     context: "key without a tenant",
                     source: None,
                 })?;
