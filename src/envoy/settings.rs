@@ -116,6 +116,27 @@ pub struct RouteSettings {
     pub route: Option<String>,
 }
 
+impl RouteSettings {
+    /// A tenant header that is also a credential header would copy the key into the
+    /// check's tenant id (found by fuzzing ext_authz translation): refuse the route.
+    fn refuse_tenant_header_carrying_the_key(&self) -> Result<()> {
+        if self
+            .credentials
+            .iter()
+            .any(|c| c.header().eq_ignore_ascii_case(&self.tenant_header))
+        {
+            return Err(Error::invalid(
+                "keygate.tenant_header",
+                format!(
+                    "{:?} is also a credential header: the key would be read as the tenant",
+                    self.tenant_header
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Every `context_extensions` key Keygate reads.
 pub const CONTEXT_KEYS: &[&str] = &[
     "keygate.credentials",
@@ -131,7 +152,7 @@ pub const CONTEXT_KEYS: &[&str] = &[
 
 impl EnvoyConfig {
     pub fn validate(&self) -> Result<()> {
-        self.defaults().map(|_| ())
+        self.defaults()?.refuse_tenant_header_carrying_the_key()
     }
 
     fn defaults(&self) -> Result<RouteSettings> {
@@ -197,6 +218,7 @@ impl EnvoyConfig {
                 _ => {}
             }
         }
+        s.refuse_tenant_header_carrying_the_key()?;
         Ok(s)
     }
 }
@@ -210,6 +232,34 @@ fn parse_enum<T: for<'de> Deserialize<'de>>(k: &str, v: &str) -> Result<T> {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn a_tenant_header_that_carries_the_key_is_refused() {
+        let cfg = EnvoyConfig::default();
+        for (ext, header) in [
+            (
+                vec![("keygate.tenant_header", "Authorization")],
+                "authorization",
+            ),
+            (
+                vec![
+                    ("keygate.credentials", "header:x-api-key"),
+                    ("keygate.tenant_header", "x-api-key"),
+                ],
+                "x-api-key",
+            ),
+        ] {
+            let ext = ext
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            let e = cfg.for_route(&ext).unwrap_err().to_string();
+            assert!(
+                e.starts_with("keygate.tenant_header") && e.contains(header),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn route_overrides() {

@@ -20,8 +20,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use tracing::Instrument;
 
-/// What a caller asks.
-#[derive(Debug, Clone, Default)]
+/// What a caller asks. Its `Debug` never shows the key.
+#[derive(Clone, Default)]
 pub struct CheckInput {
     /// The key as presented. Held only for the duration of the check; never logged.
     pub api_key: String,
@@ -36,6 +36,39 @@ pub struct CheckInput {
     /// At least 1.
     pub cost: u64,
     pub dry_run: bool,
+}
+
+impl std::fmt::Debug for CheckInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckInput")
+            .field(
+                "api_key",
+                &format_args!("<{} bytes, redacted>", self.api_key.len()),
+            )
+            .field("tenant_id", &self.tenant_id)
+            .field("required_scopes", &self.required_scopes)
+            .field("client_ip", &self.client_ip)
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("route", &self.route)
+            .field("cost", &self.cost)
+            .field("dry_run", &self.dry_run)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    #[test]
+    fn a_check_input_never_prints_its_key() {
+        let input = super::CheckInput {
+            api_key: "kg_secretsecretsecret".into(),
+            ..Default::default()
+        };
+        let shown = format!("{input:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("redacted"));
+    }
 }
 
 /// Why a decision was made.
