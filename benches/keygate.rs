@@ -727,6 +727,20 @@ struct Measured {
 }
 
 impl Measured {
+    /// A window's tally, with the server's CPU between the two readings (when both exist).
+    fn new(
+        tally: Tally,
+        s: &Settings,
+        cpu_start: Option<Duration>,
+        cpu_end: Option<Duration>,
+    ) -> Self {
+        Measured {
+            tally,
+            secs: s.duration.as_secs_f64(),
+            server_cpu: cpu_start.zip(cpu_end).map(|(a, b)| b.saturating_sub(a)),
+        }
+    }
+
     fn rps(&self) -> f64 {
         self.tally.latency_us.len() as f64 / self.secs
     }
@@ -799,15 +813,7 @@ async fn closed_loop(server: &Server, load: &Load, s: &Settings) -> Result<Measu
             tally.errors
         );
     }
-    let server_cpu = match (cpu_at_start.await?, cpu_end) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-        _ => None,
-    };
-    Ok(Measured {
-        tally,
-        secs: s.duration.as_secs_f64(),
-        server_cpu,
-    })
+    Ok(Measured::new(tally, s, cpu_at_start.await?, cpu_end))
 }
 
 /// `callgrind_control <flag> <pid>` (instrumentation of a profiled server on or off).
@@ -881,15 +887,7 @@ async fn open_loop(
         tally.merge(w.await?);
     }
     let cpu_end = server.cpu();
-    let server_cpu = match (cpu_at_start.await?, cpu_end) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-        _ => None,
-    };
-    Ok(Measured {
-        tally,
-        secs: s.duration.as_secs_f64(),
-        server_cpu,
-    })
+    Ok(Measured::new(tally, s, cpu_at_start.await?, cpu_end))
 }
 
 // ---------------------------------------------------------------------------------------
