@@ -8,9 +8,9 @@
 //! records the change epoch at which its load began, every change leaves a tombstone with
 //! a newer epoch, and a hit on an entry older than its tombstone is a miss.
 use crate::config::CacheConfig;
+use crate::domain::change::ChangeListener;
 use crate::domain::{KeyRecord, Tenant};
 use crate::error::{Error, Result};
-use crate::service::ChangeListener;
 use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -5,7 +5,7 @@ use crate::domain::access::Role;
 use crate::domain::key::{self, MalformedKey};
 use crate::domain::{text, Clock, SystemClock};
 use crate::error::{Error, Result};
-use crate::store::KeyStore;
+use crate::store::{AdminTokenStore, TenantStore};
 
 /// `keygate admin create`: stores a new admin token's digest and returns the token, to
 /// be printed once.
@@ -17,21 +17,22 @@ pub async fn create_admin_token(
 ) -> Result<(crate::store::AdminTokenRecord, String)> {
     let role = Role::parse("--role", role)?;
     text::validate_text("--description", description, text::MAX_NAME_CHARS)?;
-    let store = crate::open_store(config).await?;
+    let store = crate::app::open_store(config).await?;
     if let Some(t) = &tenant {
         text::validate_tenant_id("--tenant", t)?;
         if store.get_tenant(t).await?.is_none() {
             return Err(Error::not_found("tenant", t));
         }
     }
-    let (record, token) = crate::new_admin_token(role, tenant, description, SystemClock.now());
+    let (record, token) =
+        crate::service::tokens::new_admin_token(role, tenant, description, SystemClock.now());
     store.add_admin_token(&record).await?;
     Ok((record, token))
 }
 
 /// `keygate admin list`: one line per token (never the token or its digest).
 pub async fn list_admin_tokens(config: &Config) -> Result<Vec<String>> {
-    let store = crate::open_store(config).await?;
+    let store = crate::app::open_store(config).await?;
     Ok(store
         .admin_tokens()
         .await?
@@ -55,7 +56,7 @@ pub async fn list_admin_tokens(config: &Config) -> Result<Vec<String>> {
 
 /// `keygate admin revoke <id>`: the token stops working within seconds on every replica.
 pub async fn revoke_admin_token(config: &Config, id: &str) -> Result<()> {
-    let store = crate::open_store(config).await?;
+    let store = crate::app::open_store(config).await?;
     if store.revoke_admin_token(id, SystemClock.now()).await? {
         Ok(())
     } else {

@@ -1,5 +1,6 @@
 //! The one error type of Keygate. Domain rules, stores and services return it; the gRPC
-//! layer maps it to a `tonic::Status` in exactly one place (`grpc::status`).
+//! layer maps it to a `tonic::Status` in exactly one place (`impl From<Error> for Status` in
+//! `grpc/mod.rs`).
 //!
 //! A *denial* (revoked key, missing scope, rate limited) is not an error: it is a
 //! `Decision`. Errors are for requests that are wrong and for Keygate failing.
@@ -68,6 +69,20 @@ impl Error {
         Error::Internal {
             context,
             source: None,
+        }
+    }
+
+    /// The kind's name, for metric labels (it names the gRPC code the kind maps to, so a
+    /// dashboard reads the same as client-side error counts).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument { .. } => "InvalidArgument",
+            Error::FailedPrecondition { .. } => "FailedPrecondition",
+            Error::NotFound { .. } => "NotFound",
+            Error::Unauthenticated(_) => "Unauthenticated",
+            Error::PermissionDenied(_) => "PermissionDenied",
+            Error::Unavailable { .. } => "Unavailable",
+            Error::Internal { .. } => "Internal",
         }
     }
 

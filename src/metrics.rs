@@ -1,6 +1,5 @@
-//! Prometheus metrics and plain-HTTP probes on a port of their own (`metrics_listen`,
-//! default 127.0.0.1:9464): `/metrics`, `/healthz` (the process is up) and `/readyz` (the
-//! store is reachable, as in `grpc.health.v1`).
+//! Prometheus metrics: a leaf that services push into, served with the probes on a port of
+//! their own (`app::probes`).
 //!
 //! Why the `prometheus` crate: Prometheus scrapes are how operators of a gateway-side
 //! service watch it; the crate is mature, has no runtime of its own, and a registry per
@@ -34,6 +33,15 @@ impl Source {
     }
 }
 
+/// What the usage recorder reports.
+#[derive(Clone)]
+pub struct UsageMetrics {
+    pub dropped: IntCounter,
+    pub flush_failures: IntCounter,
+    pub buffered: IntGauge,
+    pub flush_lag: prometheus::Gauge,
+}
+
 /// `checks_total` children of one source and decision, by reason code.
 type ReasonCounters = std::sync::RwLock<Vec<(&'static str, IntCounter)>>;
 
@@ -51,7 +59,7 @@ pub struct Metrics {
     /// KeyAdmin calls by RPC and gRPC code.
     admin_calls: IntCounterVec,
     /// Usage recording: drops, failed flushes, buffer size, flush lag.
-    pub usage: crate::service::usage::UsageMetrics,
+    pub usage: UsageMetrics,
     /// Time from a KeyAdmin change on one replica to this replica applying it.
     pub propagation_seconds: prometheus::Histogram,
     /// Checks whose shared limiter failed and that followed `on_limiter_error`.
@@ -138,7 +146,7 @@ impl Metrics {
             Opts::new("admin_calls_total", "KeyAdmin calls by RPC and gRPC code"),
             &["rpc", "code"],
         ));
-        let usage = crate::service::usage::UsageMetrics {
+        let usage = UsageMetrics {
             dropped: must(IntCounter::new(
                 "usage_dropped_total",
                 "Checks not counted in usage because the buffer was full (store down or slow)",
@@ -258,9 +266,9 @@ impl Metrics {
     }
 
     /// Records a check that failed (store unreachable, bad request).
-    pub fn check_error(&self, source: Source, code: tonic::Code) {
+    pub fn check_error(&self, source: Source, error: &crate::error::Error) {
         self.check_errors
-            .with_label_values(&[source.label(), &format!("{code:?}")])
+            .with_label_values(&[source.label(), error.kind()])
             .inc();
     }
 
@@ -286,42 +294,4 @@ impl Metrics {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
     }
-}
-
-/// The probe/metrics HTTP server. Values owned elsewhere (cache size, argon2 verifies)
-/// are read at scrape time.
-pub fn router(
-    metrics: Arc<Metrics>,
-    cache: Arc<crate::cache::KeyCache>,
-    hasher: crate::hashing::SecretHasher,
-) -> axum::Router {
-    use axum::http::{header, StatusCode};
-    use axum::routing::get;
-    let m = metrics.clone();
-    let ready = metrics;
-    axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let (m, cache, hasher) = (m.clone(), cache.clone(), hasher.clone());
-                async move {
-                    let body = m.render(cache.entries().await, hasher.verify_count());
-                    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let ok = ready.is_ready();
-                async move {
-                    if ok {
-                        (StatusCode::OK, "ready\n")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n")
-                    }
-                }
-            }),
-        )
 }

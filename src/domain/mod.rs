@@ -1,6 +1,7 @@
 //! Keygate's domain: keys, tenants, scopes, IP allowlists, policy and decisions. Pure types
 //! and rules; nothing here knows about gRPC, protobuf or the database.
 pub mod access;
+pub mod change;
 pub mod import;
 pub mod ip;
 pub mod key;

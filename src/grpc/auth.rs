@@ -1,102 +1,17 @@
 //! Who may call KeyAdmin (holders of an admin token, never holders of an API key), and
 //! who may call Authorize/ext_authz (anyone, or holders of the `authorize_token`).
-use crate::domain::access::Principal;
 use crate::domain::key;
-use crate::store::{AdminTokenRecord, KeyStore};
+use crate::service::tokens::{digest, AdminTokens};
 use crate::tls::PeerInfo;
-use sha2::{Digest, Sha256};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tonic::{Request, Status};
 
-/// Prefix of generated admin tokens; `kgadm_` + 40 base62 characters.
-pub const ADMIN_TOKEN_PREFIX: &str = "kgadm_";
+/// The KeyAdmin interceptor: puts the caller's `Principal` into the request's extensions.
+#[derive(Clone)]
+pub struct AdminAuth(pub AdminTokens);
 
-/// An accepted token: who it is and the SHA-256 digest of the token.
-type TokenEntry = (Principal, [u8; 32]);
-
-/// The admin tokens this server accepts: the break-glass token from the configuration
-/// and the unrevoked tokens in the store (reloaded by [`AdminTokens::refresh`]).
-#[derive(Clone, Default)]
-pub struct AdminTokens {
-    configured: Arc<RwLock<Vec<TokenEntry>>>,
-    stored: Arc<RwLock<Vec<TokenEntry>>>,
-    /// mTLS: client certificate subjects that are admin identities.
-    subjects: Arc<Vec<(String, Principal)>>,
-}
-
-pub fn digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
-
-/// A fresh admin token.
-pub fn generate_token() -> String {
-    format!("{ADMIN_TOKEN_PREFIX}{}", key::random_base62(40))
-}
-
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|p| p.into_inner())
-}
-
-impl AdminTokens {
-    /// Adds a token that does not come from the store (`KEYGATE_ADMIN_TOKEN`).
-    pub fn add_configured(&self, who: Principal, digest: [u8; 32]) {
-        self.configured
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((who, digest));
-    }
-
-    /// Client certificate subjects (mTLS) that act as admin identities without a token.
-    pub fn with_subjects(mut self, subjects: Vec<(String, Principal)>) -> Self {
-        self.subjects = Arc::new(subjects);
-        self
-    }
-
-    /// Replaces the stored tokens with the unrevoked ones of `records`.
-    pub fn set_stored(&self, records: &[AdminTokenRecord]) {
-        let entries = records
-            .iter()
-            .filter(|r| r.revoke_time.is_none())
-            .map(|r| {
-                let who = Principal {
-                    id: r.id.clone(),
-                    role: r.role,
-                    tenant: r.tenant_id.clone(),
-                };
-                (who, r.digest)
-            })
-            .collect();
-        *self.stored.write().unwrap_or_else(|p| p.into_inner()) = entries;
-    }
-
-    /// Reloads the stored tokens, so tokens made or revoked with `keygate admin` (by this
-    /// or another process) take effect without a restart.
-    pub async fn refresh(&self, store: &dyn KeyStore) -> crate::error::Result<()> {
-        let records = store.admin_tokens().await?;
-        self.set_stored(&records);
-        Ok(())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        read(&self.configured).is_empty() && read(&self.stored).is_empty()
-    }
-
-    /// Who `presented` is. Compares against every token in constant time per comparison,
-    /// without stopping at a match.
-    fn identify(&self, presented: &str) -> Option<Principal> {
-        let d = digest(presented);
-        let mut found = None;
-        for list in [&self.configured, &self.stored] {
-            for (who, known) in read(list).iter() {
-                if bool::from(known.ct_eq(&d)) {
-                    found = Some(who.clone());
-                }
-            }
-        }
-        found
-    }
-
+impl AdminAuth {
     /// Authenticates a KeyAdmin request from its `authorization` metadata.
     #[allow(clippy::result_large_err)]
     pub fn check(&self, mut req: Request<()>) -> Result<Request<()>, Status> {
@@ -106,12 +21,7 @@ impl AdminTokens {
                 .extensions()
                 .get::<PeerInfo>()
                 .and_then(|p| p.client_subject.as_deref());
-            let who = subject.and_then(|s| {
-                self.subjects
-                    .iter()
-                    .find(|(known, _)| known == s)
-                    .map(|(_, p)| p.clone())
-            });
+            let who = subject.and_then(|s| self.0.subject(s));
             return match who {
                 Some(who) => {
                     req.extensions_mut().insert(who);
@@ -139,7 +49,7 @@ impl AdminTokens {
                 "API keys cannot call KeyAdmin; use an admin token",
             ));
         }
-        match self.identify(token) {
+        match self.0.identify(token) {
             Some(who) => {
                 req.extensions_mut().insert(who);
                 Ok(req)

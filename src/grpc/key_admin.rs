@@ -4,6 +4,7 @@ use crate::domain::access::Principal;
 use crate::domain::Caller;
 use crate::metrics::Metrics;
 use crate::service::admin::{AdminService, Page};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
@@ -50,8 +51,17 @@ impl KeyAdminApi {
         Ok(convert::tenant(tenant, q.as_ref()))
     }
 
-    /// Records the call's outcome (metrics by RPC and code) and passes it on.
-    fn done<T>(&self, rpc: &'static str, reply: Reply<T>) -> Reply<T> {
+    /// What every KeyAdmin call does around its own work: identify the caller, run `f`
+    /// on the request, record the outcome (metrics by RPC and code), and reply.
+    async fn call<Req, T, F, Fut>(&self, rpc: &'static str, req: Request<Req>, f: F) -> Reply<T>
+    where
+        F: FnOnce(Caller, Req) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let reply = match caller(&req) {
+            Ok(caller) => f(caller, req.into_inner()).await.map(Response::new),
+            Err(status) => Err(status),
+        };
         let code = reply
             .as_ref()
             .map(|_| tonic::Code::Ok)
@@ -89,11 +99,8 @@ fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
 impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
     #[tracing::instrument(skip_all, fields(tenant_id))]
     async fn upsert_tenant(&self, req: Request<pb::UpsertTenantRequest>) -> Reply<pb::Tenant> {
-        let caller = caller(&req);
-        let reply: Reply<pb::Tenant> = async {
-            let caller = caller?;
-            let t = req
-                .into_inner()
+        self.call("UpsertTenant", req, |caller, r| async move {
+            let t = r
                 .tenant
                 .ok_or_else(|| Status::invalid_argument("tenant: is required"))?;
             tracing::Span::current().record("tenant_id", t.id.as_str());
@@ -102,25 +109,18 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
                 .svc
                 .upsert_tenant(t.id, t.display_name, policy, &caller)
                 .await?;
-            Ok(Response::new(self.tenant_out(tenant).await?))
-        }
-        .await;
-        self.done("UpsertTenant", reply)
+            Ok(self.tenant_out(tenant).await?)
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all)]
     async fn get_tenant(&self, req: Request<pb::GetTenantRequest>) -> Reply<pb::Tenant> {
-        let caller = caller(&req);
-        let reply: Reply<pb::Tenant> = async {
-            let caller = caller?;
-            let tenant = self
-                .svc
-                .get_tenant(&req.into_inner().tenant_id, &caller)
-                .await?;
-            Ok(Response::new(self.tenant_out(tenant).await?))
-        }
-        .await;
-        self.done("GetTenant", reply)
+        self.call("GetTenant", req, |caller, r| async move {
+            let tenant = self.svc.get_tenant(&r.tenant_id, &caller).await?;
+            Ok(self.tenant_out(tenant).await?)
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all)]
@@ -128,10 +128,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
         &self,
         req: Request<pb::ListTenantsRequest>,
     ) -> Reply<pb::ListTenantsResponse> {
-        let caller = caller(&req);
-        let reply: Reply<pb::ListTenantsResponse> = async {
-            let caller = caller?;
-            let r = req.into_inner();
+        self.call("ListTenants", req, |caller, r| async move {
             let (tenants, next_page_token) = self
                 .svc
                 .list_tenants(
@@ -142,56 +139,46 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
                     &caller,
                 )
                 .await?;
-            Ok(Response::new(pb::ListTenantsResponse {
+            Ok(pb::ListTenantsResponse {
                 tenants: tenants
                     .into_iter()
                     .map(|t| convert::tenant(t, None))
                     .collect(),
                 next_page_token,
-            }))
-        }
-        .await;
-        self.done("ListTenants", reply)
+            })
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(tenant_id, key_id))]
     async fn create_key(&self, req: Request<pb::CreateKeyRequest>) -> Reply<pb::CreateKeyResponse> {
-        let caller = caller(&req);
-        let reply: Reply<pb::CreateKeyResponse> = async {
-            let caller = caller?;
-            let input = convert::create_key(req.into_inner())?;
+        self.call("CreateKey", req, |caller, r| async move {
+            let input = convert::create_key(r)?;
             tracing::Span::current().record("tenant_id", input.tenant_id.as_str());
             let issued = self.svc.create_key(input, &caller).await?;
             tracing::Span::current().record("key_id", issued.key.id.as_str());
             // The only place a secret is put on the wire: once, in this response.
             let secret = secrecy::ExposeSecret::expose_secret(&issued.secret).to_owned();
-            Ok(Response::new(pb::CreateKeyResponse {
+            Ok(pb::CreateKeyResponse {
                 key: Some(self.key_out(issued.key).await?),
                 secret,
-            }))
-        }
-        .await;
-        self.done("CreateKey", reply)
+            })
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all)]
     async fn get_key(&self, req: Request<pb::GetKeyRequest>) -> Reply<pb::Key> {
-        let caller = caller(&req);
-        let reply: Reply<pb::Key> = async {
-            let caller = caller?;
-            let key = self.svc.get_key(&req.into_inner().key_id, &caller).await?;
-            Ok(Response::new(self.key_out(key).await?))
-        }
-        .await;
-        self.done("GetKey", reply)
+        self.call("GetKey", req, |caller, r| async move {
+            let key = self.svc.get_key(&r.key_id, &caller).await?;
+            Ok(self.key_out(key).await?)
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all)]
     async fn list_keys(&self, req: Request<pb::ListKeysRequest>) -> Reply<pb::ListKeysResponse> {
-        let caller = caller(&req);
-        let reply: Reply<pb::ListKeysResponse> = async {
-            let caller = caller?;
-            let r = req.into_inner();
+        self.call("ListKeys", req, |caller, r| async move {
             let page = Page {
                 size: r.page_size,
                 token: r.page_token,
@@ -206,49 +193,38 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
                     r.include_expired,
                 )
                 .await?;
-            Ok(Response::new(pb::ListKeysResponse {
+            Ok(pb::ListKeysResponse {
                 keys: self.keys_out(keys).await?,
                 next_page_token,
-            }))
-        }
-        .await;
-        self.done("ListKeys", reply)
+            })
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(key_id))]
     async fn update_key(&self, req: Request<pb::UpdateKeyRequest>) -> Reply<pb::Key> {
-        let caller = caller(&req);
-        let reply: Reply<pb::Key> = async {
-            let caller = caller?;
-            let (id, patch) = convert::key_patch(req.into_inner())?;
+        self.call("UpdateKey", req, |caller, r| async move {
+            let (id, patch) = convert::key_patch(r)?;
             tracing::Span::current().record("key_id", id.as_str());
             let key = self.svc.update_key(&id, patch, &caller).await?;
-            Ok(Response::new(self.key_out(key).await?))
-        }
-        .await;
-        self.done("UpdateKey", reply)
+            Ok(self.key_out(key).await?)
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(key_id))]
     async fn revoke_key(&self, req: Request<pb::RevokeKeyRequest>) -> Reply<pb::Key> {
-        let caller = caller(&req);
-        let reply: Reply<pb::Key> = async {
-            let caller = caller?;
-            let r = req.into_inner();
+        self.call("RevokeKey", req, |caller, r| async move {
             tracing::Span::current().record("key_id", r.key_id.as_str());
             let key = self.svc.revoke_key(&r.key_id, &r.reason, &caller).await?;
-            Ok(Response::new(self.key_out(key).await?))
-        }
-        .await;
-        self.done("RevokeKey", reply)
+            Ok(self.key_out(key).await?)
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(key_id))]
     async fn rotate_key(&self, req: Request<pb::RotateKeyRequest>) -> Reply<pb::RotateKeyResponse> {
-        let caller = caller(&req);
-        let reply: Reply<pb::RotateKeyResponse> = async {
-            let caller = caller?;
-            let r = req.into_inner();
+        self.call("RotateKey", req, |caller, r| async move {
             tracing::Span::current().record("key_id", r.key_id.as_str());
             let grace = match &r.grace_period {
                 Some(d) => convert::from_duration("grace_period", d)?,
@@ -256,14 +232,13 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
             };
             let (issued, old) = self.svc.rotate_key(&r.key_id, grace, &caller).await?;
             let secret = secrecy::ExposeSecret::expose_secret(&issued.secret).to_owned();
-            Ok(Response::new(pb::RotateKeyResponse {
+            Ok(pb::RotateKeyResponse {
                 key: Some(self.key_out(issued.key).await?),
                 secret,
                 previous_key: Some(self.key_out(old).await?),
-            }))
-        }
-        .await;
-        self.done("RotateKey", reply)
+            })
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all)]
@@ -271,10 +246,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
         &self,
         req: Request<pb::ListAuditEventsRequest>,
     ) -> Reply<pb::ListAuditEventsResponse> {
-        let caller = caller(&req);
-        let reply: Reply<pb::ListAuditEventsResponse> = async {
-            let caller = caller?;
-            let r = req.into_inner();
+        self.call("ListAuditEvents", req, |caller, r| async move {
             let start = r
                 .start_time
                 .as_ref()
@@ -293,21 +265,17 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
                 .svc
                 .list_audit_events(&caller, &r.tenant_id, &r.key_id, page, start, end)
                 .await?;
-            Ok(Response::new(pb::ListAuditEventsResponse {
+            Ok(pb::ListAuditEventsResponse {
                 events: events.into_iter().map(convert::audit_event).collect(),
                 next_page_token,
-            }))
-        }
-        .await;
-        self.done("ListAuditEvents", reply)
+            })
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(key_id))]
     async fn get_key_usage(&self, req: Request<pb::GetKeyUsageRequest>) -> Reply<pb::UsageReport> {
-        let caller = caller(&req);
-        let reply: Reply<pb::UsageReport> = async {
-            let caller = caller?;
-            let r = req.into_inner();
+        self.call("GetKeyUsage", req, |caller, r| async move {
             tracing::Span::current().record("key_id", r.key_id.as_str());
             let (granularity, range) =
                 convert::usage_window(r.granularity, r.start_time, r.end_time)?;
@@ -315,10 +283,9 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
                 .svc
                 .key_usage(&caller, &r.key_id, granularity, range, r.group_by_endpoint)
                 .await?;
-            Ok(Response::new(convert::usage_report(&report)))
-        }
-        .await;
-        self.done("GetKeyUsage", reply)
+            Ok(convert::usage_report(&report))
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(tenant_id))]
@@ -326,10 +293,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
         &self,
         req: Request<pb::GetTenantUsageRequest>,
     ) -> Reply<pb::UsageReport> {
-        let caller = caller(&req);
-        let reply: Reply<pb::UsageReport> = async {
-            let caller = caller?;
-            let r = req.into_inner();
+        self.call("GetTenantUsage", req, |caller, r| async move {
             tracing::Span::current().record("tenant_id", r.tenant_id.as_str());
             let (granularity, range) =
                 convert::usage_window(r.granularity, r.start_time, r.end_time)?;
@@ -343,10 +307,9 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
                     r.group_by_endpoint,
                 )
                 .await?;
-            Ok(Response::new(convert::usage_report(&report)))
-        }
-        .await;
-        self.done("GetTenantUsage", reply)
+            Ok(convert::usage_report(&report))
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(tenant_id))]
@@ -354,10 +317,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
         &self,
         req: Request<pb::ImportKeysRequest>,
     ) -> Reply<pb::ImportKeysResponse> {
-        let caller = caller(&req);
-        let reply: Reply<pb::ImportKeysResponse> = async {
-            let caller = caller?;
-            let r = req.into_inner();
+        self.call("ImportKeys", req, |caller, r| async move {
             tracing::Span::current().record("tenant_id", r.tenant_id.as_str());
             let format = convert::import_format(r.format)?;
             let keys = r
@@ -371,21 +331,17 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
                 .svc
                 .import_keys(&caller, &r.tenant_id, rule, keys)
                 .await?;
-            Ok(Response::new(pb::ImportKeysResponse {
+            Ok(pb::ImportKeysResponse {
                 keys: self.keys_out(imported).await?,
-            }))
-        }
-        .await;
-        self.done("ImportKeys", reply)
+            })
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(plan_id))]
     async fn upsert_plan(&self, req: Request<pb::UpsertPlanRequest>) -> Reply<pb::Plan> {
-        let caller = caller(&req);
-        let reply: Reply<pb::Plan> = async {
-            let caller = caller?;
-            let p = req
-                .into_inner()
+        self.call("UpsertPlan", req, |caller, r| async move {
+            let p = r
                 .plan
                 .ok_or_else(|| Status::invalid_argument("plan: is required"))?;
             tracing::Span::current().record("plan_id", p.id.as_str());
@@ -393,24 +349,20 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
                 .svc
                 .upsert_plan(convert::plan_from(p)?, &caller)
                 .await?;
-            Ok(Response::new(convert::plan(plan)))
-        }
-        .await;
-        self.done("UpsertPlan", reply)
+            Ok(convert::plan(plan))
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all)]
     async fn list_plans(&self, req: Request<pb::ListPlansRequest>) -> Reply<pb::ListPlansResponse> {
-        let caller = caller(&req);
-        let reply: Reply<pb::ListPlansResponse> = async {
-            let caller = caller?;
+        self.call("ListPlans", req, |caller, _| async move {
             let plans = self.svc.list_plans(&caller).await?;
-            Ok(Response::new(pb::ListPlansResponse {
+            Ok(pb::ListPlansResponse {
                 plans: plans.into_iter().map(convert::plan).collect(),
-            }))
-        }
-        .await;
-        self.done("ListPlans", reply)
+            })
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(tenant_id, key_id))]
@@ -418,10 +370,7 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
         use crate::domain::quota::QuotaChange;
         use crate::service::admin::QuotaTarget;
         use pb::adjust_quota_request::{Change, Target};
-        let caller = caller(&req);
-        let reply: Reply<pb::QuotaStatus> = async {
-            let caller = caller?;
-            let r = req.into_inner();
+        self.call("AdjustQuota", req, |caller, r| async move {
             let target = match r.target {
                 Some(Target::KeyId(id)) => {
                     tracing::Span::current().record("key_id", id.as_str());
@@ -455,9 +404,8 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
                 .svc
                 .adjust_quota(target, change, &r.reason, &caller)
                 .await?;
-            Ok(Response::new(convert::quota_status(&status, None)))
-        }
-        .await;
-        self.done("AdjustQuota", reply)
+            Ok(convert::quota_status(&status, None))
+        })
+        .await
     }
 }

@@ -13,7 +13,7 @@ use crate::domain::{Clock, KeyRecord, Scope, ScopeSet, Tenant};
 use crate::error::{Error, Result};
 use crate::hashing::SecretHasher;
 use crate::limiter::{LimitScope, LimitStatus, RateLimiter};
-use crate::store::KeyStore;
+use crate::store::{KeyStore, TenantStore};
 use secrecy::SecretString;
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -196,22 +196,26 @@ fn method_scope(method: &str) -> Scope {
     Scope::parse("method", word).unwrap_or_else(|_| unreachable!("literal scopes parse"))
 }
 
-/// What the decision procedure works with.
+/// What the decision procedure works with (wired by `app`; nothing outside the crate
+/// reaches inside).
 pub struct CheckService {
-    pub store: Arc<dyn KeyStore>,
-    pub hasher: SecretHasher,
-    pub cache: Arc<KeyCache>,
-    pub limiter: Arc<dyn RateLimiter>,
-    pub clock: Arc<dyn Clock>,
+    /// The hot path's lookup of a key by its lookup id.
+    pub(crate) keys: Arc<dyn KeyStore>,
+    /// A key's tenant and its plan, on a tenant cache miss.
+    pub(crate) tenants: Arc<dyn TenantStore>,
+    pub(crate) hasher: SecretHasher,
+    pub(crate) cache: Arc<KeyCache>,
+    pub(crate) limiter: Arc<dyn RateLimiter>,
+    pub(crate) clock: Arc<dyn Clock>,
     /// Where every decided check is counted.
-    pub usage: Arc<UsageRecorder>,
+    pub(crate) usage: Arc<UsageRecorder>,
     /// Failed checks per client IP (key guessing).
-    pub guesses: Arc<GuessThrottle>,
+    pub(crate) guesses: Arc<GuessThrottle>,
     /// Prefixes of keys imported from other systems.
-    pub imports: Arc<super::imports::ImportRegistry>,
+    pub(crate) imports: Arc<super::imports::ImportRegistry>,
     /// This replica's quota leases.
-    pub quotas: Arc<QuotaLedger>,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub(crate) quotas: Arc<QuotaLedger>,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl CheckService {
@@ -247,12 +251,7 @@ impl CheckService {
                 Ok(d)
             }
             Err(e) => {
-                let code = match e {
-                    Error::Unavailable { .. } => tonic::Code::Unavailable,
-                    Error::InvalidArgument { .. } => tonic::Code::InvalidArgument,
-                    _ => tonic::Code::Internal,
-                };
-                self.metrics.check_error(source, code);
+                self.metrics.check_error(source, &e);
                 Err(e)
             }
         }
@@ -493,7 +492,7 @@ impl CheckService {
                     let load = async move {
                         loaded.store(true, std::sync::atomic::Ordering::Relaxed);
                         let started = std::time::Instant::now();
-                        let found = self.store.find_by_lookup_id(lookup_id).await?;
+                        let found = self.keys.find_by_lookup_id(lookup_id).await?;
                         let (record, hash) = match found {
                             Some((r, h)) => (Some(r), Some(h)),
                             None => (None, None),
@@ -519,7 +518,7 @@ impl CheckService {
     }
 
     async fn tenant(&self, id: &str) -> Result<Arc<Loaded<Tenant>>> {
-        let store = &self.store;
+        let store = &self.tenants;
         self.cache
             .tenant(id, || async move {
                 let mut tenant = store.get_tenant(id).await?.ok_or(Error::Internal {

@@ -3,7 +3,7 @@
 //! reloaded from the store every few seconds for imports made on other replicas.
 use crate::domain::import::{self, ImportRule};
 use crate::error::Result;
-use crate::store::KeyStore;
+use crate::store::ImportStore;
 use std::sync::{Arc, RwLock};
 
 #[derive(Default)]
@@ -25,7 +25,7 @@ impl ImportRegistry {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rules);
     }
 
-    pub async fn refresh(&self, store: &dyn KeyStore) -> Result<()> {
+    pub async fn refresh(&self, store: &dyn ImportStore) -> Result<()> {
         self.set(store.import_rules().await?);
         Ok(())
     }

@@ -12,7 +12,7 @@
 use crate::domain::quota::{self, QuotaOwner, QuotaSpec, Window};
 use crate::domain::UnixMillis;
 use crate::error::{Error, Result};
-use crate::store::{KeyStore, QuotaClaim};
+use crate::store::{QuotaClaim, QuotaStore};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -105,14 +105,14 @@ const SHARDS: usize = 16;
 
 /// This replica's leases. Cheap to share.
 pub struct QuotaLedger {
-    store: Arc<dyn KeyStore>,
+    store: Arc<dyn QuotaStore>,
     config: QuotaConfig,
     shards: Vec<std::sync::Mutex<HashMap<String, Slot>>>,
     hasher: std::collections::hash_map::RandomState,
 }
 
 impl QuotaLedger {
-    pub fn new(store: Arc<dyn KeyStore>, config: QuotaConfig) -> Self {
+    pub fn new(store: Arc<dyn QuotaStore>, config: QuotaConfig) -> Self {
         QuotaLedger {
             store,
             config,

@@ -11,8 +11,9 @@
 use crate::domain::usage::{day_of, minute_of, EndpointId, RouteTable};
 use crate::domain::UnixMillis;
 use crate::error::Result;
+use crate::metrics::UsageMetrics;
 use crate::service::check::Reason;
-use crate::store::{KeyStore, KeyUse, UsageBatch, UsageCell};
+use crate::store::{KeyUse, UsageBatch, UsageCell, UsageStore};
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,15 +38,6 @@ struct KeyAgg {
 }
 
 type Shard = HashMap<String, KeyAgg>;
-
-/// What the recorder reports to the metrics registry.
-#[derive(Clone)]
-pub struct UsageMetrics {
-    pub dropped: prometheus::IntCounter,
-    pub flush_failures: prometheus::IntCounter,
-    pub buffered: prometheus::IntGauge,
-    pub flush_lag: prometheus::Gauge,
-}
 
 /// The in-memory aggregate and its flusher.
 pub struct UsageRecorder {
@@ -213,7 +205,7 @@ impl UsageRecorder {
 
     /// Writes everything buffered in one transaction. On failure the rows go back into
     /// the buffer and the error is returned.
-    pub async fn flush(&self, store: &dyn KeyStore, now: UnixMillis) -> Result<()> {
+    pub async fn flush(&self, store: &dyn UsageStore, now: UnixMillis) -> Result<()> {
         let _one = self.flushing.lock().await;
         let taken = self.take();
         self.report_buffered();
@@ -304,7 +296,7 @@ impl UsageRecorder {
     /// so every answered check is in that last flush.
     pub async fn run(
         self: Arc<Self>,
-        store: Arc<dyn KeyStore>,
+        store: Arc<dyn UsageStore>,
         clock: Arc<dyn crate::domain::Clock>,
         interval: Duration,
         mut stop: tokio::sync::watch::Receiver<bool>,
@@ -327,7 +319,7 @@ impl UsageRecorder {
 /// Deletes minute buckets older than `minute_retention` and day buckets older than
 /// `day_retention` (whole buckets: a bucket goes once all of it is past retention).
 pub async fn prune_once(
-    store: &dyn KeyStore,
+    store: &dyn UsageStore,
     now: UnixMillis,
     minute_retention: Duration,
     day_retention: Duration,
@@ -340,7 +332,7 @@ pub async fn prune_once(
 
 /// Deletes buckets past their retention, at start and then hourly, until `stop`.
 pub async fn prune(
-    store: Arc<dyn KeyStore>,
+    store: Arc<dyn UsageStore>,
     clock: Arc<dyn crate::domain::Clock>,
     minute_retention: Duration,
     day_retention: Duration,

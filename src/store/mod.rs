@@ -1,5 +1,9 @@
-//! Persistence. [`KeyStore`] is the seam the services use; [`SeaStore`] implements it on
-//! SQLite and PostgreSQL through sea-orm, and one behaviour suite (`tests/`) runs on both.
+//! Persistence, as narrow seams: one trait per kind of data (tenants and plans, keys,
+//! imports, audit, usage, quotas, admin tokens, health, and the change feed between
+//! replicas), so each consumer holds only the one it uses. [`SeaStore`] implements every
+//! one of them on SQLite and PostgreSQL through sea-orm; the behaviour suites in `tests/`
+//! run each trait on both.
+pub mod changes;
 mod db;
 pub mod entities;
 mod sea;
@@ -12,6 +16,7 @@ use crate::domain::quota::{QuotaChange, QuotaCounter};
 use crate::domain::{AuditEvent, KeyRecord, NewKey, Plan, Tenant, UnixMillis};
 use crate::error::Result;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Which keys `list_keys` returns, one page at a time.
 #[derive(Debug, Clone)]
@@ -129,19 +134,28 @@ pub struct QuotaClaim {
     pub now: UnixMillis,
 }
 
-/// Everything Keygate persists about tenants, keys and admin tokens.
+/// Tenants and the plan templates their policies may name.
 ///
-/// Every write that changes a tenant or a key takes the `audit` event describing it and
-/// inserts it in the same transaction as the change; a write that fails, or changes
-/// nothing, leaves no event.
+/// Every write that changes a tenant, a plan or a key (here and in the traits below) takes
+/// the `audit` event describing it and inserts it in the same transaction as the change; a
+/// write that fails, or changes nothing, leaves no event.
 #[async_trait::async_trait]
-pub trait KeyStore: Send + Sync + 'static {
+pub trait TenantStore: Send + Sync + 'static {
     /// Inserts or replaces a tenant; `create_time` of an existing tenant is kept.
     async fn upsert_tenant(&self, tenant: Tenant, audit: AuditEvent) -> Result<Tenant>;
     async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>>;
     /// Tenants ordered by id, after `after` (exclusive).
     async fn list_tenants(&self, after: Option<&str>, limit: u64) -> Result<Vec<Tenant>>;
+    /// Inserts or replaces a plan (its `create_time` kept), with its audit event.
+    async fn upsert_plan(&self, plan: Plan, audit: AuditEvent) -> Result<Plan>;
+    async fn get_plan(&self, id: &str) -> Result<Option<Plan>>;
+    /// Every plan, ordered by id.
+    async fn list_plans(&self) -> Result<Vec<Plan>>;
+}
 
+/// Keys issued by Keygate: the hot path's lookup and the lifecycle writes.
+#[async_trait::async_trait]
+pub trait KeyStore: Send + Sync + 'static {
     /// Inserts a key unless its tenant already has `cap` active (neither revoked nor expired
     /// at `now`) keys; 0 = no cap. The count and the insert are one transaction, serialised
     /// per tenant, so concurrent creates never exceed the cap.
@@ -177,9 +191,11 @@ pub trait KeyStore: Send + Sync + 'static {
         new: NewKey,
         audit: AuditEvent,
     ) -> Result<(KeyRecord, KeyRecord)>;
-    /// The audit trail, newest first.
-    async fn list_audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>>;
+}
 
+/// Keys brought from another system by their stored hash, and the prefixes they use.
+#[async_trait::async_trait]
+pub trait ImportStore: Send + Sync + 'static {
     /// Inserts imported keys under `rule` in one transaction, within the tenant's `cap`
     /// of active keys (0 = none), each with its audit event. The rule is recorded on first
     /// use; a prefix already imported with another tenant, format or lookup length is
@@ -193,16 +209,18 @@ pub trait KeyStore: Send + Sync + 'static {
     ) -> Result<Vec<KeyRecord>>;
     /// Every imported key prefix's rule.
     async fn import_rules(&self) -> Result<Vec<ImportRule>>;
+}
 
-    /// Inserts or replaces a plan (its `create_time` kept), with its audit event.
-    async fn upsert_plan(&self, plan: Plan, audit: AuditEvent) -> Result<Plan>;
-    async fn get_plan(&self, id: &str) -> Result<Option<Plan>>;
-    /// Every plan, ordered by id.
-    async fn list_plans(&self) -> Result<Vec<Plan>>;
+/// The audit trail, read back (writes append to it in their own transactions).
+#[async_trait::async_trait]
+pub trait AuditLog: Send + Sync + 'static {
+    /// The audit trail, newest first.
+    async fn list_audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>>;
+}
 
-    /// Whether the store answers (health).
-    async fn ping(&self) -> Result<()>;
-
+/// Usage counts per key, minute and day.
+#[async_trait::async_trait]
+pub trait UsageStore: Send + Sync + 'static {
     /// Adds a usage flush: cells to the minute and day tables, uses to each key's count,
     /// `last_used_time` forward. One transaction: all of it or none.
     async fn record_usage(&self, batch: &UsageBatch) -> Result<()>;
@@ -218,7 +236,11 @@ pub trait KeyStore: Send + Sync + 'static {
     /// `days_before`; returns the rows deleted.
     async fn prune_usage(&self, minutes_before: UnixMillis, days_before: UnixMillis)
         -> Result<u64>;
+}
 
+/// Quota period counters, shared by every replica.
+#[async_trait::async_trait]
+pub trait QuotaStore: Send + Sync + 'static {
     /// Hands out units of a quota period in one atomic step: `0` when fewer than
     /// `claim.need` remain, else the units now counted as used (see [`QuotaClaim`]). The
     /// counter row is created on first use. Across replicas the counter never passes the
@@ -248,11 +270,52 @@ pub trait KeyStore: Send + Sync + 'static {
         &self,
         cells: &[(String, UnixMillis)],
     ) -> Result<HashMap<(String, UnixMillis), QuotaCounter>>;
+}
 
+/// Admin tokens, stored as digests.
+#[async_trait::async_trait]
+pub trait AdminTokenStore: Send + Sync + 'static {
     /// Stores a new admin token (`revoke_time` ignored).
     async fn add_admin_token(&self, token: &AdminTokenRecord) -> Result<()>;
     /// Every stored admin token, revoked ones included, oldest first.
     async fn admin_tokens(&self) -> Result<Vec<AdminTokenRecord>>;
     /// Revokes a token; false when no such unrevoked token exists.
     async fn revoke_admin_token(&self, id: &str, now: UnixMillis) -> Result<bool>;
+}
+
+/// Whether the store answers (health and readiness).
+#[async_trait::async_trait]
+pub trait StoreHealth: Send + Sync + 'static {
+    async fn ping(&self) -> Result<()>;
+}
+
+/// One store seen through each of its seams: what the composition root hands out, one
+/// field to each consumer.
+#[derive(Clone)]
+pub struct Stores {
+    pub tenants: Arc<dyn TenantStore>,
+    pub keys: Arc<dyn KeyStore>,
+    pub imports: Arc<dyn ImportStore>,
+    pub audit: Arc<dyn AuditLog>,
+    pub usage: Arc<dyn UsageStore>,
+    pub quotas: Arc<dyn QuotaStore>,
+    pub tokens: Arc<dyn AdminTokenStore>,
+    pub health: Arc<dyn StoreHealth>,
+}
+
+impl Stores {
+    /// Every seam backed by the one sea-orm store.
+    pub fn of(store: SeaStore) -> Stores {
+        let s = Arc::new(store);
+        Stores {
+            tenants: s.clone(),
+            keys: s.clone(),
+            imports: s.clone(),
+            audit: s.clone(),
+            usage: s.clone(),
+            quotas: s.clone(),
+            tokens: s.clone(),
+            health: s,
+        }
+    }
 }

@@ -112,16 +112,13 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub metrics_addr: SocketAddr,
-    /// The server's hasher: its verify count shows how often argon2 ran.
-    pub hasher: keygate::hashing::SecretHasher,
     pub clock: Arc<ManualClock>,
     /// The database URL (shared by replicas).
     pub url: String,
     /// The database this server owns (dropped with it); `None` for a second replica.
     pub db: Option<TestDb>,
-    /// The server's usage recorder and store, to flush on demand.
-    pub usage: Arc<keygate::service::usage::UsageRecorder>,
-    pub store: Arc<dyn keygate::store::KeyStore>,
+    /// The server's test window: argon2 verify count, usage buffer, flush and prune.
+    pub handles: keygate::Handles,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<keygate::error::Result<()>>>,
 }
@@ -185,8 +182,7 @@ impl TestServer {
             clock: clock.clone(),
         };
         let app = keygate::App::build(cfg, opts).await.expect("server builds");
-        let hasher = app.hasher.clone();
-        let (usage, store) = (app.usage.clone(), app.store.clone());
+        let handles = app.handles();
         let metrics_addr = app.metrics_addr().expect("metrics enabled in tests");
         let handle = tokio::spawn(app.serve(listener, async move {
             let _ = rx.await;
@@ -194,12 +190,10 @@ impl TestServer {
         let server = TestServer {
             addr,
             metrics_addr,
-            hasher,
             clock,
             url,
             db,
-            usage,
-            store,
+            handles,
             stop: Some(tx),
             handle: Some(handle),
         };
@@ -254,7 +248,7 @@ impl TestServer {
 
     /// Writes the buffered usage now (as the periodic flush would).
     pub async fn flush_usage(&self) -> keygate::error::Result<()> {
-        self.usage.flush(self.store.as_ref(), self.now()).await
+        self.handles.flush_usage().await
     }
 
     /// Graceful stop; returns what `run_with` returned.

@@ -1,0 +1,214 @@
+//! Serving: the gRPC router with its interceptors, the background tasks, and the order of
+//! a graceful shutdown.
+use super::{health, probes, tasks, App};
+use crate::envoy::ExtAuthz;
+use crate::error::{Error, Result};
+use crate::grpc::auth::{AdminAuth, AuthorizeCallers};
+use crate::grpc::authorize::AuthorizeApi;
+use crate::grpc::key_admin::KeyAdminApi;
+use crate::grpc::pb::authorize_server::AuthorizeServer;
+use crate::grpc::pb::key_admin_server::KeyAdminServer;
+use crate::service::{changes, usage};
+use crate::tls;
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+use secrecy::ExposeSecret;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+
+fn internal<E: std::error::Error + Send + Sync + 'static>(
+    context: &'static str,
+) -> impl FnOnce(E) -> Error {
+    move |e| Error::Internal {
+        context,
+        source: Some(Box::new(e)),
+    }
+}
+
+/// Server reflection (v1 and v1alpha) over Keygate's and health's descriptors.
+#[allow(clippy::type_complexity)]
+fn reflection() -> Result<(
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+)> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::grpc::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok((
+        builder().build_v1().map_err(internal("reflection"))?,
+        builder().build_v1alpha().map_err(internal("reflection"))?,
+    ))
+}
+
+impl App {
+    /// Serves on `listener` until `shutdown` resolves, then drains in-flight calls (for at
+    /// most `shutdown_grace_secs`) and flushes what is buffered.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let App {
+            config,
+            stores,
+            feed,
+            hasher,
+            cache,
+            admin,
+            check,
+            usage,
+            quotas,
+            imports,
+            clock,
+            tokens,
+            tls,
+            origin,
+            metrics,
+            metrics_listener,
+        } = self;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health::set_all(&health, ServingStatus::Serving, false).await;
+        let (reflection_v1, reflection_v1alpha) = reflection()?;
+        let max_message = config.limits.max_message_bytes;
+        let admin_auth = AdminAuth(tokens.clone());
+        let key_admin = InterceptedService::new(
+            KeyAdminServer::new(KeyAdminApi::new(admin, metrics.clone()))
+                .max_decoding_message_size(max_message),
+            move |req| admin_auth.check(req),
+        );
+        let callers = AuthorizeCallers::new(
+            config.authorize_token.as_ref().map(|t| t.expose_secret()),
+            config.tls.authorize_subjects.clone(),
+        );
+        let envoy_callers = callers.clone();
+        let ext_authz = InterceptedService::new(
+            AuthorizationServer::new(ExtAuthz::new(check.clone(), config.envoy.clone()))
+                .max_decoding_message_size(max_message),
+            move |req| envoy_callers.check(req),
+        );
+        let authorize = InterceptedService::new(
+            AuthorizeServer::new(AuthorizeApi::new(check)).max_decoding_message_size(max_message),
+            move |req| callers.check(req),
+        );
+
+        let addr = listener.local_addr().map_err(internal("listener"))?;
+        let grace = Duration::from_secs(config.shutdown_grace_secs);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        if let Some(listener) = metrics_listener {
+            tokio::spawn(probes::serve(
+                listener,
+                metrics.clone(),
+                cache.clone(),
+                hasher,
+                stop_rx.clone(),
+            ));
+        }
+        tokio::spawn(tasks::refresh_tokens_and_imports(
+            tokens,
+            imports,
+            stores.clone(),
+            stop_rx.clone(),
+        ));
+        tokio::spawn(health::watch_store(
+            stores.health.clone(),
+            health.clone(),
+            metrics.ready.clone(),
+            Duration::from_secs(config.store_unready_after_secs),
+            stop_rx.clone(),
+        ));
+        if let Some(feed) = feed {
+            tokio::spawn(changes::listen(
+                feed,
+                cache.clone(),
+                metrics.clone(),
+                origin,
+                stop_rx.clone(),
+            ));
+        }
+        // The usage flusher stops only after the server has drained, so its last flush
+        // holds every check that was answered.
+        let (flush_stop_tx, flush_stop_rx) = tokio::sync::watch::channel(false);
+        let flusher = tokio::spawn(usage.clone().run(
+            stores.usage.clone(),
+            clock.clone(),
+            Duration::from_millis(config.usage.flush_ms),
+            flush_stop_rx.clone(),
+        ));
+        // Likewise the quota leases: given back once no check can spend them any more.
+        let leases = tokio::spawn(quotas.run(clock.clone(), flush_stop_rx));
+        tokio::spawn(usage::prune(
+            stores.usage.clone(),
+            clock,
+            Duration::from_secs(config.usage.minute_retention_hours * 3600),
+            Duration::from_secs(config.usage.day_retention_days * 86_400),
+            stop_rx.clone(),
+        ));
+        let health_on_stop = health.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: draining in-flight calls");
+            health::set_all(&health_on_stop, ServingStatus::NotServing, false).await;
+            let _ = stop_tx.send(true);
+        });
+        let mut drained = stop_rx.clone();
+        let mut stop_server = stop_rx.clone();
+        let router = tonic::transport::Server::builder()
+            .timeout(Duration::from_millis(config.limits.request_timeout_ms))
+            .concurrency_limit_per_connection(config.limits.max_concurrent_calls_per_connection)
+            .max_concurrent_streams(Some(config.limits.max_concurrent_streams))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(key_admin)
+            .add_service(authorize)
+            .add_service(ext_authz);
+        let stop_serving = async move {
+            let _ = stop_server.wait_for(|stop| *stop).await;
+        };
+        type Serving = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+        let server: Serving = match tls {
+            Some(tls) => {
+                tokio::spawn(
+                    tls.clone()
+                        .watch(Duration::from_secs(config.tls.reload_secs), stop_rx.clone()),
+                );
+                Box::pin(
+                    router.serve_with_incoming_shutdown(tls::incoming(listener, tls), stop_serving),
+                )
+            }
+            None => {
+                // Our own listener, so tonic's accept-time socket options do not apply:
+                // without TCP_NODELAY, Nagle plus delayed ACK put 40 ms tails on
+                // Envoy -> Keygate calls.
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                Box::pin(router.serve_with_incoming_shutdown(incoming, stop_serving))
+            }
+        };
+        tracing::info!(listen = %addr, "keygate serving");
+        // The server drains gracefully; a client that holds a call open longer than the
+        // grace period does not keep the process alive.
+        let deadline = async move {
+            let _ = drained.wait_for(|stop| *stop).await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            res = server => res.map_err(internal("grpc server"))?,
+            _ = deadline => tracing::warn!("shutdown grace period ended with calls still in flight"),
+        }
+        let _ = flush_stop_tx.send(true);
+        let _ = flusher.await;
+        let _ = leases.await;
+        tracing::info!("keygate stopped");
+        Ok(())
+    }
+}

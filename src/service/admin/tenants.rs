@@ -1,0 +1,80 @@
+//! Tenants and their key policy.
+use super::paging::{bad_token, next_token, Page};
+use super::AdminService;
+use crate::domain::access::Need;
+use crate::domain::{text, Caller, Tenant, TenantPolicy};
+use crate::error::{Error, Result};
+
+impl AdminService {
+    pub async fn upsert_tenant(
+        &self,
+        id: String,
+        display_name: String,
+        policy: TenantPolicy,
+        caller: &Caller,
+    ) -> Result<Tenant> {
+        text::validate_tenant_id("tenant.id", &id)?;
+        caller.principal.may(Need::Platform, &id)?;
+        text::validate_text("tenant.display_name", &display_name, text::MAX_NAME_CHARS)?;
+        policy.validate("tenant.policy")?;
+        if !policy.plan_id.is_empty() && self.tenants.get_plan(&policy.plan_id).await?.is_none() {
+            return Err(Error::precondition(
+                "tenant.policy.plan_id",
+                format!(
+                    "no plan {:?}; create it with UpsertPlan first",
+                    policy.plan_id
+                ),
+            ));
+        }
+        let now = self.now();
+        let tenant = self
+            .tenants
+            .upsert_tenant(
+                Tenant {
+                    id: id.clone(),
+                    display_name,
+                    policy,
+                    create_time: now,
+                    update_time: now,
+                },
+                self.event(
+                    caller,
+                    "upsert_tenant",
+                    &id,
+                    "",
+                    vec!["display_name".into(), "policy".into()],
+                    String::new(),
+                ),
+            )
+            .await?;
+        self.listener.tenant_changed(&tenant.id);
+        Ok(tenant)
+    }
+
+    pub async fn get_tenant(&self, id: &str, caller: &Caller) -> Result<Tenant> {
+        text::validate_tenant_id("tenant_id", id)?;
+        caller.principal.may(Need::Read, id)?;
+        self.tenant(id).await
+    }
+
+    /// Tenants ordered by id; a tenant-limited token sees only its own.
+    pub async fn list_tenants(&self, page: Page, caller: &Caller) -> Result<(Vec<Tenant>, String)> {
+        let limit = page.limit()?;
+        if let Some(own) = &caller.principal.tenant {
+            let tenants = match (page.token.is_empty(), self.tenants.get_tenant(own).await?) {
+                (true, Some(t)) => vec![t],
+                _ => vec![],
+            };
+            return Ok((tenants, String::new()));
+        }
+        let after = if page.token.is_empty() {
+            None
+        } else {
+            text::validate_tenant_id("page_token", &page.token).map_err(|_| bad_token())?;
+            Some(page.token.as_str())
+        };
+        let tenants = self.tenants.list_tenants(after, limit).await?;
+        let next = next_token(&tenants, limit, |t| t.id.clone());
+        Ok((tenants, next))
+    }
+}
