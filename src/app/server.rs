@@ -58,99 +58,85 @@ impl App {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
-        let App {
-            config,
-            stores,
-            feed,
-            hasher,
-            cache,
-            admin,
-            check,
-            usage,
-            quotas,
-            imports,
-            clock,
-            tokens,
-            tls,
-            origin,
-            metrics,
-            metrics_listener,
-        } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
         health::set_all(&health, ServingStatus::Serving, false).await;
         let (reflection_v1, reflection_v1alpha) = reflection()?;
-        let max_message = config.limits.max_message_bytes;
-        let admin_auth = AdminAuth(tokens.clone());
+        let max_message = self.config.limits.max_message_bytes;
+        let admin_auth = AdminAuth(self.tokens.clone());
         let key_admin = InterceptedService::new(
-            KeyAdminServer::new(KeyAdminApi::new(admin, metrics.clone()))
+            KeyAdminServer::new(KeyAdminApi::new(self.admin, self.metrics.clone()))
                 .max_decoding_message_size(max_message),
             move |req| admin_auth.check(req),
         );
         let callers = AuthorizeCallers::new(
-            config.authorize_token.as_ref().map(|t| t.expose_secret()),
-            config.tls.authorize_subjects.clone(),
+            self.config
+                .authorize_token
+                .as_ref()
+                .map(|t| t.expose_secret()),
+            self.config.tls.authorize_subjects.clone(),
         );
         let envoy_callers = callers.clone();
         let ext_authz = InterceptedService::new(
-            AuthorizationServer::new(ExtAuthz::new(check.clone(), config.envoy.clone()))
+            AuthorizationServer::new(ExtAuthz::new(self.check.clone(), self.config.envoy.clone()))
                 .max_decoding_message_size(max_message),
             move |req| envoy_callers.check(req),
         );
         let authorize = InterceptedService::new(
-            AuthorizeServer::new(AuthorizeApi::new(check)).max_decoding_message_size(max_message),
+            AuthorizeServer::new(AuthorizeApi::new(self.check))
+                .max_decoding_message_size(max_message),
             move |req| callers.check(req),
         );
 
         let addr = listener.local_addr().map_err(internal("listener"))?;
-        let grace = Duration::from_secs(config.shutdown_grace_secs);
+        let grace = Duration::from_secs(self.config.shutdown_grace_secs);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        if let Some(listener) = metrics_listener {
+        if let Some(listener) = self.metrics_listener {
             tokio::spawn(probes::serve(
                 listener,
-                metrics.clone(),
-                cache.clone(),
-                hasher,
+                self.metrics.clone(),
+                self.cache.clone(),
+                self.hasher,
                 stop_rx.clone(),
             ));
         }
         tokio::spawn(tasks::refresh_tokens_and_imports(
-            tokens,
-            imports,
-            stores.clone(),
+            self.tokens,
+            self.imports,
+            self.stores.clone(),
             stop_rx.clone(),
         ));
         tokio::spawn(health::watch_store(
-            stores.health.clone(),
+            self.stores.health.clone(),
             health.clone(),
-            metrics.ready.clone(),
-            Duration::from_secs(config.store_unready_after_secs),
+            self.metrics.ready.clone(),
+            Duration::from_secs(self.config.store_unready_after_secs),
             stop_rx.clone(),
         ));
-        if let Some(feed) = feed {
+        if let Some(feed) = self.feed {
             tokio::spawn(changes::listen(
                 feed,
-                cache.clone(),
-                metrics.clone(),
-                origin,
+                self.cache.clone(),
+                self.metrics.clone(),
+                self.origin,
                 stop_rx.clone(),
             ));
         }
         // The usage flusher stops only after the server has drained, so its last flush
         // holds every check that was answered.
         let (flush_stop_tx, flush_stop_rx) = tokio::sync::watch::channel(false);
-        let flusher = tokio::spawn(usage.clone().run(
-            stores.usage.clone(),
-            clock.clone(),
-            Duration::from_millis(config.usage.flush_ms),
+        let flusher = tokio::spawn(self.usage.clone().run(
+            self.stores.usage.clone(),
+            self.clock.clone(),
+            Duration::from_millis(self.config.usage.flush_ms),
             flush_stop_rx.clone(),
         ));
         // Likewise the quota leases: given back once no check can spend them any more.
-        let leases = tokio::spawn(quotas.run(clock.clone(), flush_stop_rx));
+        let leases = tokio::spawn(self.quotas.run(self.clock.clone(), flush_stop_rx));
         tokio::spawn(usage::prune(
-            stores.usage.clone(),
-            clock,
-            Duration::from_secs(config.usage.minute_retention_hours * 3600),
-            Duration::from_secs(config.usage.day_retention_days * 86_400),
+            self.stores.usage.clone(),
+            self.clock,
+            Duration::from_secs(self.config.usage.minute_retention_hours * 3600),
+            Duration::from_secs(self.config.usage.day_retention_days * 86_400),
             stop_rx.clone(),
         ));
         let health_on_stop = health.clone();
@@ -163,9 +149,11 @@ impl App {
         let mut drained = stop_rx.clone();
         let mut stop_server = stop_rx.clone();
         let router = tonic::transport::Server::builder()
-            .timeout(Duration::from_millis(config.limits.request_timeout_ms))
-            .concurrency_limit_per_connection(config.limits.max_concurrent_calls_per_connection)
-            .max_concurrent_streams(Some(config.limits.max_concurrent_streams))
+            .timeout(Duration::from_millis(self.config.limits.request_timeout_ms))
+            .concurrency_limit_per_connection(
+                self.config.limits.max_concurrent_calls_per_connection,
+            )
+            .max_concurrent_streams(Some(self.config.limits.max_concurrent_streams))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -176,12 +164,12 @@ impl App {
             let _ = stop_server.wait_for(|stop| *stop).await;
         };
         type Serving = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
-        let server: Serving = match tls {
+        let server: Serving = match self.tls {
             Some(tls) => {
-                tokio::spawn(
-                    tls.clone()
-                        .watch(Duration::from_secs(config.tls.reload_secs), stop_rx.clone()),
-                );
+                tokio::spawn(tls.clone().watch(
+                    Duration::from_secs(self.config.tls.reload_secs),
+                    stop_rx.clone(),
+                ));
                 Box::pin(
                     router.serve_with_incoming_shutdown(tls::incoming(listener, tls), stop_serving),
                 )

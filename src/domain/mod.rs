@@ -7,6 +7,7 @@ pub mod ip;
 pub mod key;
 pub mod policy;
 pub mod quota;
+pub mod reason;
 pub mod record;
 pub mod scope;
 pub mod text;

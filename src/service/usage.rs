@@ -8,11 +8,11 @@
 //! need a new row in a full buffer is not counted (it is still decided normally) and
 //! adds to `keygate_usage_dropped_total`; a failed flush puts its rows back, within the
 //! same bound, and is retried on the next tick.
+use crate::domain::reason::Reason;
 use crate::domain::usage::{day_of, minute_of, EndpointId, RouteTable};
 use crate::domain::UnixMillis;
 use crate::error::Result;
 use crate::metrics::UsageMetrics;
-use crate::service::check::Reason;
 use crate::store::{KeyUse, UsageBatch, UsageCell, UsageStore};
 use std::collections::HashMap;
 use std::hash::BuildHasher;
