@@ -45,6 +45,8 @@
 //!
 //! Results go to `$CARGO_TARGET_DIR/bench/results.json` (else `target/bench/`). The runner
 //! never fails on a figure; it fails (non-zero exit) when a selected scenario cannot run.
+// The helpers the other benches share, until they join this runner.
+#[path = "../common/mod.rs"]
 mod common;
 
 use common::{authed, connect, BoxError};
