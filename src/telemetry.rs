@@ -162,7 +162,7 @@ fn traceparent_sampled(tp: &str) -> Option<bool> {
 /// Whether this check is traced: the caller's decision when it sent one, else a draw at
 /// `otlp_sample_ratio`. Never while traces are not exported: a check span then has no
 /// reader (no log line is written per check), and creating it costs ~16 µs of CPU per
-/// check in the subscriber (measured by `cargo bench --bench tracing`).
+/// check in the subscriber (measured by `cargo bench --bench keygate -- --scenario tracing`).
 fn sampled(carrier: Option<&dyn Extractor>) -> bool {
     let Some(&ratio) = ROOT_SAMPLE_RATIO.get() else {
         return false;
