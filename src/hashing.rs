@@ -1,5 +1,6 @@
 //! argon2id hashing and verification of key secrets, always on the blocking pool and
 //! behind a concurrency limit so a burst of cold keys cannot starve the async runtime.
+use crate::domain::import::HashCeiling;
 use crate::error::{Error, Result};
 use argon2::password_hash::{
     rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
@@ -23,6 +24,27 @@ pub struct Argon2Config {
     pub parallelism: u32,
     /// Hashes/verifies running at once; 0 = number of CPUs.
     pub max_concurrent: usize,
+    /// The most memory (KiB) a stored argon2 hash may ask one verify for: imports above it
+    /// are refused, stored hashes above it never verify. Default 131072 (128 MiB).
+    pub max_memory_kib: u32,
+    /// The most passes (`t`) a stored argon2 hash may ask for. Default 4.
+    pub max_iterations: u32,
+    /// The most lanes (`p`) a stored argon2 hash may ask for. Default 16.
+    pub max_parallelism: u32,
+    /// The longest argon2 output (bytes) a stored hash may have. Default 64.
+    pub max_output_len: usize,
+}
+
+impl Argon2Config {
+    /// What a stored hash may cost to verify.
+    pub fn ceiling(&self) -> HashCeiling {
+        HashCeiling {
+            memory_kib: self.max_memory_kib,
+            iterations: self.max_iterations,
+            parallelism: self.max_parallelism,
+            output_len: self.max_output_len,
+        }
+    }
 }
 
 impl Default for Argon2Config {
@@ -39,6 +61,12 @@ impl Default for Argon2Config {
             iterations: 1,
             parallelism: 1,
             max_concurrent: 0,
+            // Room for the usual settings of other systems (PHP's m=64 MiB,t=4; Django's
+            // m=100 MiB,t=2,p=8) while one verify stays well under a second of one core.
+            max_memory_kib: 131_072,
+            max_iterations: 4,
+            max_parallelism: 16,
+            max_output_len: 64,
         }
     }
 }
@@ -50,6 +78,7 @@ struct Inner {
     /// and known ids cost the same time.
     dummy: String,
     verifies: AtomicU64,
+    ceiling: HashCeiling,
 }
 
 /// Hashes and verifies secrets. Cheap to clone.
@@ -61,6 +90,29 @@ impl SecretHasher {
         let params = Params::new(cfg.memory_kib, cfg.iterations, cfg.parallelism, None)
             .map_err(|e| Error::invalid("argon2", format!("invalid argon2 parameters: {e}")))?;
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        // Keys this server hashes must verify under its own ceiling.
+        for (field, value, max) in [
+            ("argon2.max_memory_kib", cfg.memory_kib, cfg.max_memory_kib),
+            ("argon2.max_iterations", cfg.iterations, cfg.max_iterations),
+            (
+                "argon2.max_parallelism",
+                cfg.parallelism,
+                cfg.max_parallelism,
+            ),
+        ] {
+            if value > max {
+                return Err(Error::invalid(
+                    field,
+                    format!("is {max}, below the {value} this server hashes new keys with"),
+                ));
+            }
+        }
+        if cfg.max_output_len < 32 {
+            return Err(Error::invalid(
+                "argon2.max_output_len",
+                "must be at least 32 (the output of the hashes this server makes)",
+            ));
+        }
         let permits = if cfg.max_concurrent == 0 {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -79,6 +131,7 @@ impl SecretHasher {
             permits: Semaphore::new(permits),
             dummy,
             verifies: AtomicU64::new(0),
+            ceiling: cfg.ceiling(),
         })))
     }
 
@@ -130,6 +183,12 @@ impl SecretHasher {
             }
             let parsed = PasswordHash::new(&phc)
                 .map_err(|_| Error::internal("stored hash is not a PHC string"))?;
+            // A stored hash above the ceiling is never run: whoever stored it must not
+            // choose what a check costs. Its key does not authenticate.
+            if let Err(why) = inner.ceiling.admits(&parsed) {
+                tracing::warn!(why = %why, "refusing to verify a stored hash above the argon2 ceiling");
+                return Ok(false);
+            }
             let ok = inner
                 .argon
                 .verify_password(secret.expose_secret().as_bytes(), &parsed)
@@ -137,6 +196,11 @@ impl SecretHasher {
             Ok(ok && known)
         })
         .await
+    }
+
+    /// What a stored hash may cost to verify (imports are held to it too).
+    pub fn ceiling(&self) -> HashCeiling {
+        self.0.ceiling
     }
 
     /// How many verifies ran since start (a metric, and how tests prove single-flight).
@@ -168,6 +232,28 @@ mod tests {
             .await
             .unwrap());
         assert_eq!(h.verify_count(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_stored_hash_above_the_ceiling_is_never_verified() {
+        let h = SecretHasher::new(Argon2Config::default()).unwrap();
+        let costly = |t: u32| {
+            let params = Params::new(8, t, 1, None).unwrap();
+            let salt = SaltString::generate(&mut OsRng);
+            Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+                .hash_password(b"kg_secret", &salt)
+                .unwrap()
+                .to_string()
+        };
+        // Cheap to compute here (8 KiB), but more passes than the ceiling allows.
+        assert!(!h
+            .verify("kg_secret".to_string().into(), Some(costly(5)))
+            .await
+            .unwrap());
+        assert!(h
+            .verify("kg_secret".to_string().into(), Some(costly(4)))
+            .await
+            .unwrap());
     }
 
     #[test]

@@ -21,6 +21,11 @@ impl ImportRegistry {
         Some((import::lookup_id(rule, presented)?, rule.key_prefix.clone()))
     }
 
+    /// Every imported prefix's rule, as last loaded.
+    pub fn rules(&self) -> Arc<Vec<ImportRule>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     pub fn set(&self, rules: Vec<ImportRule>) {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rules);
     }

@@ -244,4 +244,138 @@ async fn imported_keys_keep_working(db: Db) {
     assert_eq!(c6, Code::InvalidArgument, "{m}");
 }
 
-on_both_stores!(imported_keys_keep_working);
+
+/// A prefix belongs to one tenant: no import under (or overlapping) another tenant's
+/// native prefix or imported prefix, and no tenant prefix overlapping another's import.
+async fn an_imported_prefix_belongs_to_one_tenant(db: Db) {
+    let s = server_or_skip!(db);
+    let mut a = s.admin().await;
+    let owner = pb::TenantPolicy {
+        key_prefix: "tt_".into(),
+        ..Default::default()
+    };
+    tenant(&mut a, "owner", owner).await;
+    tenant(&mut a, "taker", pb::TenantPolicy::default()).await;
+    let one = |seed: &str| vec![imported("k", sha_hex(seed), "")];
+    for prefix in ["tt_", "tt_live_", "tt"] {
+        let (c, m) = code(
+            import(
+                &mut a,
+                "taker",
+                prefix,
+                ImportHashFormat::Sha256Hex,
+                0,
+                one(prefix),
+            )
+            .await,
+        );
+        assert_eq!(c, Code::FailedPrecondition, "{prefix}: {m}");
+        assert!(m.starts_with("key_prefix: overlaps"), "{m}");
+        assert!(!m.contains("owner"), "another tenant is never named: {m}");
+    }
+    // Its own native prefix is the owner's to import under, and so is a fresh one.
+    import(
+        &mut a,
+        "owner",
+        "tt_old_",
+        ImportHashFormat::Sha256Hex,
+        0,
+        one("a"),
+    )
+    .await
+    .unwrap();
+    import(
+        &mut a,
+        "owner",
+        "legacy_",
+        ImportHashFormat::Sha256Hex,
+        0,
+        one("b"),
+    )
+    .await
+    .unwrap();
+    // Another tenant's imported prefix, or one overlapping it, is refused too …
+    let (c, m) = code(
+        import(
+            &mut a,
+            "taker",
+            "legacy_x",
+            ImportHashFormat::Sha256Hex,
+            0,
+            one("c"),
+        )
+        .await,
+    );
+    assert_eq!(c, Code::FailedPrecondition, "{m}");
+    assert!(m.contains("another tenant imported"), "{m}");
+    // … and so is a tenant prefix overlapping it.
+    let (c, m) = code(
+        a.client
+            .upsert_tenant(a.req(pb::UpsertTenantRequest {
+                tenant: Some(pb::Tenant {
+                    id: "taker".into(),
+                    policy: Some(pb::TenantPolicy {
+                        key_prefix: "legacy_".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            }))
+            .await,
+    );
+    assert_eq!(c, Code::FailedPrecondition, "{m}");
+    assert!(m.starts_with("tenant.policy.key_prefix:"), "{m}");
+}
+
+
+/// Whoever imports keys does not choose what a check costs: argon2 parameters above the
+/// server's ceiling are refused by field, before anything is stored.
+async fn imported_argon2_cost_is_bounded(db: Db) {
+    let s = server_or_skip!(db);
+    let mut a = s.admin().await;
+    tenant(&mut a, "legacy", pb::TenantPolicy::default()).await;
+    let bomb = |params: &str| {
+        format!("$argon2id$v=19${params}$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaA")
+    };
+    for (params, what) in [
+        ("m=4194304,t=1,p=1", "memory (m, KiB) is 4194304"),
+        ("m=8,t=4294967295,p=1", "iterations (t) is 4294967295"),
+        ("m=1024,t=1,p=64", "parallelism (p) is 64"),
+    ] {
+        let keys = vec![
+            imported("fine", argon("acme-FINE0001.x"), "acme-FINE0001"),
+            imported("bomb", bomb(params), "acme-BOMB0001"),
+        ];
+        let (c, m) = code(
+            import(
+                &mut a,
+                "legacy",
+                "acme-",
+                ImportHashFormat::Argon2Phc,
+                8,
+                keys,
+            )
+            .await,
+        );
+        assert_eq!(c, Code::InvalidArgument, "{params}: {m}");
+        assert!(m.starts_with("keys[1].hash: argon2 "), "{m}");
+        assert!(m.contains(what), "{m}");
+    }
+    // All or nothing: the acceptable key of the refused batch was not stored either.
+    let listed = a
+        .client
+        .list_keys(a.req(pb::ListKeysRequest {
+            tenant_id: "legacy".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.keys.is_empty(), "{:?}", listed.keys);
+}
+
+on_both_stores!(
+    imported_keys_keep_working,
+    an_imported_prefix_belongs_to_one_tenant,
+    imported_argon2_cost_is_bounded
+);

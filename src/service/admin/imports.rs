@@ -47,6 +47,27 @@ impl AdminService {
                 ))
             }
         };
+        // A prefix belongs to one tenant: importing under another tenant's native prefix
+        // (or one overlapping it) would let these keys answer for that tenant's format.
+        // The other tenant is not named: a tenant-scoped admin learns nothing about it.
+        for other in self.all_tenants().await? {
+            if other.id != tenant_id
+                && import::prefixes_overlap(&key_prefix, other.policy.effective_prefix())
+            {
+                return Err(Error::precondition(
+                    "key_prefix",
+                    "overlaps the key prefix of another tenant; choose a prefix no other tenant uses",
+                ));
+            }
+        }
+        if self.imports.rules().iter().any(|r| {
+            r.tenant_id != tenant_id && import::prefixes_overlap(&key_prefix, &r.key_prefix)
+        }) {
+            return Err(Error::precondition(
+                "key_prefix",
+                "overlaps a prefix another tenant imported keys under",
+            ));
+        }
         if keys.is_empty() || keys.len() > MAX_IMPORT {
             return Err(Error::invalid(
                 "keys",
@@ -68,7 +89,8 @@ impl AdminService {
             text::validate_name(&field("name"), &k.name)?;
             text::validate_metadata(&field("metadata"), &k.metadata)?;
             validate_rate_limits(&field("rate_limits"), &k.rate_limits)?;
-            let secret_hash = import::stored_hash(&field("hash"), format, &k.hash)?;
+            let secret_hash =
+                import::stored_hash(&field("hash"), format, &k.hash, &self.hasher.ceiling())?;
             let (lookup_id, display_prefix) = match format {
                 ImportFormat::Sha256 => (secret_hash.clone(), String::new()),
                 ImportFormat::Argon2 => {

@@ -116,6 +116,21 @@ impl AdminService {
             .ok_or_else(|| Error::not_found("tenant", id))
     }
 
+    /// Every tenant, read a page at a time (admin writes that must see them all).
+    async fn all_tenants(&self) -> Result<Vec<Tenant>> {
+        const PAGE: u64 = 1000;
+        let mut all: Vec<Tenant> = Vec::new();
+        loop {
+            let after = all.last().map(|t| t.id.clone());
+            let page = self.tenants.list_tenants(after.as_deref(), PAGE).await?;
+            let full = page.len() as u64 == PAGE;
+            all.extend(page);
+            if !full {
+                return Ok(all);
+            }
+        }
+    }
+
     /// The key, if `caller` may do `need` on it. A tenant-limited token gets the same
     /// PERMISSION_DENIED for another tenant's key as for a key that does not exist.
     async fn key_for(&self, id: &str, caller: &Caller, need: Need) -> Result<KeyRecord> {

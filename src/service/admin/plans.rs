@@ -29,17 +29,9 @@ impl AdminService {
         );
         let plan = self.tenants.upsert_plan(plan, audit).await?;
         // Cached tenants hold their effective policy: drop those on this plan.
-        let mut after: Option<String> = None;
-        loop {
-            let page = self.tenants.list_tenants(after.as_deref(), 1000).await?;
-            for t in &page {
-                if t.policy.plan_id == plan.id {
-                    self.listener.tenant_changed(&t.id);
-                }
-            }
-            match page.last() {
-                Some(t) if page.len() == 1000 => after = Some(t.id.clone()),
-                _ => break,
+        for t in self.all_tenants().await? {
+            if t.policy.plan_id == plan.id {
+                self.listener.tenant_changed(&t.id);
             }
         }
         tracing::info!(plan_id = %plan.id, "plan upserted");

@@ -26,6 +26,18 @@ impl AdminService {
                 ),
             ));
         }
+        let prefix = policy.effective_prefix();
+        if let Some(r) = self.imports.rules().iter().find(|r| {
+            r.tenant_id != id && crate::domain::import::prefixes_overlap(prefix, &r.key_prefix)
+        }) {
+            return Err(Error::precondition(
+                "tenant.policy.key_prefix",
+                format!(
+                    "{prefix:?} overlaps the imported key prefix {:?} of tenant {:?}",
+                    r.key_prefix, r.tenant_id
+                ),
+            ));
+        }
         let now = self.now();
         let tenant = self
             .tenants
