@@ -313,8 +313,7 @@ async fn old_buckets_are_pruned(db: Db) {
     decide(&mut c, check_req(&k.secret)).await;
     s.flush_usage().await.unwrap();
     let prune = |now| {
-        keygate::service::usage::prune_once(
-            s.store.as_ref(),
+        s.prune_usage(
             now,
             Duration::from_secs(3600),
             Duration::from_secs(2 * 86_400),
@@ -385,7 +384,7 @@ async fn counts_survive_a_store_outage_during_a_flush() {
     for _ in 0..5 {
         assert_eq!(decide(&mut c, check_req(&k.secret)).await, pb::Reason::Ok);
     }
-    assert!(s.usage.buffered_rows() > 0);
+    assert!(s.buffered_usage_rows() > 0);
     let m = crate::envoy::http(s.metrics_addr, "127.0.0.1", "GET", "/metrics", &[]).await;
     assert_eq!(
         crate::observability::sample(&m.body, "keygate_usage_flush_failures_total"),
@@ -413,7 +412,7 @@ async fn counts_survive_a_store_outage_during_a_flush() {
         .unwrap()
         .into_inner();
     assert_eq!(counts(&r).allowed, 30);
-    assert_eq!(s.usage.buffered_rows(), 0);
+    assert_eq!(s.buffered_usage_rows(), 0);
 }
 
 /// SIGTERM mid-load: every check the clients saw answered is in the usage after a
