@@ -1,16 +1,17 @@
 //! The test harness: a real Keygate on a free port over a fresh database (`TestServer`),
-//! and what tests need around it.
-#![allow(dead_code)]
+//! typed clients for its services (`Admin`, `CheckClient`), and the fixtures tests build
+//! their requests from (`new_key`, `check`, `limit`, …). Tests import all of it from here.
+mod client;
 mod db;
+mod fixtures;
 mod proxy;
 mod server;
 
+pub use client::{Admin, CheckClient};
 pub use db::{Db, TestDb};
+pub use fixtures::*;
 pub use proxy::Proxy;
 pub use server::{config_for, TestServer};
-
-use keygate::grpc::pb::key_admin_client::KeyAdminClient;
-use tonic::transport::Channel;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -18,24 +19,6 @@ pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// A KeyAdmin client that sends a bearer token.
-#[derive(Clone)]
-pub struct Admin {
-    pub client: KeyAdminClient<Channel>,
-    pub token: String,
-}
-
-impl Admin {
-    pub fn req<T>(&self, msg: T) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(msg);
-        r.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {}", self.token).parse().unwrap(),
-        );
-        r
-    }
 }
 
 /// Generates `mod sqlite` and `mod postgres`, each with one `#[tokio::test]` per listed
@@ -76,9 +59,12 @@ macro_rules! server_or_skip {
 }
 
 /// The status code of a failed call, with its message for assertions.
-pub fn code<T: std::fmt::Debug>(
-    r: Result<tonic::Response<T>, tonic::Status>,
-) -> (tonic::Code, String) {
+pub fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> (tonic::Code, String) {
     let s = r.expect_err("call should have failed");
     (s.code(), s.message().to_owned())
+}
+
+/// The status code of a call: `Ok` when it succeeded.
+pub fn outcome<T>(r: Result<T, tonic::Status>) -> tonic::Code {
+    r.map_or_else(|s| s.code(), |_| tonic::Code::Ok)
 }

@@ -1,9 +1,7 @@
 //! A real Keygate on a free port, and everything tests read from inside it.
-use super::{Admin, TestDb, ADMIN_TOKEN};
+use super::{Admin, CheckClient, TestDb, ADMIN_TOKEN};
 use keygate::config::Config;
 use keygate::domain::{Clock, ManualClock, SystemClock, UnixMillis};
-use keygate::grpc::pb::authorize_client::AuthorizeClient;
-use keygate::grpc::pb::key_admin_client::KeyAdminClient;
 use keygate::Options;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -158,15 +156,12 @@ impl TestServer {
 
     /// A KeyAdmin client with the platform admin token.
     pub async fn admin(&self) -> Admin {
-        Admin {
-            client: KeyAdminClient::new(self.channel().await),
-            token: ADMIN_TOKEN.into(),
-        }
+        Admin::new(self.channel().await, ADMIN_TOKEN)
     }
 
     /// An Authorize client (no token: tests configure `authorize_token` themselves).
-    pub async fn authorize(&self) -> AuthorizeClient<Channel> {
-        AuthorizeClient::new(self.channel().await)
+    pub async fn authorize(&self) -> CheckClient {
+        CheckClient::new(self.channel().await)
     }
 
     pub fn now(&self) -> UnixMillis {
