@@ -4,7 +4,7 @@
 //! with the real `keygate admin create` command and picked up by the running server.
 //! Also: the `authorize_token` for Authorize and ext_authz, and server-side limits.
 use crate::support::{
-    check, ext_authz, new_key, outcome, quota, Admin, Db, TestServer, ADMIN_TOKEN,
+    check, ext_authz, new_key, outcome, quota, sample, Admin, Db, TestServer, ADMIN_TOKEN,
 };
 use keygate::grpc::pb;
 use prost::Message;
@@ -477,11 +477,8 @@ async fn key_guessing_from_one_address_is_throttled() {
     assert_eq!(r.reason, pb::Reason::RateLimited as i32);
     let r = c.check(from(&fresh, neighbour)).await;
     assert_eq!(r.reason, pb::Reason::Ok as i32);
-    let m = crate::envoy::http(s.metrics_addr, "127.0.0.1", "GET", "/metrics", &[]).await;
-    assert_eq!(
-        crate::observability::sample(&m.body, "keygate_failed_checks_throttled_total"),
-        2.0
-    );
+    let m = s.metrics().await;
+    assert_eq!(sample(&m, "keygate_failed_checks_throttled_total"), 2.0);
     // A minute later the address may try again.
     s.clock.advance(Duration::from_secs(121));
     let r = c.check(from(&fresh, guesser)).await;

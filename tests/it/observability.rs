@@ -1,22 +1,8 @@
 //! Metrics count exactly what happened, probes answer, and nothing secret leaks into them
 //! or into the logs.
-use crate::envoy::http;
 use crate::server_or_skip;
-use crate::support::{check, ext_authz, limit, new_key, Db};
+use crate::support::{check, ext_authz, limit, new_key, sample, Db};
 use envoy_types::pb::envoy::service::auth::v3 as ext;
-
-/// The value of the sample `name{labels}` in a Prometheus text exposition.
-pub fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .unwrap_or_else(|| panic!("no sample {series} in\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_count_exactly_what_happened() {
@@ -48,7 +34,7 @@ async fn metrics_count_exactly_what_happened() {
     let missing = a.get_key("key_missing").await;
     assert_eq!(missing.unwrap_err().code(), tonic::Code::NotFound);
 
-    let m = http(s.metrics_addr, "127.0.0.1", "GET", "/metrics", &[]).await;
+    let m = s.http_get("/metrics").await;
     assert_eq!(m.status, 200);
     let text = &m.body;
     let checks = |src: &str, decision: &str, reason: &str| {
@@ -141,18 +127,8 @@ async fn metrics_count_exactly_what_happened() {
     }
     assert!(named >= 10, "found the metric names in the examples");
 
-    assert_eq!(
-        http(s.metrics_addr, "127.0.0.1", "GET", "/healthz", &[])
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        http(s.metrics_addr, "127.0.0.1", "GET", "/readyz", &[])
-            .await
-            .status,
-        200
-    );
+    assert_eq!(s.http_get("/healthz").await.status, 200);
+    assert_eq!(s.http_get("/readyz").await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,9 +138,7 @@ async fn tenant_label_is_opt_in() {
     a.tenant("acme").upsert().await;
     let k = a.create_key(new_key("acme")).await;
     s.authorize().await.check(check(&k.secret)).await;
-    let text = http(s.metrics_addr, "127.0.0.1", "GET", "/metrics", &[])
-        .await
-        .body;
+    let text = s.metrics().await;
     assert_eq!(
         sample(
             &text,

@@ -67,24 +67,13 @@ async fn postgres_cut_cached_keys_allow_uncached_unavailable_then_recovery() {
         }
     };
     health(2).await; // NOT_SERVING
-    let readyz = crate::envoy::http(s.metrics_addr, "127.0.0.1", "GET", "/readyz", &[]).await;
+    let readyz = s.http_get("/readyz").await;
     assert_eq!(readyz.status, 503, "plain-HTTP readiness agrees");
-    assert_eq!(
-        crate::envoy::http(s.metrics_addr, "127.0.0.1", "GET", "/healthz", &[])
-            .await
-            .status,
-        200,
-        "still alive"
-    );
+    assert_eq!(s.http_get("/healthz").await.status, 200, "still alive");
 
     proxy.restore();
     health(1).await; // SERVING
-    assert_eq!(
-        crate::envoy::http(s.metrics_addr, "127.0.0.1", "GET", "/readyz", &[])
-            .await
-            .status,
-        200
-    );
+    assert_eq!(s.http_get("/readyz").await.status, 200);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         match c.try_check(check(&cold)).await {

@@ -90,9 +90,7 @@ async fn changes_on_one_replica_reach_the_others_within_a_second() {
     ));
 
     // B measured the same propagation in its metrics.
-    let text = crate::envoy::http(b.metrics_addr, "127.0.0.1", "GET", "/metrics", &[])
-        .await
-        .body;
+    let text = b.metrics().await;
     let seen: f64 = text
         .lines()
         .find_map(|l| l.strip_prefix("keygate_change_propagation_seconds_count "))

@@ -1,8 +1,7 @@
 //! Traces: the real binary exports over OTLP/gRPC to a collector this test runs, and a
 //! Check carrying a W3C `traceparent` shows up as a child of the caller's span, with its
 //! store and limiter work as child spans and no secret in any attribute.
-use crate::binary::spawn;
-use crate::support::{check, ext_authz, limit, new_key, Admin, CheckClient, Db, TestDb};
+use crate::support::{check, ext_authz, limit, new_key, spawn, Admin, CheckClient, Db, TestDb};
 use keygate::grpc::pb;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,

@@ -2,7 +2,8 @@
 //! with all-time and today's counts in one call; no count lost on SIGTERM or while the
 //! store is down; retention. On SQLite and PostgreSQL.
 use crate::support::{
-    check, code, config_for, limit, new_key, CheckClient, CheckSpec, Db, Proxy, TestDb, TestServer,
+    check, code, config_for, limit, new_key, sample, spawn, CheckClient, CheckSpec, Db, Proxy,
+    TestDb, TestServer,
 };
 use crate::{on_both_stores, server_or_skip};
 use keygate::domain::usage::RouteConfig;
@@ -312,16 +313,10 @@ async fn counts_survive_a_store_outage_during_a_flush() {
         assert_eq!(c.reason(check(&k.secret)).await, pb::Reason::Ok);
     }
     assert!(s.buffered_usage_rows() > 0);
-    let m = crate::envoy::http(s.metrics_addr, "127.0.0.1", "GET", "/metrics", &[]).await;
-    assert_eq!(
-        crate::observability::sample(&m.body, "keygate_usage_flush_failures_total"),
-        1.0
-    );
-    assert_eq!(
-        crate::observability::sample(&m.body, "keygate_usage_dropped_total"),
-        0.0
-    );
-    assert!(crate::observability::sample(&m.body, "keygate_usage_flush_lag_seconds") >= 0.0);
+    let m = s.metrics().await;
+    assert_eq!(sample(&m, "keygate_usage_flush_failures_total"), 1.0);
+    assert_eq!(sample(&m, "keygate_usage_dropped_total"), 0.0);
+    assert!(sample(&m, "keygate_usage_flush_lag_seconds") >= 0.0);
     proxy.restore();
     let mut flushed = false;
     for _ in 0..50 {
@@ -353,7 +348,7 @@ async fn nothing_counted_is_lost_on_sigterm() {
         ("KEYGATE_ADMIN_TOKEN", token),
         ("KEYGATE_USAGE__FLUSH_MS", "3600000"),
     ];
-    let mut p = crate::binary::spawn(&db.url, &env, &[]).await;
+    let mut p = spawn(&db.url, &env, &[]).await;
     let a = p.admin(token).await;
     a.tenant("t").upsert().await;
     let k = a.create_key(new_key("t")).await;
@@ -390,7 +385,7 @@ async fn nothing_counted_is_lost_on_sigterm() {
     }
     let seen = answered.load(std::sync::atomic::Ordering::SeqCst);
 
-    let p2 = crate::binary::spawn(&db.url, &env, &[]).await;
+    let p2 = spawn(&db.url, &env, &[]).await;
     let a2 = p2.admin(token).await;
     let got = a2.get_key(&id).await.unwrap();
     assert_eq!(got.use_count, seen, "every answered check counted once");

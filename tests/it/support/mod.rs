@@ -1,15 +1,20 @@
 //! The test harness: a real Keygate on a free port over a fresh database (`TestServer`),
-//! typed clients for its services (`Admin`, `CheckClient`), and the fixtures tests build
-//! their requests from (`new_key`, `check`, `limit`, …). Tests import all of it from here.
+//! typed clients for its services (`Admin`, `CheckClient`), the fixtures tests build
+//! their requests from (`new_key`, `check`, `limit`, …), plain HTTP (`http`, `sample`) and
+//! the binary as a process (`spawn`). Tests import all of it from here.
 mod client;
 mod db;
 mod fixtures;
+mod http;
+mod process;
 mod proxy;
 mod server;
 
 pub use client::{Admin, CheckClient};
 pub use db::{Db, TestDb};
 pub use fixtures::*;
+pub use http::{http, sample, Resp};
+pub use process::{command, spawn};
 pub use proxy::Proxy;
 pub use server::{config_for, TestServer};
 

@@ -1,5 +1,5 @@
 //! A real Keygate on a free port, and everything tests read from inside it.
-use super::{Admin, CheckClient, TestDb, ADMIN_TOKEN};
+use super::{http, Admin, CheckClient, Resp, TestDb, ADMIN_TOKEN};
 use keygate::config::Config;
 use keygate::domain::{Clock, ManualClock, SystemClock, UnixMillis};
 use keygate::Options;
@@ -162,6 +162,16 @@ impl TestServer {
     /// An Authorize client (no token: tests configure `authorize_token` themselves).
     pub async fn authorize(&self) -> CheckClient {
         CheckClient::new(self.channel().await)
+    }
+
+    /// GET `path` on the metrics listener (`/metrics`, `/healthz`, `/readyz`).
+    pub async fn http_get(&self, path: &str) -> Resp {
+        http(self.metrics_addr, "127.0.0.1", "GET", path, &[]).await
+    }
+
+    /// The Prometheus exposition at `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.http_get("/metrics").await.body
     }
 
     pub fn now(&self) -> UnixMillis {
