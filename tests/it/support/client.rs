@@ -45,6 +45,18 @@ fn bearer(token: &str) -> String {
     }
 }
 
+/// `$self.client.$rpc($msg)` with `$self`'s metadata, unwrapped from its `Response`.
+macro_rules! call {
+    ($self:ident, $rpc:ident, $msg:expr) => {
+        $self
+            .client
+            .clone()
+            .$rpc($self.req($msg))
+            .await
+            .map(Response::into_inner)
+    };
+}
+
 /// A KeyAdmin client that sends a bearer token with every call (no `authorization` at all
 /// when the token is empty, e.g. to be known by a client certificate).
 #[derive(Clone)]
@@ -88,10 +100,6 @@ impl Admin {
         with_metadata(&self.metadata, msg)
     }
 
-    fn rpc(&self) -> KeyAdminClient<Channel> {
-        self.client.clone()
-    }
-
     /// A tenant to upsert: display name "`id` inc", the default policy unless given one.
     pub fn tenant(&self, id: &str) -> TenantSpec<'_> {
         TenantSpec {
@@ -106,27 +114,18 @@ impl Admin {
     }
 
     pub async fn upsert_tenant(&self, r: pb::UpsertTenantRequest) -> Reply<pb::Tenant> {
-        self.rpc()
-            .upsert_tenant(self.req(r))
-            .await
-            .map(Response::into_inner)
+        call!(self, upsert_tenant, r)
     }
 
     pub async fn get_tenant(&self, tenant_id: &str) -> Reply<pb::Tenant> {
         let r = pb::GetTenantRequest {
             tenant_id: tenant_id.into(),
         };
-        self.rpc()
-            .get_tenant(self.req(r))
-            .await
-            .map(Response::into_inner)
+        call!(self, get_tenant, r)
     }
 
     pub async fn list_tenants(&self, r: pb::ListTenantsRequest) -> Reply<pb::ListTenantsResponse> {
-        self.rpc()
-            .list_tenants(self.req(r))
-            .await
-            .map(Response::into_inner)
+        call!(self, list_tenants, r)
     }
 
     /// Creates a key (a `KeySpec` from `new_key`, or a request built by hand).
@@ -140,25 +139,18 @@ impl Admin {
         &self,
         k: impl Into<pb::CreateKeyRequest>,
     ) -> Reply<pb::CreateKeyResponse> {
-        let r = self.req(k.into());
-        self.rpc().create_key(r).await.map(Response::into_inner)
+        call!(self, create_key, k.into())
     }
 
     pub async fn get_key(&self, key_id: &str) -> Reply<pb::Key> {
         let r = pb::GetKeyRequest {
             key_id: key_id.into(),
         };
-        self.rpc()
-            .get_key(self.req(r))
-            .await
-            .map(Response::into_inner)
+        call!(self, get_key, r)
     }
 
     pub async fn list_keys(&self, r: pb::ListKeysRequest) -> Reply<pb::ListKeysResponse> {
-        self.rpc()
-            .list_keys(self.req(r))
-            .await
-            .map(Response::into_inner)
+        call!(self, list_keys, r)
     }
 
     /// UpdateKey with `key` as the patch and `paths` as the field mask.
@@ -174,10 +166,7 @@ impl Admin {
 
     /// UpdateKey exactly as given (say, with no field mask at all).
     pub async fn update_key_request(&self, r: pb::UpdateKeyRequest) -> Reply<pb::Key> {
-        self.rpc()
-            .update_key(self.req(r))
-            .await
-            .map(Response::into_inner)
+        call!(self, update_key, r)
     }
 
     pub async fn revoke_key(&self, key_id: &str, reason: &str) -> Reply<pb::Key> {
@@ -185,10 +174,7 @@ impl Admin {
             key_id: key_id.into(),
             reason: reason.into(),
         };
-        self.rpc()
-            .revoke_key(self.req(r))
-            .await
-            .map(Response::into_inner)
+        call!(self, revoke_key, r)
     }
 
     pub async fn rotate_key(
@@ -200,66 +186,40 @@ impl Admin {
             key_id: key_id.into(),
             grace_period,
         };
-        self.rpc()
-            .rotate_key(self.req(r))
-            .await
-            .map(Response::into_inner)
+        call!(self, rotate_key, r)
     }
 
     pub async fn list_audit_events(
         &self,
         r: pb::ListAuditEventsRequest,
     ) -> Reply<pb::ListAuditEventsResponse> {
-        let r = self.req(r);
-        self.rpc()
-            .list_audit_events(r)
-            .await
-            .map(Response::into_inner)
+        call!(self, list_audit_events, r)
     }
 
     pub async fn get_key_usage(&self, r: pb::GetKeyUsageRequest) -> Reply<pb::UsageReport> {
-        self.rpc()
-            .get_key_usage(self.req(r))
-            .await
-            .map(Response::into_inner)
+        call!(self, get_key_usage, r)
     }
 
     pub async fn get_tenant_usage(&self, r: pb::GetTenantUsageRequest) -> Reply<pb::UsageReport> {
-        let r = self.req(r);
-        self.rpc()
-            .get_tenant_usage(r)
-            .await
-            .map(Response::into_inner)
+        call!(self, get_tenant_usage, r)
     }
 
     pub async fn import_keys(&self, r: pb::ImportKeysRequest) -> Reply<pb::ImportKeysResponse> {
-        self.rpc()
-            .import_keys(self.req(r))
-            .await
-            .map(Response::into_inner)
+        call!(self, import_keys, r)
     }
 
     pub async fn upsert_plan(&self, plan: pb::Plan) -> Reply<pb::Plan> {
         let r = pb::UpsertPlanRequest { plan: Some(plan) };
-        self.rpc()
-            .upsert_plan(self.req(r))
-            .await
-            .map(Response::into_inner)
+        call!(self, upsert_plan, r)
     }
 
     pub async fn list_plans(&self) -> Reply<pb::ListPlansResponse> {
         let r = pb::ListPlansRequest::default();
-        self.rpc()
-            .list_plans(self.req(r))
-            .await
-            .map(Response::into_inner)
+        call!(self, list_plans, r)
     }
 
     pub async fn adjust_quota(&self, r: pb::AdjustQuotaRequest) -> Reply<pb::QuotaStatus> {
-        self.rpc()
-            .adjust_quota(self.req(r))
-            .await
-            .map(Response::into_inner)
+        call!(self, adjust_quota, r)
     }
 }
 
@@ -328,6 +288,10 @@ impl CheckClient {
         }
     }
 
+    fn req<T>(&self, msg: T) -> Request<T> {
+        with_metadata(&self.metadata, msg)
+    }
+
     /// The decision on `r` (a `CheckSpec` from `check`, or a request built by hand).
     pub async fn check(&self, r: impl Into<pb::CheckRequest>) -> pb::CheckResponse {
         self.try_check(r)
@@ -336,8 +300,7 @@ impl CheckClient {
     }
 
     pub async fn try_check(&self, r: impl Into<pb::CheckRequest>) -> Reply<pb::CheckResponse> {
-        let r = with_metadata(&self.metadata, r.into());
-        self.client.clone().check(r).await.map(Response::into_inner)
+        call!(self, check, r.into())
     }
 
     /// Only the reason of the decision on `r`.
