@@ -1,21 +1,17 @@
 //! A store that goes away: cached keys keep working, uncached ones get UNAVAILABLE (so
 //! gateways apply their failure mode), and service resumes when the store returns.
-use crate::support::{check, config_for, new_key, Db, Proxy, TestDb, TestServer};
+use crate::support::{check, new_key, TestServer};
+use keygate::config::Config;
 use keygate::grpc::pb::Reason;
 use std::time::Duration;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_cut_cached_keys_allow_uncached_unavailable_then_recovery() {
-    let Some(db) = TestDb::new(Db::Postgres).await else {
+    let unready_soon = |cfg: &mut Config| cfg.store_unready_after_secs = 1;
+    let Some((s, proxy)) = TestServer::start_behind_proxy(unready_soon).await else {
         return;
     };
-    let proxy = Proxy::start("127.0.0.1:5432").await;
-    let via_proxy = db.url.replace("127.0.0.1:5432", &proxy.addr.to_string());
-    let mut cfg = config_for(&via_proxy);
-    cfg.database.timeout_ms = 1000;
-    cfg.store_unready_after_secs = 1;
-    let s = TestServer::start_on(db, cfg).await;
     let a = s.admin().await;
     a.tenant("t").upsert().await;
     let warm = a.create_key(new_key("t").name("warm")).await.secret;

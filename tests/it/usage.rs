@@ -2,16 +2,16 @@
 //! with all-time and today's counts in one call; no count lost on SIGTERM or while the
 //! store is down; retention. On SQLite and PostgreSQL.
 use crate::support::{
-    check, code, config_for, limit, new_key, sample, spawn, CheckClient, CheckSpec, Db, Proxy,
-    TestDb, TestServer,
+    check, code, limit, new_key, sample, spawn, CheckClient, CheckSpec, Db, TestDb, TestServer,
 };
 use crate::{on_both_stores, server_or_skip};
+use keygate::config::Config;
 use keygate::domain::usage::RouteConfig;
 use keygate::grpc::pb::{self, UsageGranularity};
 use std::time::Duration;
 use tonic::Code;
 
-fn routes(cfg: &mut keygate::config::Config) {
+fn routes(cfg: &mut Config) {
     cfg.usage.routes = vec![
         RouteConfig {
             method: Some("GET".into()),
@@ -285,16 +285,11 @@ on_both_stores!(
 /// counted, and they arrive, exactly, once it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn counts_survive_a_store_outage_during_a_flush() {
-    let Some(db) = TestDb::new(Db::Postgres).await else {
+    // Only this test's explicit flushes write.
+    let explicit_flushes = |cfg: &mut Config| cfg.usage.flush_ms = 3_600_000;
+    let Some((s, proxy)) = TestServer::start_behind_proxy(explicit_flushes).await else {
         return;
     };
-    let proxy = Proxy::start("127.0.0.1:5432").await;
-    let via_proxy = db.url.replace("127.0.0.1:5432", &proxy.addr.to_string());
-    let mut cfg = config_for(&via_proxy);
-    cfg.database.timeout_ms = 1000;
-    // Only this test's explicit flushes write.
-    cfg.usage.flush_ms = 3_600_000;
-    let s = TestServer::start_on(db, cfg).await;
     let a = s.admin().await;
     a.tenant("t").upsert().await;
     let k = a.create_key(new_key("t")).await;

@@ -1,5 +1,5 @@
 //! A real Keygate on a free port, and everything tests read from inside it.
-use super::{http, Admin, CheckClient, Resp, TestDb, ADMIN_TOKEN};
+use super::{http, Admin, CheckClient, Db, Proxy, Resp, TestDb, ADMIN_TOKEN};
 use keygate::config::Config;
 use keygate::domain::{Clock, ManualClock, SystemClock, UnixMillis};
 use keygate::Options;
@@ -60,14 +60,11 @@ pub fn config_for(url: &str) -> Config {
 impl TestServer {
     /// Starts a server on a fresh database of `kind`; `None` when that store is absent
     /// outside CI.
-    pub async fn start(kind: super::Db) -> Option<TestServer> {
+    pub async fn start(kind: Db) -> Option<TestServer> {
         Self::start_with(kind, |_| {}).await
     }
 
-    pub async fn start_with(
-        kind: super::Db,
-        tweak: impl FnOnce(&mut Config),
-    ) -> Option<TestServer> {
+    pub async fn start_with(kind: Db, tweak: impl FnOnce(&mut Config)) -> Option<TestServer> {
         let db = TestDb::new(kind).await?;
         let mut cfg = config_for(&db.url);
         tweak(&mut cfg);
@@ -77,6 +74,20 @@ impl TestServer {
     pub async fn start_on(db: TestDb, cfg: Config) -> TestServer {
         let url = db.url.clone();
         Self::start_shared(Some(db), url, cfg).await
+    }
+
+    /// A server on a fresh PostgreSQL database that it reaches through a `Proxy` the test
+    /// can cut, with a 1 s store timeout; `None` as for `TestDb::new`.
+    pub async fn start_behind_proxy(
+        tweak: impl FnOnce(&mut Config),
+    ) -> Option<(TestServer, Proxy)> {
+        let db = TestDb::new(Db::Postgres).await?;
+        let proxy = Proxy::start("127.0.0.1:5432").await;
+        let via_proxy = db.url.replace("127.0.0.1:5432", &proxy.addr.to_string());
+        let mut cfg = config_for(&via_proxy);
+        cfg.database.timeout_ms = 1000;
+        tweak(&mut cfg);
+        Some((Self::start_on(db, cfg).await, proxy))
     }
 
     /// A server with `[tls]` configured: readiness is not polled over plaintext.
