@@ -386,11 +386,8 @@ async fn keygate_down_means_envoys_failure_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seed_nesika() {
     let s = stack_or_skip!();
-    s.admin
-        .tenant("nesika")
-        .policy(nesika_policy())
-        .upsert()
-        .await;
+    let policy = nesika_policy();
+    s.admin.tenant("nesika").policy(policy).upsert().await;
     let r = new_key("nesika")
         .name("power-bi-dashboard")
         .expires_in(days(90));
@@ -578,11 +575,8 @@ async fn seed_nexadesk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seed_neariq() {
     let s = stack_or_skip!();
-    s.admin
-        .tenant("neariq")
-        .policy(neariq_policy())
-        .upsert()
-        .await;
+    let policy = neariq_policy();
+    s.admin.tenant("neariq").policy(policy).upsert().await;
     let r = new_key("neariq").name("zapier").environment("live");
     let k = s.admin.create_key(r).await;
     assert!(k.secret.starts_with("niq_live_"));
