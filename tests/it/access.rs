@@ -3,9 +3,9 @@
 //! every row is called with every identity against the real server. Admin tokens are made
 //! with the real `keygate admin create` command and picked up by the running server.
 //! Also: the `authorize_token` for Authorize and ext_authz, and server-side limits.
-use crate::check::check_req;
-use crate::key_admin::{create, key_req, tenant};
-use crate::support::{Admin, Db, TestServer, ADMIN_TOKEN};
+use crate::support::{
+    check, ext_authz, new_key, outcome, quota, sample, Admin, Db, TestServer, ADMIN_TOKEN,
+};
 use keygate::grpc::pb;
 use prost::Message;
 use std::time::Duration;
@@ -87,112 +87,80 @@ struct Target {
     tenant: &'static str,
 }
 
-async fn fresh_key(platform: &mut Admin, tenant_id: &str) -> String {
-    create(platform, key_req(tenant_id, "target"))
-        .await
-        .key
-        .unwrap()
-        .id
+async fn fresh_key(platform: &Admin, tenant_id: &str) -> String {
+    let k = platform.create_key(new_key(tenant_id).name("target")).await;
+    k.key.unwrap().id
 }
 
 /// Calls `rpc` as `who` on `target`; the code it got.
-async fn call(rpc: &str, who: &mut Admin, platform: &mut Admin, target: &Target) -> Code {
+async fn call(rpc: &str, who: &Admin, platform: &Admin, target: &Target) -> Code {
     let t = target.tenant.to_owned();
-    let c = &mut who.client.clone();
-    macro_rules! run {
-        ($method:ident, $msg:expr) => {{
-            let req = who.req($msg);
-            match c.$method(req).await {
-                Ok(_) => Code::Ok,
-                Err(s) => s.code(),
-            }
-        }};
-    }
     match rpc {
-        "UpsertTenant" => run!(
-            upsert_tenant,
-            pb::UpsertTenantRequest {
+        "UpsertTenant" => outcome(
+            who.upsert_tenant(pb::UpsertTenantRequest {
                 tenant: Some(pb::Tenant {
                     id: t,
                     display_name: "renamed".into(),
                     policy: Some(pb::TenantPolicy::default()),
                     ..Default::default()
-                })
-            }
+                }),
+            })
+            .await,
         ),
-        "GetTenant" => run!(get_tenant, pb::GetTenantRequest { tenant_id: t }),
-        "ListTenants" => run!(list_tenants, pb::ListTenantsRequest::default()),
-        "CreateKey" => run!(create_key, key_req(&t, "made-by-matrix")),
+        "GetTenant" => outcome(who.get_tenant(&t).await),
+        "ListTenants" => outcome(who.list_tenants(pb::ListTenantsRequest::default()).await),
+        "CreateKey" => outcome(who.try_create_key(new_key(&t).name("made-by-matrix")).await),
         "GetKey" => {
             let key_id = fresh_key(platform, &t).await;
-            run!(get_key, pb::GetKeyRequest { key_id })
+            outcome(who.get_key(&key_id).await)
         }
-        "ListKeys" => run!(
-            list_keys,
-            pb::ListKeysRequest {
+        "ListKeys" => outcome(
+            who.list_keys(pb::ListKeysRequest {
                 tenant_id: t,
                 ..Default::default()
-            }
+            })
+            .await,
         ),
         "UpdateKey" => {
             let id = fresh_key(platform, &t).await;
-            run!(
-                update_key,
-                pb::UpdateKeyRequest {
-                    key: Some(pb::Key {
-                        id,
-                        name: "renamed".into(),
-                        ..Default::default()
-                    }),
-                    update_mask: Some(prost_types::FieldMask {
-                        paths: vec!["name".into()]
-                    }),
-                }
-            )
+            let patch = pb::Key {
+                id,
+                name: "renamed".into(),
+                ..Default::default()
+            };
+            outcome(who.update_key(patch, &["name"]).await)
         }
         "RevokeKey" => {
             let key_id = fresh_key(platform, &t).await;
-            run!(
-                revoke_key,
-                pb::RevokeKeyRequest {
-                    key_id,
-                    reason: "matrix".into()
-                }
-            )
+            outcome(who.revoke_key(&key_id, "matrix").await)
         }
         "RotateKey" => {
             let key_id = fresh_key(platform, &t).await;
-            run!(
-                rotate_key,
-                pb::RotateKeyRequest {
-                    key_id,
-                    ..Default::default()
-                }
-            )
+            outcome(who.rotate_key(&key_id, None).await)
         }
-        "ListAuditEvents" => run!(
-            list_audit_events,
-            pb::ListAuditEventsRequest {
+        "ListAuditEvents" => outcome(
+            who.list_audit_events(pb::ListAuditEventsRequest {
                 tenant_id: t,
                 ..Default::default()
-            }
+            })
+            .await,
         ),
         "GetKeyUsage" => {
             let key_id = fresh_key(platform, &t).await;
-            run!(
-                get_key_usage,
-                pb::GetKeyUsageRequest {
+            outcome(
+                who.get_key_usage(pb::GetKeyUsageRequest {
                     key_id,
                     ..Default::default()
-                }
+                })
+                .await,
             )
         }
-        "GetTenantUsage" => run!(
-            get_tenant_usage,
-            pb::GetTenantUsageRequest {
+        "GetTenantUsage" => outcome(
+            who.get_tenant_usage(pb::GetTenantUsageRequest {
                 tenant_id: t,
                 ..Default::default()
-            }
+            })
+            .await,
         ),
         "ImportKeys" => {
             // A fresh SHA-256 hash each call, under the target tenant's own prefix.
@@ -204,9 +172,8 @@ async fn call(rpc: &str, who: &mut Admin, platform: &mut Admin, target: &Target)
                     .map(|b| format!("{b:02x}"))
                     .collect()
             };
-            run!(
-                import_keys,
-                pb::ImportKeysRequest {
+            outcome(
+                who.import_keys(pb::ImportKeysRequest {
                     tenant_id: t.clone(),
                     key_prefix: format!("{t}_old_"),
                     format: pb::ImportHashFormat::Sha256Hex as i32,
@@ -216,63 +183,46 @@ async fn call(rpc: &str, who: &mut Admin, platform: &mut Admin, target: &Target)
                         hash,
                         ..Default::default()
                     }],
-                }
+                })
+                .await,
             )
         }
-        "UpsertPlan" => run!(
-            upsert_plan,
-            pb::UpsertPlanRequest {
-                plan: Some(pb::Plan {
-                    id: "starter".into(),
-                    display_name: "Starter".into(),
-                    ..Default::default()
-                })
-            }
+        "UpsertPlan" => outcome(
+            who.upsert_plan(pb::Plan {
+                id: "starter".into(),
+                display_name: "Starter".into(),
+                ..Default::default()
+            })
+            .await,
         ),
-        "ListPlans" => run!(list_plans, pb::ListPlansRequest::default()),
+        "ListPlans" => outcome(who.list_plans().await),
         "AdjustQuota" => {
-            let quota = Some(pb::Quota {
-                limit: 10,
-                period: pb::QuotaPeriod::Month as i32,
-                refill_anchor: None,
-            });
-            let key_id = create(
-                platform,
-                pb::CreateKeyRequest {
-                    quota,
-                    ..key_req(&t, "with-quota")
-                },
-            )
-            .await
-            .key
-            .unwrap()
-            .id;
-            run!(
-                adjust_quota,
-                pb::AdjustQuotaRequest {
+            let k = new_key(&t)
+                .name("with-quota")
+                .quota(quota(10, pb::QuotaPeriod::Month));
+            let key_id = platform.create_key(k).await.key.unwrap().id;
+            outcome(
+                who.adjust_quota(pb::AdjustQuotaRequest {
                     target: Some(pb::adjust_quota_request::Target::KeyId(key_id)),
                     change: Some(pb::adjust_quota_request::Change::Delta(5)),
                     reason: "matrix".into(),
-                }
+                })
+                .await,
             )
         }
         "AdjustQuota(tenant)" => {
             let policy = pb::TenantPolicy {
-                quota: Some(pb::Quota {
-                    limit: 1000,
-                    period: pb::QuotaPeriod::Month as i32,
-                    refill_anchor: None,
-                }),
+                quota: Some(quota(1000, pb::QuotaPeriod::Month)),
                 ..Default::default()
             };
-            tenant(platform, &t, policy).await;
-            run!(
-                adjust_quota,
-                pb::AdjustQuotaRequest {
+            platform.tenant(&t).policy(policy).upsert().await;
+            outcome(
+                who.adjust_quota(pb::AdjustQuotaRequest {
                     target: Some(pb::adjust_quota_request::Target::TenantId(t)),
                     change: Some(pb::adjust_quota_request::Change::Delta(5)),
                     reason: "matrix".into(),
-                }
+                })
+                .await,
             )
         }
         other => panic!("the matrix has a row for {other} but this harness cannot call it"),
@@ -296,10 +246,13 @@ async fn key_admin_authorization_matrix() {
     let Some(s) = TestServer::start(Db::Sqlite).await else {
         return;
     };
-    let mut platform = s.admin().await;
-    tenant(&mut platform, "own", pb::TenantPolicy::default()).await;
-    tenant(&mut platform, "other", pb::TenantPolicy::default()).await;
-    let api_key = create(&mut platform, key_req("own", "client")).await.secret;
+    let platform = s.admin().await;
+    platform.tenant("own").upsert().await;
+    platform.tenant("other").upsert().await;
+    let api_key = platform
+        .create_key(new_key("own").name("client"))
+        .await
+        .secret;
 
     let (viewer, _) = admin_cli(&s.url, &["admin", "create", "--role", "viewer"]);
     let (tenant_admin, made) = admin_cli(
@@ -326,17 +279,12 @@ async fn key_admin_authorization_matrix() {
         !listed.contains(tenant_admin.trim()) && !listed.contains(viewer.trim()),
         "admin list never shows a token"
     );
-    let client = platform.client.clone();
-    let as_token = |t: &str| Admin {
-        client: client.clone(),
-        token: t.trim().to_owned(),
-    };
+    let as_token = |t: &str| platform.with_token(t.trim());
     // The running server picks up tokens made by another process within seconds.
-    let mut v = as_token(&viewer);
+    let v = as_token(&viewer);
     let mut picked_up = false;
     for _ in 0..80 {
-        if v.client
-            .list_tenants(v.req(pb::ListTenantsRequest::default()))
+        if v.list_tenants(pb::ListTenantsRequest::default())
             .await
             .is_ok()
         {
@@ -360,27 +308,18 @@ async fn key_admin_authorization_matrix() {
                 5 => (tenant_admin.as_str(), "other"),
                 _ => (ADMIN_TOKEN, "other"),
             };
-            let mut caller = as_token(token);
-            if token.is_empty() {
-                // No authorization metadata at all.
-                caller.token = String::new();
-            }
             let got = if token.is_empty() {
-                let mut bare = platform.client.clone();
+                // No authorization metadata at all.
+                let bare = platform.with_token("");
                 match rpc {
-                    &"ListTenants" => bare
-                        .list_tenants(pb::ListTenantsRequest::default())
-                        .await
-                        .map_or_else(|s| s.code(), |_| Code::Ok),
-                    _ => bare
-                        .get_tenant(pb::GetTenantRequest {
-                            tenant_id: "own".into(),
-                        })
-                        .await
-                        .map_or_else(|s| s.code(), |_| Code::Ok),
+                    &"ListTenants" => {
+                        outcome(bare.list_tenants(pb::ListTenantsRequest::default()).await)
+                    }
+                    _ => outcome(bare.get_tenant("own").await),
                 }
             } else {
-                call(rpc, &mut caller, &mut platform, &Target { tenant: target }).await
+                let caller = as_token(token);
+                call(rpc, &caller, &platform, &Target { tenant: target }).await
             };
             if got != expected[col] {
                 failures.push(format!(
@@ -397,56 +336,37 @@ async fn key_admin_authorization_matrix() {
     );
 
     // A tenant admin learns nothing about other tenants' keys, not even that they exist.
-    let mut ta = as_token(&tenant_admin);
-    let theirs = fresh_key(&mut platform, "other").await;
+    let ta = as_token(&tenant_admin);
+    let theirs = fresh_key(&platform, "other").await;
     for key_id in [theirs.as_str(), "key_doesnotexist0000"] {
-        let e = ta
-            .client
-            .get_key(ta.req(pb::GetKeyRequest {
-                key_id: key_id.into(),
-            }))
-            .await
-            .unwrap_err();
+        let e = ta.get_key(key_id).await.unwrap_err();
         assert_eq!(e.code(), PD);
         assert_eq!(e.message(), "this admin token may not do that");
     }
-    let e = platform
-        .client
-        .get_key(platform.req(pb::GetKeyRequest {
-            key_id: "key_doesnotexist0000".into(),
-        }))
-        .await
-        .unwrap_err();
+    let e = platform.get_key("key_doesnotexist0000").await.unwrap_err();
     assert_eq!(e.code(), NF, "a platform admin is told the truth");
     // It lists only its own tenant, and its writes are audited under its id.
     let listed = ta
-        .client
-        .list_tenants(ta.req(pb::ListTenantsRequest::default()))
+        .list_tenants(pb::ListTenantsRequest::default())
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let ids: Vec<&str> = listed.tenants.iter().map(|t| t.id.as_str()).collect();
     assert_eq!(ids, vec!["own"]);
-    let made = create(&mut ta, key_req("own", "by tenant admin")).await;
+    let made = ta.create_key(new_key("own").name("by tenant admin")).await;
     let trail = platform
-        .client
-        .list_audit_events(platform.req(pb::ListAuditEventsRequest {
+        .list_audit_events(pb::ListAuditEventsRequest {
             key_id: made.key.unwrap().id,
             ..Default::default()
-        }))
+        })
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(trail.events[0].actor, tenant_admin_id);
 
     // Revoked with the CLI: the server stops accepting it within seconds.
     admin_cli(&s.url, &["admin", "revoke", &tenant_admin_id]);
     let mut refused = false;
     for _ in 0..80 {
-        let r = ta
-            .client
-            .list_tenants(ta.req(pb::ListTenantsRequest::default()))
-            .await;
+        let r = ta.list_tenants(pb::ListTenantsRequest::default()).await;
         if r.as_ref().is_err_and(|s| s.code() == UA) {
             refused = true;
             break;
@@ -466,34 +386,29 @@ async fn authorize_callers_must_present_the_authorize_token() {
     else {
         return;
     };
-    let mut a = s.admin().await;
-    tenant(&mut a, "t", pb::TenantPolicy::default()).await;
-    let k = create(&mut a, key_req("t", "k")).await.secret;
-    let mut c = s.authorize().await;
-    let code = |r: Result<tonic::Response<pb::CheckResponse>, tonic::Status>| {
-        r.map_or_else(|s| s.code(), |_| Code::Ok)
-    };
-    assert_eq!(code(c.check(check_req(&k)).await), UA, "no token");
-    let with = |t: &str| {
-        let mut r = tonic::Request::new(check_req(&k));
-        r.metadata_mut()
-            .insert("authorization", format!("Bearer {t}").parse().unwrap());
-        r
-    };
-    assert_eq!(code(c.check(with("not-the-token-at-all-000")).await), UA);
+    let a = s.admin().await;
+    a.tenant("t").upsert().await;
+    let k = a.create_key(new_key("t")).await.secret;
+    let c = s.authorize().await;
+    assert_eq!(outcome(c.try_check(check(&k)).await), UA, "no token");
+    let with = |t: &str| c.with_token(t);
     assert_eq!(
-        code(c.check(with(ADMIN_TOKEN)).await),
+        outcome(with("not-the-token-at-all-000").try_check(check(&k)).await),
+        UA
+    );
+    assert_eq!(
+        outcome(with(ADMIN_TOKEN).try_check(check(&k)).await),
         UA,
         "an admin token is not it"
     );
-    let ok = c.check(with(token)).await.unwrap().into_inner();
+    let ok = with(token).check(check(&k)).await;
     assert_eq!(ok.reason, pb::Reason::Ok as i32);
     // ext_authz too (Envoy sends it via grpc_service.initial_metadata).
     let mut e =
         envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(
             s.channel().await,
         );
-    let req = || crate::observability::ext_authz_req(&[("x-api-key", &k)]);
+    let req = || ext_authz(&[("x-api-key", &k)]);
     assert_eq!(e.check(req()).await.unwrap_err().code(), UA);
     let mut r = tonic::Request::new(req());
     r.metadata_mut()
@@ -510,15 +425,12 @@ async fn oversized_messages_are_refused_before_any_work() {
     else {
         return;
     };
-    let mut c = s.authorize().await;
-    let big = pb::CheckRequest {
-        path: "/".repeat(8192),
-        ..check_req("x")
-    };
-    let e = c.check(big).await.unwrap_err();
+    let c = s.authorize().await;
+    let big = check("x").path("/".repeat(8192));
+    let e = c.try_check(big).await.unwrap_err();
     assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
     // The connection and server are fine afterwards.
-    let small = c.check(check_req("")).await.unwrap().into_inner();
+    let small = c.check(check("")).await;
     assert_eq!(small.reason, pb::Reason::MissingCredential as i32);
 }
 
@@ -533,17 +445,14 @@ async fn key_guessing_from_one_address_is_throttled() {
     else {
         return;
     };
-    let mut a = s.admin().await;
-    tenant(&mut a, "t", pb::TenantPolicy::default()).await;
-    let known = create(&mut a, key_req("t", "known")).await.secret;
-    let fresh = create(&mut a, key_req("t", "fresh")).await.secret;
-    let mut c = s.authorize().await;
-    let from = |key: &str, ip: &str| pb::CheckRequest {
-        client_ip: ip.into(),
-        ..check_req(key)
-    };
+    let a = s.admin().await;
+    a.tenant("t").upsert().await;
+    let known = a.create_key(new_key("t").name("known")).await.secret;
+    let fresh = a.create_key(new_key("t").name("fresh")).await.secret;
+    let c = s.authorize().await;
+    let from = |key: &str, ip: &str| check(key).ip(ip);
     let (guesser, neighbour) = ("198.51.100.9", "198.51.100.10");
-    let ok = c.check(from(&known, guesser)).await.unwrap().into_inner();
+    let ok = c.check(from(&known, guesser)).await;
     assert_eq!(ok.reason, pb::Reason::Ok as i32);
     // Wrong secrets under a real lookup id, with valid checksums: real guesses.
     let forged = |i: usize| {
@@ -552,37 +461,26 @@ async fn key_guessing_from_one_address_is_throttled() {
         keygate::domain::key::assemble(head, "", &secret)
     };
     for i in 0..5 {
-        let r = c
-            .check(from(&forged(i), guesser))
-            .await
-            .unwrap()
-            .into_inner();
+        let r = c.check(from(&forged(i), guesser)).await;
         assert_eq!(r.reason, pb::Reason::KeyNotFound as i32);
     }
-    let r = c
-        .check(from(&forged(99), guesser))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = c.check(from(&forged(99), guesser)).await;
     assert_eq!(r.reason, pb::Reason::RateLimited as i32);
     assert_eq!(r.http_status, 429);
     let rl = r.rate_limit.unwrap();
     assert_eq!(rl.name, "failed_checks");
     assert!(rl.retry_after.is_some());
     // The cached key still works from there; an uncached one does not; the neighbour is fine.
-    let r = c.check(from(&known, guesser)).await.unwrap().into_inner();
+    let r = c.check(from(&known, guesser)).await;
     assert_eq!(r.reason, pb::Reason::Ok as i32);
-    let r = c.check(from(&fresh, guesser)).await.unwrap().into_inner();
+    let r = c.check(from(&fresh, guesser)).await;
     assert_eq!(r.reason, pb::Reason::RateLimited as i32);
-    let r = c.check(from(&fresh, neighbour)).await.unwrap().into_inner();
+    let r = c.check(from(&fresh, neighbour)).await;
     assert_eq!(r.reason, pb::Reason::Ok as i32);
-    let m = crate::envoy::http(s.metrics_addr, "127.0.0.1", "GET", "/metrics", &[]).await;
-    assert_eq!(
-        crate::observability::sample(&m.body, "keygate_failed_checks_throttled_total"),
-        2.0
-    );
+    let m = s.metrics().await;
+    assert_eq!(sample(&m, "keygate_failed_checks_throttled_total"), 2.0);
     // A minute later the address may try again.
     s.clock.advance(Duration::from_secs(121));
-    let r = c.check(from(&fresh, guesser)).await.unwrap().into_inner();
+    let r = c.check(from(&fresh, guesser)).await;
     assert_eq!(r.reason, pb::Reason::Ok as i32);
 }

@@ -1,12 +1,11 @@
 //! The audit trail: every KeyAdmin write leaves exactly one event, written with the change;
 //! a failed or no-op write leaves none. On SQLite and PostgreSQL.
-use crate::key_admin::{create, key_req, tenant};
-use crate::support::{Admin, Db};
+use crate::support::{new_key, Admin, Db};
 use crate::{on_both_stores, server_or_skip};
 use keygate::grpc::pb;
 use tonic::Code;
 
-async fn trail(a: &mut Admin, tenant_id: &str, key_id: &str) -> Vec<pb::AuditEvent> {
+async fn trail(a: &Admin, tenant_id: &str, key_id: &str) -> Vec<pb::AuditEvent> {
     let (mut out, mut token) = (vec![], String::new());
     loop {
         let req = pb::ListAuditEventsRequest {
@@ -16,12 +15,7 @@ async fn trail(a: &mut Admin, tenant_id: &str, key_id: &str) -> Vec<pb::AuditEve
             page_token: token,
             ..Default::default()
         };
-        let page = a
-            .client
-            .list_audit_events(a.req(req))
-            .await
-            .unwrap()
-            .into_inner();
+        let page = a.list_audit_events(req).await.unwrap();
         out.extend(page.events);
         if page.next_page_token.is_empty() {
             return out;
@@ -36,95 +30,46 @@ fn actions(events: &[pb::AuditEvent]) -> Vec<&str> {
 
 async fn every_write_leaves_exactly_one_event(db: Db) {
     let s = server_or_skip!(db);
-    let mut a = s.admin().await;
+    let a = s.admin().await;
     let policy = pb::TenantPolicy {
         max_active_keys: 2,
         ..Default::default()
     };
-    tenant(&mut a, "acme", policy).await;
-    let k = create(&mut a, key_req("acme", "k")).await.key.unwrap();
-    let mask = |p: &[&str]| {
-        Some(prost_types::FieldMask {
-            paths: p.iter().map(|x| x.to_string()).collect(),
-        })
-    };
+    a.tenant("acme").policy(policy).upsert().await;
+    let k = a.create_key(new_key("acme")).await.key.unwrap();
     let mut patch = k.clone();
     patch.name = "renamed".into();
     patch.scopes = vec!["read".into()];
-    let mut r = a.req(pb::UpdateKeyRequest {
-        key: Some(patch.clone()),
-        update_mask: mask(&["name", "scopes"]),
-    });
-    r.metadata_mut()
-        .insert("x-request-id", "req-from-caller-42".parse().unwrap());
-    a.client.update_key(r).await.unwrap();
+    a.with_header("x-request-id", "req-from-caller-42")
+        .update_key(patch.clone(), &["name", "scopes"])
+        .await
+        .unwrap();
     patch.enabled = false;
-    a.client
-        .update_key(a.req(pb::UpdateKeyRequest {
-            key: Some(patch.clone()),
-            update_mask: mask(&["enabled"]),
-        }))
-        .await
-        .unwrap();
+    a.update_key(patch.clone(), &["enabled"]).await.unwrap();
     patch.enabled = true;
-    a.client
-        .update_key(a.req(pb::UpdateKeyRequest {
-            key: Some(patch),
-            update_mask: mask(&["enabled"]),
-        }))
-        .await
-        .unwrap();
-    let rotated = a
-        .client
-        .rotate_key(a.req(pb::RotateKeyRequest {
-            key_id: k.id.clone(),
-            grace_period: None,
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    a.update_key(patch, &["enabled"]).await.unwrap();
+    let rotated = a.rotate_key(&k.id, None).await.unwrap();
     let successor = rotated.key.unwrap().id;
-    a.client
-        .revoke_key(a.req(pb::RevokeKeyRequest {
-            key_id: successor.clone(),
-            reason: "leaked in CI logs".into(),
-        }))
-        .await
-        .unwrap();
+    a.revoke_key(&successor, "leaked in CI logs").await.unwrap();
 
     // Failed and no-op writes leave nothing.
-    a.client
-        .revoke_key(a.req(pb::RevokeKeyRequest {
-            key_id: successor.clone(),
-            reason: "again".into(),
-        }))
-        .await
-        .unwrap();
+    a.revoke_key(&successor, "again").await.unwrap();
     let e = a
-        .client
-        .create_key(a.req(key_req("acme", "bad\u{7}name")))
+        .try_create_key(new_key("acme").name("bad\u{7}name"))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    let e = a
-        .client
-        .rotate_key(a.req(pb::RotateKeyRequest {
-            key_id: k.id.clone(),
-            grace_period: None,
-        }))
-        .await
-        .unwrap_err();
+    let e = a.rotate_key(&k.id, None).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
-    create(&mut a, key_req("acme", "k2")).await;
-    create(&mut a, key_req("acme", "k3")).await;
+    a.create_key(new_key("acme").name("k2")).await;
+    a.create_key(new_key("acme").name("k3")).await;
     let e = a
-        .client
-        .create_key(a.req(key_req("acme", "over the cap")))
+        .try_create_key(new_key("acme").name("over the cap"))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
 
-    let all = trail(&mut a, "acme", "").await;
+    let all = trail(&a, "acme", "").await;
     assert_eq!(
         actions(&all),
         vec![
@@ -154,7 +99,7 @@ async fn every_write_leaves_exactly_one_event(db: Db) {
     let rotate = all.iter().find(|e| e.action == "rotate_key").unwrap();
     assert!(rotate.detail.contains(&successor));
 
-    let of_key = trail(&mut a, "", &k.id).await;
+    let of_key = trail(&a, "", &k.id).await;
     assert_eq!(
         actions(&of_key),
         vec![
@@ -169,34 +114,30 @@ async fn every_write_leaves_exactly_one_event(db: Db) {
     assert!(!everything.contains("kg_"), "no key material in the trail");
 
     let e = a
-        .client
-        .list_audit_events(a.req(pb::ListAuditEventsRequest::default()))
+        .list_audit_events(pb::ListAuditEventsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().starts_with("tenant_id:"), "{}", e.message());
     let e = a
-        .client
-        .list_audit_events(a.req(pb::ListAuditEventsRequest {
+        .list_audit_events(pb::ListAuditEventsRequest {
             tenant_id: "acme".into(),
             page_token: "nope".into(),
             ..Default::default()
-        }))
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     // A time window.
     let after = keygate::grpc::convert::timestamp(keygate::domain::UnixMillis(s.now().0 + 1));
     let none = a
-        .client
-        .list_audit_events(a.req(pb::ListAuditEventsRequest {
+        .list_audit_events(pb::ListAuditEventsRequest {
             tenant_id: "acme".into(),
             start_time: Some(after),
             ..Default::default()
-        }))
+        })
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(none.events.is_empty());
 }
 

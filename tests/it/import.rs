@@ -1,8 +1,6 @@
 //! ImportKeys: keys from another system keep working by their stored hash (SHA-256 hex or
 //! argon2 PHC), all or nothing, audited, within the tenant's cap. On both stores.
-use crate::check::check_req;
-use crate::key_admin::tenant;
-use crate::support::{code, Admin, Db};
+use crate::support::{check, code, Admin, Db};
 use crate::{on_both_stores, server_or_skip};
 use argon2::password_hash::{PasswordHasher, SaltString};
 use keygate::grpc::pb::{self, ImportHashFormat};
@@ -34,44 +32,36 @@ fn imported(name: &str, hash: String, lookup: &str) -> pb::ImportedKey {
 }
 
 async fn import(
-    a: &mut Admin,
+    a: &Admin,
     tenant_id: &str,
     prefix: &str,
     format: ImportHashFormat,
     lookup_length: u32,
     keys: Vec<pb::ImportedKey>,
-) -> Result<tonic::Response<pb::ImportKeysResponse>, tonic::Status> {
-    a.client
-        .import_keys(a.req(pb::ImportKeysRequest {
-            tenant_id: tenant_id.into(),
-            key_prefix: prefix.into(),
-            format: format as i32,
-            lookup_length,
-            keys,
-        }))
-        .await
-}
-
-async fn reason(
-    c: &mut pb::authorize_client::AuthorizeClient<tonic::transport::Channel>,
-    key: &str,
-) -> pb::Reason {
-    pb::Reason::try_from(c.check(check_req(key)).await.unwrap().into_inner().reason).unwrap()
+) -> Result<pb::ImportKeysResponse, tonic::Status> {
+    a.import_keys(pb::ImportKeysRequest {
+        tenant_id: tenant_id.into(),
+        key_prefix: prefix.into(),
+        format: format as i32,
+        lookup_length,
+        keys,
+    })
+    .await
 }
 
 async fn imported_keys_keep_working(db: Db) {
     let s = server_or_skip!(db);
-    let mut a = s.admin().await;
+    let a = s.admin().await;
     let policy = pb::TenantPolicy {
         max_active_keys: 3,
         ..Default::default()
     };
-    tenant(&mut a, "legacy", policy).await;
-    tenant(&mut a, "other", pb::TenantPolicy::default()).await;
+    a.tenant("legacy").policy(policy).upsert().await;
+    a.tenant("other").upsert().await;
     let sha_key = "sk_live_9f8e7d6c5b4a39281706f5e4d3c2b1a0";
     let argon_key = "acme-AB12CD34.the-secret-part-of-it";
     let got = import(
-        &mut a,
+        &a,
         "legacy",
         "sk_live_",
         ImportHashFormat::Sha256Hex,
@@ -79,11 +69,10 @@ async fn imported_keys_keep_working(db: Db) {
         vec![imported("old sha", sha_hex(sha_key), "")],
     )
     .await
-    .unwrap()
-    .into_inner();
+    .unwrap();
     assert_eq!(got.keys[0].key_prefix, "sk_live_");
     let argon_id = import(
-        &mut a,
+        &a,
         "legacy",
         "acme-",
         ImportHashFormat::Argon2Phc,
@@ -92,73 +81,63 @@ async fn imported_keys_keep_working(db: Db) {
     )
     .await
     .unwrap()
-    .into_inner()
     .keys[0]
         .clone();
     assert_eq!(argon_id.display_prefix, "AB12CD34");
 
-    let mut c = s.authorize().await;
-    assert_eq!(reason(&mut c, sha_key).await, pb::Reason::Ok);
-    assert_eq!(reason(&mut c, argon_key).await, pb::Reason::Ok);
+    let c = s.authorize().await;
+    assert_eq!(c.reason(check(sha_key)).await, pb::Reason::Ok);
+    assert_eq!(c.reason(check(argon_key)).await, pb::Reason::Ok);
     // Under an imported prefix a wrong key is unknown, not malformed; elsewhere, malformed.
     assert_eq!(
-        reason(&mut c, "sk_live_0000000000000000000000000000000").await,
+        c.reason(check("sk_live_0000000000000000000000000000000"))
+            .await,
         pb::Reason::KeyNotFound
     );
     assert_eq!(
-        reason(&mut c, "acme-AB12CD34.wrong-secret").await,
+        c.reason(check("acme-AB12CD34.wrong-secret")).await,
         pb::Reason::KeyNotFound
     );
     assert_eq!(
-        reason(&mut c, "acme-ZZ99ZZ99.whatever").await,
+        c.reason(check("acme-ZZ99ZZ99.whatever")).await,
         pb::Reason::KeyNotFound
     );
     assert_eq!(
-        reason(&mut c, "pk_test_nothing_like_it").await,
+        c.reason(check("pk_test_nothing_like_it")).await,
         pb::Reason::MalformedKey
     );
     // The imported key lives the normal life: revoke it and it is denied at once.
-    a.client
-        .revoke_key(a.req(pb::RevokeKeyRequest {
-            key_id: argon_id.id.clone(),
-            reason: "migrated".into(),
-        }))
-        .await
-        .unwrap();
-    assert_eq!(reason(&mut c, argon_key).await, pb::Reason::KeyRevoked);
+    a.revoke_key(&argon_id.id, "migrated").await.unwrap();
+    assert_eq!(c.reason(check(argon_key)).await, pb::Reason::KeyRevoked);
     let trail = a
-        .client
-        .list_audit_events(a.req(pb::ListAuditEventsRequest {
+        .list_audit_events(pb::ListAuditEventsRequest {
             key_id: argon_id.id.clone(),
             ..Default::default()
-        }))
+        })
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let actions: Vec<&str> = trail.events.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(actions, vec!["revoke_key", "import_key"]);
 
     // All or nothing: a duplicate in the batch imports none of it.
-    let list = |a: &mut Admin| {
-        let mut a = a.clone();
+    let list = |a: &Admin| {
+        let a = a.clone();
         async move {
-            a.client
-                .list_keys(a.req(pb::ListKeysRequest {
-                    tenant_id: "legacy".into(),
-                    include_revoked: true,
-                    ..Default::default()
-                }))
-                .await
-                .unwrap()
-                .into_inner()
-                .keys
-                .len()
+            a.list_keys(pb::ListKeysRequest {
+                tenant_id: "legacy".into(),
+                include_revoked: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .keys
+            .len()
         }
     };
-    let before = list(&mut a).await;
+    let before = list(&a).await;
     let (c1, m) = code(
         import(
-            &mut a,
+            &a,
             "legacy",
             "sk_live_",
             ImportHashFormat::Sha256Hex,
@@ -172,11 +151,11 @@ async fn imported_keys_keep_working(db: Db) {
     );
     assert_eq!(c1, Code::FailedPrecondition, "{m}");
     assert!(m.contains("keys[1]"), "{m}");
-    assert_eq!(list(&mut a).await, before);
+    assert_eq!(list(&a).await, before);
     // The cap counts imported keys (1 active of 3 after the revoke: three more exceed it).
     let (c2, m) = code(
         import(
-            &mut a,
+            &a,
             "legacy",
             "sk_live_",
             ImportHashFormat::Sha256Hex,
@@ -194,7 +173,7 @@ async fn imported_keys_keep_working(db: Db) {
     // Another tenant cannot claim an overlapping prefix; bad input names its field.
     let (c3, _) = code(
         import(
-            &mut a,
+            &a,
             "other",
             "sk_",
             ImportHashFormat::Sha256Hex,
@@ -206,7 +185,7 @@ async fn imported_keys_keep_working(db: Db) {
     assert_eq!(c3, Code::FailedPrecondition);
     let (c4, m) = code(
         import(
-            &mut a,
+            &a,
             "legacy",
             "sk_live_",
             ImportHashFormat::Sha256Hex,
@@ -219,7 +198,7 @@ async fn imported_keys_keep_working(db: Db) {
     assert!(m.starts_with("keys[0].hash"), "{m}");
     let (c5, m) = code(
         import(
-            &mut a,
+            &a,
             "legacy",
             "acme-",
             ImportHashFormat::Argon2Phc,
@@ -232,7 +211,7 @@ async fn imported_keys_keep_working(db: Db) {
     assert!(m.starts_with("keys[0].lookup"), "{m}");
     let (c6, m) = code(
         import(
-            &mut a,
+            &a,
             "legacy",
             "acme-",
             ImportHashFormat::Unspecified,
@@ -244,96 +223,52 @@ async fn imported_keys_keep_working(db: Db) {
     assert_eq!(c6, Code::InvalidArgument, "{m}");
 }
 
-
 /// A prefix belongs to one tenant: no import under (or overlapping) another tenant's
 /// native prefix or imported prefix, and no tenant prefix overlapping another's import.
 async fn an_imported_prefix_belongs_to_one_tenant(db: Db) {
     let s = server_or_skip!(db);
-    let mut a = s.admin().await;
+    let a = s.admin().await;
     let owner = pb::TenantPolicy {
         key_prefix: "tt_".into(),
         ..Default::default()
     };
-    tenant(&mut a, "owner", owner).await;
-    tenant(&mut a, "taker", pb::TenantPolicy::default()).await;
+    a.tenant("owner").policy(owner).upsert().await;
+    a.tenant("taker").upsert().await;
     let one = |seed: &str| vec![imported("k", sha_hex(seed), "")];
+    let sha = ImportHashFormat::Sha256Hex;
     for prefix in ["tt_", "tt_live_", "tt"] {
-        let (c, m) = code(
-            import(
-                &mut a,
-                "taker",
-                prefix,
-                ImportHashFormat::Sha256Hex,
-                0,
-                one(prefix),
-            )
-            .await,
-        );
+        let (c, m) = code(import(&a, "taker", prefix, sha, 0, one(prefix)).await);
         assert_eq!(c, Code::FailedPrecondition, "{prefix}: {m}");
         assert!(m.starts_with("key_prefix: overlaps"), "{m}");
         assert!(!m.contains("owner"), "another tenant is never named: {m}");
     }
     // Its own native prefix is the owner's to import under, and so is a fresh one.
-    import(
-        &mut a,
-        "owner",
-        "tt_old_",
-        ImportHashFormat::Sha256Hex,
-        0,
-        one("a"),
-    )
-    .await
-    .unwrap();
-    import(
-        &mut a,
-        "owner",
-        "legacy_",
-        ImportHashFormat::Sha256Hex,
-        0,
-        one("b"),
-    )
-    .await
-    .unwrap();
+    import(&a, "owner", "tt_old_", sha, 0, one("a"))
+        .await
+        .unwrap();
+    import(&a, "owner", "legacy_", sha, 0, one("b"))
+        .await
+        .unwrap();
     // Another tenant's imported prefix, or one overlapping it, is refused too …
-    let (c, m) = code(
-        import(
-            &mut a,
-            "taker",
-            "legacy_x",
-            ImportHashFormat::Sha256Hex,
-            0,
-            one("c"),
-        )
-        .await,
-    );
+    let (c, m) = code(import(&a, "taker", "legacy_x", sha, 0, one("c")).await);
     assert_eq!(c, Code::FailedPrecondition, "{m}");
     assert!(m.contains("another tenant imported"), "{m}");
     // … and so is a tenant prefix overlapping it.
-    let (c, m) = code(
-        a.client
-            .upsert_tenant(a.req(pb::UpsertTenantRequest {
-                tenant: Some(pb::Tenant {
-                    id: "taker".into(),
-                    policy: Some(pb::TenantPolicy {
-                        key_prefix: "legacy_".into(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-            }))
-            .await,
-    );
+    let taken = pb::TenantPolicy {
+        key_prefix: "legacy_".into(),
+        ..Default::default()
+    };
+    let (c, m) = code(a.tenant("taker").policy(taken).try_upsert().await);
     assert_eq!(c, Code::FailedPrecondition, "{m}");
     assert!(m.starts_with("tenant.policy.key_prefix:"), "{m}");
 }
-
 
 /// Whoever imports keys does not choose what a check costs: argon2 parameters above the
 /// server's ceiling are refused by field, before anything is stored.
 async fn imported_argon2_cost_is_bounded(db: Db) {
     let s = server_or_skip!(db);
-    let mut a = s.admin().await;
-    tenant(&mut a, "legacy", pb::TenantPolicy::default()).await;
+    let a = s.admin().await;
+    a.tenant("legacy").upsert().await;
     let bomb = |params: &str| {
         format!("$argon2id$v=19${params}$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaA")
     };
@@ -346,31 +281,20 @@ async fn imported_argon2_cost_is_bounded(db: Db) {
             imported("fine", argon("acme-FINE0001.x"), "acme-FINE0001"),
             imported("bomb", bomb(params), "acme-BOMB0001"),
         ];
-        let (c, m) = code(
-            import(
-                &mut a,
-                "legacy",
-                "acme-",
-                ImportHashFormat::Argon2Phc,
-                8,
-                keys,
-            )
-            .await,
-        );
+        let (c, m) =
+            code(import(&a, "legacy", "acme-", ImportHashFormat::Argon2Phc, 8, keys).await);
         assert_eq!(c, Code::InvalidArgument, "{params}: {m}");
         assert!(m.starts_with("keys[1].hash: argon2 "), "{m}");
         assert!(m.contains(what), "{m}");
     }
     // All or nothing: the acceptable key of the refused batch was not stored either.
     let listed = a
-        .client
-        .list_keys(a.req(pb::ListKeysRequest {
+        .list_keys(pb::ListKeysRequest {
             tenant_id: "legacy".into(),
             ..Default::default()
-        }))
+        })
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(listed.keys.is_empty(), "{:?}", listed.keys);
 }
 

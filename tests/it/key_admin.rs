@@ -1,38 +1,13 @@
 //! KeyAdmin behaviour, on SQLite and on PostgreSQL.
-use crate::support::{code, Admin, Db, TestServer};
+use crate::support::{
+    code, days, limit, neariq_policy, nesika_policy, new_key, outcome, secs, Admin, Db, ADMIN_TOKEN,
+};
 use crate::{on_both_stores, server_or_skip};
 use keygate::grpc::pb::{self, create_key_request::Expiry, KeyState};
 use std::time::Duration;
 use tonic::Code;
 
 const DAY: i64 = 86_400;
-
-fn days(n: i64) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: n * DAY,
-        nanos: 0,
-    }
-}
-
-fn nesika_policy() -> pb::TenantPolicy {
-    pb::TenantPolicy {
-        key_prefix: "nes_".into(),
-        max_active_keys: 10,
-        allowed_expiries: Some(pb::ExpiryPolicy {
-            durations: [30, 60, 90, 180, 365].map(days).to_vec(),
-            allow_never: false,
-        }),
-        default_rate_limits: vec![pb::RateLimit {
-            name: "per-minute".into(),
-            limit: 100,
-            window: Some(prost_types::Duration {
-                seconds: 60,
-                nanos: 0,
-            }),
-        }],
-        ..Default::default()
-    }
-}
 
 fn nexus_policy() -> pb::TenantPolicy {
     pb::TenantPolicy {
@@ -57,49 +32,18 @@ fn nexus_policy() -> pb::TenantPolicy {
     }
 }
 
-pub async fn tenant(admin: &mut Admin, id: &str, policy: pb::TenantPolicy) -> pb::Tenant {
-    let t = pb::Tenant {
-        id: id.into(),
-        display_name: format!("{id} inc"),
-        policy: Some(policy),
-        ..Default::default()
-    };
-    admin
-        .client
-        .upsert_tenant(admin.req(pb::UpsertTenantRequest { tenant: Some(t) }))
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-pub fn key_req(tenant_id: &str, name: &str) -> pb::CreateKeyRequest {
-    pb::CreateKeyRequest {
-        tenant_id: tenant_id.into(),
-        name: name.into(),
-        ..Default::default()
-    }
-}
-
-pub async fn create(admin: &mut Admin, req: pb::CreateKeyRequest) -> pb::CreateKeyResponse {
-    admin
-        .client
-        .create_key(admin.req(req))
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 async fn lifecycle(db: Db) {
     let s = server_or_skip!(db);
-    let mut a = s.admin().await;
-    tenant(&mut a, "nexus", nexus_policy()).await;
-    let mut req = key_req("nexus", "Warehouse Integration");
-    req.environment = "live".into();
-    req.scopes = vec!["orders:write".into(), "products:read".into()];
-    req.ip_allowlist = vec!["10.1.2.3/8".into(), "::ffff:192.0.2.1".into()];
-    req.metadata = [("team".to_string(), "ops".to_string())].into();
-    req.expiry = Some(Expiry::ExpiresIn(days(90)));
-    let created = create(&mut a, req).await;
+    let a = s.admin().await;
+    a.tenant("nexus").policy(nexus_policy()).upsert().await;
+    let req = new_key("nexus")
+        .name("Warehouse Integration")
+        .environment("live")
+        .scopes(["orders:write", "products:read"])
+        .ip_allowlist(["10.1.2.3/8", "::ffff:192.0.2.1"])
+        .metadata([("team", "ops")])
+        .expires_in(days(90));
+    let created = a.create_key(req).await;
     let key = created.key.unwrap();
     assert!(
         created.secret.starts_with("nxc_live_"),
@@ -118,14 +62,7 @@ async fn lifecycle(db: Db) {
     let create_time = key.create_time.unwrap();
     assert_eq!(expire.seconds - create_time.seconds, 90 * DAY);
 
-    let got = a
-        .client
-        .get_key(a.req(pb::GetKeyRequest {
-            key_id: key.id.clone(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let got = a.get_key(&key.id).await.unwrap();
     assert_eq!(
         got, key,
         "GetKey returns what CreateKey returned, minus the secret"
@@ -135,18 +72,10 @@ async fn lifecycle(db: Db) {
     let mut patch = key.clone();
     patch.name = "Renamed".into();
     patch.enabled = false;
-    let mask = prost_types::FieldMask {
-        paths: vec!["name".into(), "enabled".into()],
-    };
     let updated = a
-        .client
-        .update_key(a.req(pb::UpdateKeyRequest {
-            key: Some(patch.clone()),
-            update_mask: Some(mask),
-        }))
+        .update_key(patch.clone(), &["name", "enabled"])
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(updated.name, "Renamed");
     assert_eq!(updated.state, KeyState::Disabled as i32);
     assert_eq!(
@@ -154,68 +83,31 @@ async fn lifecycle(db: Db) {
         "fields outside the mask are untouched"
     );
     patch.enabled = true;
-    let mask = prost_types::FieldMask {
-        paths: vec!["enabled".into()],
-    };
-    let updated = a
-        .client
-        .update_key(a.req(pb::UpdateKeyRequest {
-            key: Some(patch),
-            update_mask: Some(mask),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let updated = a.update_key(patch, &["enabled"]).await.unwrap();
     assert_eq!(updated.state, KeyState::Active as i32);
     assert_eq!(updated.name, "Renamed");
 
     // Revoke: permanent, idempotent, and the key leaves the default listing.
-    let revoked = a
-        .client
-        .revoke_key(a.req(pb::RevokeKeyRequest {
-            key_id: key.id.clone(),
-            reason: "leaked".into(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let revoked = a.revoke_key(&key.id, "leaked").await.unwrap();
     assert_eq!(revoked.state, KeyState::Revoked as i32);
     assert_eq!(revoked.revoke_reason, "leaked");
     s.clock.advance(Duration::from_secs(5));
-    let again = a
-        .client
-        .revoke_key(a.req(pb::RevokeKeyRequest {
-            key_id: key.id.clone(),
-            reason: "again".into(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let again = a.revoke_key(&key.id, "again").await.unwrap();
     assert_eq!(
         again.revoke_time, revoked.revoke_time,
         "second revoke keeps the first time"
     );
     assert_eq!(again.revoke_reason, "leaked");
-    let listed = list(&mut a, "nexus", false, false).await;
+    let listed = list(&a, "nexus", false, false).await;
     assert!(listed.is_empty());
-    let listed = list(&mut a, "nexus", true, false).await;
+    let listed = list(&a, "nexus", true, false).await;
     assert_eq!(listed.len(), 1);
-    let mask = prost_types::FieldMask {
-        paths: vec!["name".into()],
-    };
-    let (c, m) = code(
-        a.client
-            .update_key(a.req(pb::UpdateKeyRequest {
-                key: Some(again),
-                update_mask: Some(mask),
-            }))
-            .await,
-    );
+    let (c, m) = code(a.update_key(again, &["name"]).await);
     assert_eq!(c, Code::FailedPrecondition, "{m}");
 }
 
 async fn list(
-    a: &mut Admin,
+    a: &Admin,
     tenant_id: &str,
     include_revoked: bool,
     include_expired: bool,
@@ -226,34 +118,25 @@ async fn list(
         include_expired,
         ..Default::default()
     };
-    a.client
-        .list_keys(a.req(req))
-        .await
-        .unwrap()
-        .into_inner()
-        .keys
+    a.list_keys(req).await.unwrap().keys
 }
 
 async fn secret_is_shown_once_and_only_a_hash_is_stored(db: Db) {
     use sea_orm::{ConnectionTrait, Statement};
     let s = server_or_skip!(db);
-    let mut a = s.admin().await;
-    tenant(&mut a, "nesika", nesika_policy()).await;
-    let mut req = key_req("nesika", "power-bi-dashboard");
-    req.expiry = Some(Expiry::ExpiresIn(days(30)));
-    let created = create(&mut a, req).await;
+    let a = s.admin().await;
+    a.tenant("nesika").policy(nesika_policy()).upsert().await;
+    let req = new_key("nesika")
+        .name("power-bi-dashboard")
+        .expires_in(days(30));
+    let created = a.create_key(req).await;
     let secret = created.secret.clone();
     let body = &secret["nes_".len()..];
     let secret_part = &body[12..36];
     let id = created.key.unwrap().id;
 
-    let got = a
-        .client
-        .get_key(a.req(pb::GetKeyRequest { key_id: id.clone() }))
-        .await
-        .unwrap()
-        .into_inner();
-    let listed = list(&mut a, "nesika", true, true).await;
+    let got = a.get_key(&id).await.unwrap();
+    let listed = list(&a, "nesika", true, true).await;
     for shown in [format!("{got:?}"), format!("{listed:?}")] {
         assert!(
             !shown.contains(secret_part),
@@ -297,23 +180,20 @@ async fn secret_is_shown_once_and_only_a_hash_is_stored(db: Db) {
 
 async fn key_cap_counts_active_keys_only(db: Db) {
     let s = server_or_skip!(db);
-    let mut a = s.admin().await;
+    let a = s.admin().await;
     let mut p = nesika_policy();
     p.max_active_keys = 3;
     p.allowed_expiries = None;
-    tenant(&mut a, "capped", p).await;
+    a.tenant("capped").policy(p).upsert().await;
     let mut ids = vec![];
     for i in 0..3 {
-        let mut r = key_req("capped", &format!("k{i}"));
+        let mut r = new_key("capped").name(format!("k{i}"));
         if i == 0 {
-            r.expiry = Some(Expiry::ExpiresIn(prost_types::Duration {
-                seconds: 3600,
-                nanos: 0,
-            }));
+            r = r.expires_in(secs(3600));
         }
-        ids.push(create(&mut a, r).await.key.unwrap().id);
+        ids.push(a.create_key(r).await.key.unwrap().id);
     }
-    let (c, m) = code(a.client.create_key(a.req(key_req("capped", "k3"))).await);
+    let (c, m) = code(a.try_create_key(new_key("capped").name("k3")).await);
     assert_eq!(c, Code::FailedPrecondition);
     assert!(
         m.contains("max_active_keys") && m.contains("cap is 3"),
@@ -321,61 +201,38 @@ async fn key_cap_counts_active_keys_only(db: Db) {
     );
 
     // A disabled key still counts.
-    let mut k = a
-        .client
-        .get_key(a.req(pb::GetKeyRequest {
-            key_id: ids[1].clone(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut k = a.get_key(&ids[1]).await.unwrap();
     k.enabled = false;
-    let mask = prost_types::FieldMask {
-        paths: vec!["enabled".into()],
-    };
-    a.client
-        .update_key(a.req(pb::UpdateKeyRequest {
-            key: Some(k),
-            update_mask: Some(mask),
-        }))
-        .await
-        .unwrap();
+    a.update_key(k, &["enabled"]).await.unwrap();
     assert_eq!(
-        code(a.client.create_key(a.req(key_req("capped", "k3"))).await).0,
+        code(a.try_create_key(new_key("capped").name("k3")).await).0,
         Code::FailedPrecondition
     );
 
     // A revoked key does not.
-    a.client
-        .revoke_key(a.req(pb::RevokeKeyRequest {
-            key_id: ids[2].clone(),
-            reason: String::new(),
-        }))
-        .await
-        .unwrap();
-    create(&mut a, key_req("capped", "k3")).await;
+    a.revoke_key(&ids[2], "").await.unwrap();
+    a.create_key(new_key("capped").name("k3")).await;
     assert_eq!(
-        code(a.client.create_key(a.req(key_req("capped", "k4"))).await).0,
+        code(a.try_create_key(new_key("capped").name("k4")).await).0,
         Code::FailedPrecondition
     );
 
     // Nor does an expired one.
     s.clock.advance(Duration::from_secs(3601));
-    create(&mut a, key_req("capped", "k4")).await;
+    a.create_key(new_key("capped").name("k4")).await;
 }
 
 async fn concurrent_creates_never_exceed_the_cap(db: Db) {
     let s = server_or_skip!(db);
-    let mut a = s.admin().await;
+    let a = s.admin().await;
     let mut p = nesika_policy();
     p.allowed_expiries = None;
     assert_eq!(p.max_active_keys, 10);
-    tenant(&mut a, "race", p).await;
+    a.tenant("race").policy(p).upsert().await;
     let calls = (0..50).map(|i| {
-        let mut a = a.clone();
+        let a = a.clone();
         tokio::spawn(async move {
-            a.client
-                .create_key(a.req(key_req("race", &format!("k{i}"))))
+            a.try_create_key(new_key("race").name(format!("k{i}")))
                 .await
         })
     });
@@ -392,133 +249,105 @@ async fn concurrent_creates_never_exceed_the_cap(db: Db) {
         }
     }
     assert_eq!(ok, 10, "exactly the cap succeeded");
-    assert_eq!(list(&mut a, "race", true, true).await.len(), 10);
+    assert_eq!(list(&a, "race", true, true).await.len(), 10);
 }
 
 async fn tenant_expiry_rules(db: Db) {
     let s = server_or_skip!(db);
-    let mut a = s.admin().await;
-    tenant(&mut a, "nesika", nesika_policy()).await;
-    let mut r = key_req("nesika", "k");
+    let a = s.admin().await;
+    a.tenant("nesika").policy(nesika_policy()).upsert().await;
+    let mut r = new_key("nesika").build();
     r.expiry = Some(Expiry::ExpiresIn(days(31)));
-    let (c, m) = code(a.client.create_key(a.req(r.clone())).await);
+    let (c, m) = code(a.try_create_key(r.clone()).await);
     assert_eq!(c, Code::FailedPrecondition);
     assert!(
         m.contains("allowed_expiries") && m.contains("30d, 60d, 90d, 180d, 365d"),
         "{m}"
     );
     r.expiry = Some(Expiry::NeverExpires(true));
-    let (c, m) = code(a.client.create_key(a.req(r.clone())).await);
+    let (c, m) = code(a.try_create_key(r.clone()).await);
     assert_eq!(c, Code::FailedPrecondition);
     assert!(m.contains("must expire"), "{m}");
     r.expiry = None;
     assert_eq!(
-        code(a.client.create_key(a.req(r.clone())).await).0,
+        code(a.try_create_key(r.clone()).await).0,
         Code::FailedPrecondition
     );
     r.expiry = Some(Expiry::ExpiresIn(days(365)));
-    let k = create(&mut a, r.clone()).await.key.unwrap();
+    let k = a.create_key(r.clone()).await.key.unwrap();
     assert_eq!(
         k.expire_time.unwrap().seconds - k.create_time.unwrap().seconds,
         365 * DAY
     );
     let past = keygate::grpc::convert::timestamp(s.now());
     r.expiry = Some(Expiry::ExpireTime(past));
-    let (c, m) = code(a.client.create_key(a.req(r)).await);
+    let (c, m) = code(a.try_create_key(r).await);
     assert_eq!(c, Code::InvalidArgument);
     assert!(m.starts_with("expire_time:"), "{m}");
 
     // NexusCommerce allows "Never": no expiry at all.
-    tenant(&mut a, "nexus", nexus_policy()).await;
-    let mut r = key_req("nexus", "k");
-    r.environment = "test".into();
-    r.expiry = Some(Expiry::NeverExpires(true));
-    let k = create(&mut a, r).await.key.unwrap();
+    a.tenant("nexus").policy(nexus_policy()).upsert().await;
+    let r = new_key("nexus")
+        .environment("test")
+        .expiry(Expiry::NeverExpires(true));
+    let k = a.create_key(r).await.key.unwrap();
     assert!(k.expire_time.is_none());
 }
 
 async fn scopes_and_environments_follow_the_tenant(db: Db) {
     let s = server_or_skip!(db);
-    let mut a = s.admin().await;
-    tenant(&mut a, "nexus", nexus_policy()).await;
-    let mut r = key_req("nexus", "k");
-    let (c, m) = code(a.client.create_key(a.req(r.clone())).await);
+    let a = s.admin().await;
+    a.tenant("nexus").policy(nexus_policy()).upsert().await;
+    let mut r = new_key("nexus").build();
+    let (c, m) = code(a.try_create_key(r.clone()).await);
     assert_eq!(c, Code::InvalidArgument);
     assert!(
         m.starts_with("environment:") && m.contains("live, test"),
         "{m}"
     );
     r.environment = "staging".into();
-    let (c, m) = code(a.client.create_key(a.req(r.clone())).await);
+    let (c, m) = code(a.try_create_key(r.clone()).await);
     assert_eq!(c, Code::FailedPrecondition);
     assert!(m.contains("environments"), "{m}");
     r.environment = "live".into();
     r.scopes = vec!["billing:read".into()];
-    let (c, m) = code(a.client.create_key(a.req(r.clone())).await);
+    let (c, m) = code(a.try_create_key(r.clone()).await);
     assert_eq!(c, Code::FailedPrecondition);
     assert!(
         m.contains("scope_catalogue") && m.contains("billing:read"),
         "{m}"
     );
     r.scopes = vec!["orders:read".into(), "Orders:Write".into()];
-    let (c, m) = code(a.client.create_key(a.req(r.clone())).await);
+    let (c, m) = code(a.try_create_key(r.clone()).await);
     assert_eq!(c, Code::InvalidArgument);
     assert!(m.starts_with("scopes[1]:"), "{m}");
     r.scopes = vec!["*".into()];
-    let k = create(&mut a, r).await;
+    let k = a.create_key(r).await;
     assert!(k.secret.starts_with("nxc_live_"));
 
     // NearIQ: a key created without scopes gets the read-only defaults.
-    let nearq = pb::TenantPolicy {
-        key_prefix: "niq_".into(),
-        environments: vec!["live".into()],
-        scope_catalogue: [
-            "competitors:read",
-            "alerts:read",
-            "usage:read",
-            "export",
-            "webhooks:manage",
-        ]
-        .map(String::from)
-        .to_vec(),
-        default_scopes: ["competitors:read", "alerts:read", "usage:read"]
-            .map(String::from)
-            .to_vec(),
-        ..Default::default()
-    };
-    tenant(&mut a, "neariq", nearq).await;
-    let mut r = key_req("neariq", "zapier");
-    r.environment = "live".into();
-    let k = create(&mut a, r.clone()).await.key.unwrap();
+    a.tenant("neariq").policy(neariq_policy()).upsert().await;
+    let r = new_key("neariq").name("zapier").environment("live");
+    let k = a.create_key(r.clone()).await.key.unwrap();
     assert_eq!(
         k.scopes,
         vec!["alerts:read", "competitors:read", "usage:read"]
     );
-    r.scopes = vec!["export".into()];
-    assert_eq!(create(&mut a, r).await.key.unwrap().scopes, vec!["export"]);
+    let r = r.scopes(["export"]);
+    assert_eq!(a.create_key(r).await.key.unwrap().scopes, vec!["export"]);
 
     // Scope updates respect the catalogue too.
     let mut patch = k.clone();
     patch.scopes = vec!["admin".into()];
-    let mask = prost_types::FieldMask {
-        paths: vec!["scopes".into()],
-    };
-    let (c, m) = code(
-        a.client
-            .update_key(a.req(pb::UpdateKeyRequest {
-                key: Some(patch),
-                update_mask: Some(mask),
-            }))
-            .await,
-    );
+    let (c, m) = code(a.update_key(patch, &["scopes"]).await);
     assert_eq!(c, Code::FailedPrecondition, "{m}");
 }
 
 async fn bad_input_names_the_field(db: Db) {
     let s = server_or_skip!(db);
-    let mut a = s.admin().await;
-    tenant(&mut a, "t1", pb::TenantPolicy::default()).await;
-    let base = key_req("t1", "ok");
+    let a = s.admin().await;
+    a.tenant("t1").upsert().await;
+    let base = new_key("t1").name("ok").build();
     let cases: Vec<(pb::CreateKeyRequest, &str)> = vec![
         (
             pb::CreateKeyRequest {
@@ -564,14 +393,7 @@ async fn bad_input_names_the_field(db: Db) {
         ),
         (
             pb::CreateKeyRequest {
-                rate_limits: vec![pb::RateLimit {
-                    name: "m".into(),
-                    limit: 0,
-                    window: Some(prost_types::Duration {
-                        seconds: 60,
-                        nanos: 0,
-                    }),
-                }],
+                rate_limits: vec![limit("m", 0, 60)],
                 ..base.clone()
             },
             "rate_limits[0].limit:",
@@ -589,10 +411,7 @@ async fn bad_input_names_the_field(db: Db) {
         ),
         (
             pb::CreateKeyRequest {
-                expiry: Some(Expiry::ExpiresIn(prost_types::Duration {
-                    seconds: -5,
-                    nanos: 0,
-                })),
+                expiry: Some(Expiry::ExpiresIn(secs(-5))),
                 ..base.clone()
             },
             "expires_in:",
@@ -606,7 +425,7 @@ async fn bad_input_names_the_field(db: Db) {
         ),
     ];
     for (req, field) in cases {
-        let (c, m) = code(a.client.create_key(a.req(req)).await);
+        let (c, m) = code(a.try_create_key(req).await);
         assert_eq!(c, Code::InvalidArgument, "{field} {m}");
         assert!(
             m.starts_with(field),
@@ -614,18 +433,11 @@ async fn bad_input_names_the_field(db: Db) {
         );
     }
     assert_eq!(
-        list(&mut a, "t1", true, true).await.len(),
+        list(&a, "t1", true, true).await.len(),
         0,
         "no bad request left a row"
     );
 
-    let bad_tenant = |policy: pb::TenantPolicy| pb::UpsertTenantRequest {
-        tenant: Some(pb::Tenant {
-            id: "t2".into(),
-            policy: Some(policy),
-            ..Default::default()
-        }),
-    };
     let policy_cases: Vec<(pb::TenantPolicy, &str)> = vec![
         (
             pb::TenantPolicy {
@@ -658,100 +470,73 @@ async fn bad_input_names_the_field(db: Db) {
         ),
     ];
     for (p, field) in policy_cases {
-        let (c, m) = code(a.client.upsert_tenant(a.req(bad_tenant(p))).await);
+        let bad_tenant = pb::UpsertTenantRequest {
+            tenant: Some(pb::Tenant {
+                id: "t2".into(),
+                policy: Some(p),
+                ..Default::default()
+            }),
+        };
+        let (c, m) = code(a.upsert_tenant(bad_tenant).await);
         assert_eq!(c, Code::InvalidArgument);
         assert!(m.starts_with(field), "expected {field}, got {m:?}");
     }
     let (c, m) = code(
-        a.client
-            .upsert_tenant(a.req(pb::UpsertTenantRequest { tenant: None }))
+        a.upsert_tenant(pb::UpsertTenantRequest { tenant: None })
             .await,
     );
     assert_eq!(c, Code::InvalidArgument);
     assert!(m.starts_with("tenant:"), "{m}");
 
-    let k = create(&mut a, base).await.key.unwrap();
-    let (c, m) = code(
-        a.client
-            .update_key(a.req(pb::UpdateKeyRequest {
-                key: Some(k.clone()),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["tenant_id".into()],
-                }),
-            }))
-            .await,
-    );
+    let k = a.create_key(base).await.key.unwrap();
+    let (c, m) = code(a.update_key(k.clone(), &["tenant_id"]).await);
     assert_eq!(c, Code::InvalidArgument);
     assert!(m.starts_with("update_mask.paths:"), "{m}");
-    let (c, m) = code(
-        a.client
-            .update_key(a.req(pb::UpdateKeyRequest {
-                key: Some(k),
-                update_mask: None,
-            }))
-            .await,
-    );
+    let no_mask = pb::UpdateKeyRequest {
+        key: Some(k),
+        update_mask: None,
+    };
+    let (c, m) = code(a.update_key_request(no_mask).await);
     assert_eq!(c, Code::InvalidArgument);
     assert!(m.starts_with("update_mask:"), "{m}");
     let (c, m) = code(
-        a.client
-            .list_keys(a.req(pb::ListKeysRequest {
-                tenant_id: "t1".into(),
-                page_size: 5000,
-                ..Default::default()
-            }))
-            .await,
+        a.list_keys(pb::ListKeysRequest {
+            tenant_id: "t1".into(),
+            page_size: 5000,
+            ..Default::default()
+        })
+        .await,
     );
     assert_eq!(c, Code::InvalidArgument);
     assert!(m.starts_with("page_size:"), "{m}");
     let (c, m) = code(
-        a.client
-            .list_keys(a.req(pb::ListKeysRequest {
-                tenant_id: "t1".into(),
-                page_token: "garbage".into(),
-                ..Default::default()
-            }))
-            .await,
+        a.list_keys(pb::ListKeysRequest {
+            tenant_id: "t1".into(),
+            page_token: "garbage".into(),
+            ..Default::default()
+        })
+        .await,
     );
     assert_eq!(c, Code::InvalidArgument);
     assert!(m.starts_with("page_token:"), "{m}");
-    let (c, _) = code(
-        a.client
-            .get_key(a.req(pb::GetKeyRequest {
-                key_id: "key_nope".into(),
-            }))
-            .await,
-    );
+    let (c, _) = code(a.get_key("key_nope").await);
     assert_eq!(c, Code::NotFound);
-    let (c, _) = code(
-        a.client
-            .create_key(a.req(key_req("no-such-tenant", "k")))
-            .await,
-    );
+    let (c, _) = code(a.try_create_key(new_key("no-such-tenant")).await);
     assert_eq!(c, Code::NotFound);
-    let (c, _) = code(
-        a.client
-            .get_tenant(a.req(pb::GetTenantRequest {
-                tenant_id: "no-such-tenant".into(),
-            }))
-            .await,
-    );
+    let (c, _) = code(a.get_tenant("no-such-tenant").await);
     assert_eq!(c, Code::NotFound);
 }
 
 async fn pagination_walks_every_key_once(db: Db) {
     let s = server_or_skip!(db);
-    let mut a = s.admin().await;
-    tenant(&mut a, "pages", pb::TenantPolicy::default()).await;
+    let a = s.admin().await;
+    a.tenant("pages").upsert().await;
     let mut made = vec![];
     for i in 0..25 {
-        made.push(
-            create(&mut a, key_req("pages", &format!("k{i:02}")))
-                .await
-                .key
-                .unwrap()
-                .id,
-        );
+        let k = a
+            .create_key(new_key("pages").name(format!("k{i:02}")))
+            .await;
+        made.push(k.key.unwrap().id);
         if i % 3 == 0 {
             s.clock.advance(Duration::from_millis(1));
         }
@@ -764,7 +549,7 @@ async fn pagination_walks_every_key_once(db: Db) {
             page_token: token.clone(),
             ..Default::default()
         };
-        let resp = a.client.list_keys(a.req(req)).await.unwrap().into_inner();
+        let resp = a.list_keys(req).await.unwrap();
         pages += 1;
         seen.extend(resp.keys.into_iter().map(|k| k.id));
         if resp.next_page_token.is_empty() {
@@ -783,68 +568,53 @@ async fn pagination_walks_every_key_once(db: Db) {
     assert_eq!(sorted, made_sorted);
 
     for i in 0..5 {
-        tenant(&mut a, &format!("tenant-{i}"), pb::TenantPolicy::default()).await;
+        a.tenant(&format!("tenant-{i}")).upsert().await;
     }
     let first = a
-        .client
-        .list_tenants(a.req(pb::ListTenantsRequest {
+        .list_tenants(pb::ListTenantsRequest {
             page_size: 4,
             page_token: String::new(),
-        }))
+        })
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(first.tenants.len(), 4);
     let second = a
-        .client
-        .list_tenants(a.req(pb::ListTenantsRequest {
+        .list_tenants(pb::ListTenantsRequest {
             page_size: 4,
             page_token: first.next_page_token,
-        }))
+        })
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(second.tenants.len(), 2);
     assert!(second.next_page_token.is_empty());
 }
 
 async fn rotation_keeps_settings_and_remaining_expiry(db: Db) {
     let s = server_or_skip!(db);
-    let mut a = s.admin().await;
-    tenant(&mut a, "nesika", nesika_policy()).await;
-    let mut r = key_req("nesika", "make.com-integration");
-    r.expiry = Some(Expiry::ExpiresIn(days(30)));
-    r.scopes = vec!["read".into()];
-    r.metadata = [("owner".to_string(), "ana".to_string())].into();
-    let old = create(&mut a, r).await;
+    let a = s.admin().await;
+    a.tenant("nesika").policy(nesika_policy()).upsert().await;
+    let r = new_key("nesika")
+        .name("make.com-integration")
+        .expires_in(days(30))
+        .scopes(["read"])
+        .metadata([("owner", "ana")]);
+    let old = a.create_key(r).await;
     let old_key = old.key.unwrap();
     s.clock.advance(Duration::from_secs(10 * DAY as u64));
 
-    let grace = prost_types::Duration {
-        seconds: 3600,
-        nanos: 0,
-    };
-    let rotated = a
-        .client
-        .rotate_key(a.req(pb::RotateKeyRequest {
-            key_id: old_key.id.clone(),
-            grace_period: Some(grace),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
-    let new_key = rotated.key.unwrap();
+    let rotated = a.rotate_key(&old_key.id, Some(secs(3600))).await.unwrap();
+    let successor = rotated.key.unwrap();
     let prev = rotated.previous_key.unwrap();
     assert_ne!(rotated.secret, old.secret);
     assert!(rotated.secret.starts_with("nes_"));
-    assert_ne!(new_key.id, old_key.id);
-    assert_eq!(new_key.rotated_from_key_id, old_key.id);
+    assert_ne!(successor.id, old_key.id);
+    assert_eq!(successor.rotated_from_key_id, old_key.id);
     assert_eq!(
-        (&new_key.name, &new_key.scopes, &new_key.metadata),
+        (&successor.name, &successor.scopes, &successor.metadata),
         (&old_key.name, &old_key.scopes, &old_key.metadata)
     );
     assert_eq!(
-        new_key.expire_time, old_key.expire_time,
+        successor.expire_time, old_key.expire_time,
         "the successor keeps the remaining expiry, not a fresh 30 days"
     );
     assert_eq!(
@@ -856,111 +626,68 @@ async fn rotation_keeps_settings_and_remaining_expiry(db: Db) {
     assert_eq!(prev.revoke_time.unwrap().seconds, now.seconds + 3600);
 
     // Rotating the old key again is refused; the successor can be rotated, with no grace.
-    let (c, m) = code(
-        a.client
-            .rotate_key(a.req(pb::RotateKeyRequest {
-                key_id: old_key.id.clone(),
-                grace_period: None,
-            }))
-            .await,
-    );
+    let (c, m) = code(a.rotate_key(&old_key.id, None).await);
     assert_eq!(c, Code::FailedPrecondition, "{m}");
     s.clock.advance(Duration::from_secs(3601));
-    let got = a
-        .client
-        .get_key(a.req(pb::GetKeyRequest {
-            key_id: old_key.id.clone(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let got = a.get_key(&old_key.id).await.unwrap();
     assert_eq!(
         got.state,
         KeyState::Revoked as i32,
         "grace over: old key revoked"
     );
-    let third = a
-        .client
-        .rotate_key(a.req(pb::RotateKeyRequest {
-            key_id: new_key.id.clone(),
-            grace_period: None,
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let third = a.rotate_key(&successor.id, None).await.unwrap();
     assert_eq!(
         third.previous_key.unwrap().state,
         KeyState::Revoked as i32,
         "no grace: revoked at once"
     );
-    let (c, m) = code(
-        a.client
-            .rotate_key(a.req(pb::RotateKeyRequest {
-                key_id: third.key.unwrap().id,
-                grace_period: Some(days(31)),
-            }))
-            .await,
-    );
+    let (c, m) = code(a.rotate_key(&third.key.unwrap().id, Some(days(31))).await);
     assert_eq!(c, Code::InvalidArgument);
     assert!(m.starts_with("grace_period:"), "{m}");
 }
 
 async fn tenant_upsert_keeps_create_time(db: Db) {
     let s = server_or_skip!(db);
-    let mut a = s.admin().await;
-    let first = tenant(&mut a, "acme", pb::TenantPolicy::default()).await;
+    let a = s.admin().await;
+    let first = a.tenant("acme").upsert().await;
     assert_eq!(
         first.policy.as_ref().unwrap().key_prefix,
         "kg_",
         "default prefix is shown"
     );
     s.clock.advance(Duration::from_secs(60));
-    let second = tenant(&mut a, "acme", nesika_policy()).await;
+    let second = a.tenant("acme").policy(nesika_policy()).upsert().await;
     assert_eq!(second.create_time, first.create_time);
     assert_ne!(second.update_time, first.update_time);
     assert_eq!(second.policy.unwrap().key_prefix, "nes_");
-    let got = a
-        .client
-        .get_tenant(a.req(pb::GetTenantRequest {
-            tenant_id: "acme".into(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let got = a.get_tenant("acme").await.unwrap();
     assert_eq!(got.policy.unwrap().max_active_keys, 10);
 }
 
 async fn admin_calls_need_an_admin_token(db: Db) {
     let s = server_or_skip!(db);
-    let mut a = s.admin().await;
-    tenant(&mut a, "t", pb::TenantPolicy::default()).await;
-    let api_key = create(&mut a, key_req("t", "k")).await.secret;
+    let a = s.admin().await;
+    a.tenant("t").upsert().await;
+    let api_key = a.create_key(new_key("t")).await.secret;
 
-    let mut client = a.client.clone();
-    let (c, m) = code(client.list_tenants(pb::ListTenantsRequest::default()).await);
+    let anonymous = a.with_token("");
+    let (c, m) = code(
+        anonymous
+            .list_tenants(pb::ListTenantsRequest::default())
+            .await,
+    );
     assert_eq!(c, Code::Unauthenticated, "{m}");
     for (header, want) in [
         (
             "Bearer wrong-token-wrong-token".to_string(),
             Code::Unauthenticated,
         ),
-        (
-            format!("Basic {}", crate::support::ADMIN_TOKEN),
-            Code::Unauthenticated,
-        ),
+        (format!("Basic {ADMIN_TOKEN}"), Code::Unauthenticated),
         (format!("Bearer {api_key}"), Code::PermissionDenied),
-        (format!("bearer {}", crate::support::ADMIN_TOKEN), Code::Ok),
+        (format!("bearer {ADMIN_TOKEN}"), Code::Ok),
     ] {
-        let mut r = tonic::Request::new(pb::ListTenantsRequest::default());
-        r.metadata_mut()
-            .insert("authorization", header.parse().unwrap());
-        let got = client
-            .list_tenants(r)
-            .await
-            .map(|_| ())
-            .map_err(|s| s.code())
-            .err()
-            .unwrap_or(Code::Ok);
+        let caller = a.with_header("authorization", &header);
+        let got = outcome(caller.list_tenants(pb::ListTenantsRequest::default()).await);
         assert_eq!(
             got,
             want,
@@ -983,6 +710,3 @@ on_both_stores!(
     tenant_upsert_keeps_create_time,
     admin_calls_need_an_admin_token,
 );
-
-#[allow(unused)]
-fn _uses(_: TestServer) {}

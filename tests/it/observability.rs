@@ -1,98 +1,40 @@
 //! Metrics count exactly what happened, probes answer, and nothing secret leaks into them
 //! or into the logs.
-use crate::check::check_req;
-use crate::envoy::http;
-use crate::key_admin::{create, key_req, tenant};
 use crate::server_or_skip;
-use crate::support::Db;
+use crate::support::{check, ext_authz, limit, new_key, sample, Db};
 use envoy_types::pb::envoy::service::auth::v3 as ext;
-use keygate::grpc::pb;
-use std::collections::HashMap;
-
-pub fn ext_authz_req(headers: &[(&str, &str)]) -> ext::CheckRequest {
-    let headers: HashMap<String, String> = headers
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
-    ext::CheckRequest {
-        attributes: Some(ext::AttributeContext {
-            request: Some(ext::attribute_context::Request {
-                http: Some(ext::attribute_context::HttpRequest {
-                    method: "GET".into(),
-                    path: "/x".into(),
-                    headers,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
-}
-
-/// The value of the sample `name{labels}` in a Prometheus text exposition.
-pub fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .unwrap_or_else(|| panic!("no sample {series} in\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_count_exactly_what_happened() {
     let s = server_or_skip!(Db::Sqlite);
-    let mut a = s.admin().await;
-    tenant(&mut a, "t", pb::TenantPolicy::default()).await;
-    let limited = pb::RateLimit {
-        name: "m".into(),
-        limit: 2,
-        window: Some(prost_types::Duration {
-            seconds: 60,
-            nanos: 0,
-        }),
-    };
-    let k1 = create(
-        &mut a,
-        pb::CreateKeyRequest {
-            rate_limits: vec![limited],
-            ..key_req("t", "k1")
-        },
-    )
-    .await;
-    let k2 = create(&mut a, key_req("t", "k2")).await;
+    let a = s.admin().await;
+    a.tenant("t").upsert().await;
+    let k1 = new_key("t").name("k1").rate_limits([limit("m", 2, 60)]);
+    let k1 = a.create_key(k1).await;
+    let k2 = a.create_key(new_key("t").name("k2")).await;
 
-    let mut c = s.authorize().await;
+    let c = s.authorize().await;
     for req in [
-        check_req(&k1.secret),
-        check_req(&k1.secret),
-        check_req(&k1.secret),
-        check_req("kg_bad"),
-        check_req(""),
+        check(&k1.secret),
+        check(&k1.secret),
+        check(&k1.secret),
+        check("kg_bad"),
+        check(""),
     ] {
-        c.check(req).await.unwrap();
+        c.check(req).await;
     }
     let mut e = ext::authorization_client::AuthorizationClient::new(s.channel().await);
     for _ in 0..3 {
-        e.check(ext_authz_req(&[("x-api-key", &k2.secret)]))
+        e.check(ext_authz(&[("x-api-key", &k2.secret)]))
             .await
             .unwrap();
     }
-    e.check(ext_authz_req(&[])).await.unwrap();
+    e.check(ext_authz(&[])).await.unwrap();
 
-    let missing = a
-        .client
-        .get_key(a.req(pb::GetKeyRequest {
-            key_id: "key_missing".into(),
-        }))
-        .await;
+    let missing = a.get_key("key_missing").await;
     assert_eq!(missing.unwrap_err().code(), tonic::Code::NotFound);
 
-    let m = http(s.metrics_addr, "127.0.0.1", "GET", "/metrics", &[]).await;
+    let m = s.http_get("/metrics").await;
     assert_eq!(m.status, 200);
     let text = &m.body;
     let checks = |src: &str, decision: &str, reason: &str| {
@@ -185,34 +127,18 @@ async fn metrics_count_exactly_what_happened() {
     }
     assert!(named >= 10, "found the metric names in the examples");
 
-    assert_eq!(
-        http(s.metrics_addr, "127.0.0.1", "GET", "/healthz", &[])
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        http(s.metrics_addr, "127.0.0.1", "GET", "/readyz", &[])
-            .await
-            .status,
-        200
-    );
+    assert_eq!(s.http_get("/healthz").await.status, 200);
+    assert_eq!(s.http_get("/readyz").await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_label_is_opt_in() {
     let s = server_or_skip!(Db::Sqlite, |cfg| cfg.metrics_tenant_label = true);
-    let mut a = s.admin().await;
-    tenant(&mut a, "acme", pb::TenantPolicy::default()).await;
-    let k = create(&mut a, key_req("acme", "k")).await;
-    s.authorize()
-        .await
-        .check(check_req(&k.secret))
-        .await
-        .unwrap();
-    let text = http(s.metrics_addr, "127.0.0.1", "GET", "/metrics", &[])
-        .await
-        .body;
+    let a = s.admin().await;
+    a.tenant("acme").upsert().await;
+    let k = a.create_key(new_key("acme")).await;
+    s.authorize().await.check(check(&k.secret)).await;
+    let text = s.metrics().await;
     assert_eq!(
         sample(
             &text,

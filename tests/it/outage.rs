@@ -1,41 +1,32 @@
 //! A store that goes away: cached keys keep working, uncached ones get UNAVAILABLE (so
 //! gateways apply their failure mode), and service resumes when the store returns.
-use crate::check::check_req;
-use crate::key_admin::{create, key_req, tenant};
-use crate::support::{config_for, Db, Proxy, TestDb, TestServer};
-use keygate::grpc::pb::{self, Reason};
+use crate::support::{check, new_key, TestServer};
+use keygate::config::Config;
+use keygate::grpc::pb::Reason;
 use std::time::Duration;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_cut_cached_keys_allow_uncached_unavailable_then_recovery() {
-    let Some(db) = TestDb::new(Db::Postgres).await else {
+    let unready_soon = |cfg: &mut Config| cfg.store_unready_after_secs = 1;
+    let Some((s, proxy)) = TestServer::start_behind_proxy(unready_soon).await else {
         return;
     };
-    let proxy = Proxy::start("127.0.0.1:5432").await;
-    let via_proxy = db.url.replace("127.0.0.1:5432", &proxy.addr.to_string());
-    let mut cfg = config_for(&via_proxy);
-    cfg.database.timeout_ms = 1000;
-    cfg.store_unready_after_secs = 1;
-    let s = TestServer::start_on(db, cfg).await;
-    let mut a = s.admin().await;
-    tenant(&mut a, "t", pb::TenantPolicy::default()).await;
-    let warm = create(&mut a, key_req("t", "warm")).await.secret;
-    let cold = create(&mut a, key_req("t", "cold")).await.secret;
-    let mut c = s.authorize().await;
-    assert_eq!(
-        c.check(check_req(&warm)).await.unwrap().into_inner().reason,
-        Reason::Ok as i32
-    );
+    let a = s.admin().await;
+    a.tenant("t").upsert().await;
+    let warm = a.create_key(new_key("t").name("warm")).await.secret;
+    let cold = a.create_key(new_key("t").name("cold")).await.secret;
+    let c = s.authorize().await;
+    assert_eq!(c.check(check(&warm)).await.reason, Reason::Ok as i32);
 
     proxy.cut();
     assert_eq!(
-        c.check(check_req(&warm)).await.unwrap().into_inner().reason,
+        c.check(check(&warm)).await.reason,
         Reason::Ok as i32,
         "cached key needs no store"
     );
     let err = c
-        .check(check_req(&cold))
+        .try_check(check(&cold))
         .await
         .expect_err("uncached key cannot be decided");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
@@ -44,8 +35,7 @@ async fn postgres_cut_cached_keys_allow_uncached_unavailable_then_recovery() {
         "the key is not in the error"
     );
     let err = a
-        .client
-        .create_key(a.req(key_req("t", "during-outage")))
+        .try_create_key(new_key("t").name("during-outage"))
         .await
         .expect_err("admin write fails");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
@@ -73,29 +63,18 @@ async fn postgres_cut_cached_keys_allow_uncached_unavailable_then_recovery() {
         }
     };
     health(2).await; // NOT_SERVING
-    let readyz = crate::envoy::http(s.metrics_addr, "127.0.0.1", "GET", "/readyz", &[]).await;
+    let readyz = s.http_get("/readyz").await;
     assert_eq!(readyz.status, 503, "plain-HTTP readiness agrees");
-    assert_eq!(
-        crate::envoy::http(s.metrics_addr, "127.0.0.1", "GET", "/healthz", &[])
-            .await
-            .status,
-        200,
-        "still alive"
-    );
+    assert_eq!(s.http_get("/healthz").await.status, 200, "still alive");
 
     proxy.restore();
     health(1).await; // SERVING
-    assert_eq!(
-        crate::envoy::http(s.metrics_addr, "127.0.0.1", "GET", "/readyz", &[])
-            .await
-            .status,
-        200
-    );
+    assert_eq!(s.http_get("/readyz").await.status, 200);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
-        match c.check(check_req(&cold)).await {
+        match c.try_check(check(&cold)).await {
             Ok(r) => {
-                assert_eq!(r.into_inner().reason, Reason::Ok as i32);
+                assert_eq!(r.reason, Reason::Ok as i32);
                 break;
             }
             Err(e) => assert_eq!(e.code(), Code::Unavailable, "{e:?}"),

@@ -1,44 +1,31 @@
 //! Tenant-wide (plan) limits through the real server: every key of a tenant spends one
 //! shared budget, in the same atomic step as its own limits. On both stores.
-use crate::check::check_req;
-use crate::key_admin::{create, key_req, tenant};
-use crate::support::Db;
+use crate::support::{check, limit, new_key, Admin, Db};
 use crate::{on_both_stores, server_or_skip};
 use keygate::grpc::pb;
 
-fn per_minute(name: &str, limit: u64) -> pb::RateLimit {
-    pb::RateLimit {
-        name: name.into(),
-        limit,
-        window: Some(prost_types::Duration {
-            seconds: 60,
-            nanos: 0,
-        }),
-    }
-}
-
 async fn two_keys_exhaust_a_shared_limit_exactly(db: Db) {
     let s = server_or_skip!(db);
-    let mut a = s.admin().await;
+    let a = s.admin().await;
     let policy = pb::TenantPolicy {
-        default_rate_limits: vec![per_minute("key-minute", 100)],
-        shared_rate_limits: vec![per_minute("plan-minute", 10)],
+        default_rate_limits: vec![limit("key-minute", 100, 60)],
+        shared_rate_limits: vec![limit("plan-minute", 10, 60)],
         ..Default::default()
     };
-    let t = tenant(&mut a, "nanonets", policy).await;
+    let t = a.tenant("nanonets").policy(policy).upsert().await;
     assert_eq!(t.policy.unwrap().shared_rate_limits[0].name, "plan-minute");
-    let k1 = create(&mut a, key_req("nanonets", "one")).await.secret;
-    let k2 = create(&mut a, key_req("nanonets", "two")).await.secret;
+    let k1 = a.create_key(new_key("nanonets").name("one")).await.secret;
+    let k2 = a.create_key(new_key("nanonets").name("two")).await.secret;
     let other = {
-        tenant(&mut a, "other", pb::TenantPolicy::default()).await;
-        create(&mut a, key_req("other", "x")).await.secret
+        a.tenant("other").upsert().await;
+        a.create_key(new_key("other").name("x")).await.secret
     };
-    let mut c = s.authorize().await;
+    let c = s.authorize().await;
     let mut admitted = 0;
     let mut refusal = None;
     for i in 0..20 {
         let key = if i % 2 == 0 { &k1 } else { &k2 };
-        let r = c.check(check_req(key)).await.unwrap().into_inner();
+        let r = c.check(check(key)).await;
         if r.reason == pb::Reason::Ok as i32 {
             admitted += 1;
         } else {
@@ -53,23 +40,17 @@ async fn two_keys_exhaust_a_shared_limit_exactly(db: Db) {
     assert_eq!(rl.name, "plan-minute", "the binding limit is named");
     assert!(rl.retry_after.is_some());
     // Another tenant's keys are not affected.
-    let r = c.check(check_req(&other)).await.unwrap().into_inner();
+    let r = c.check(check(&other)).await;
     assert_eq!(r.reason, pb::Reason::Ok as i32);
     // A bad shared limit is refused with its field named.
     let bad = pb::TenantPolicy {
-        shared_rate_limits: vec![per_minute("", 10)],
+        shared_rate_limits: vec![limit("", 10, 60)],
         ..Default::default()
     };
     let e = a
-        .client
-        .upsert_tenant(a.req(pb::UpsertTenantRequest {
-            tenant: Some(pb::Tenant {
-                id: "nanonets".into(),
-                display_name: "n".into(),
-                policy: Some(bad),
-                ..Default::default()
-            }),
-        }))
+        .tenant("nanonets")
+        .policy(bad)
+        .try_upsert()
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
@@ -84,87 +65,61 @@ async fn two_keys_exhaust_a_shared_limit_exactly(db: Db) {
 /// change to the plan applies on the tenant's next check.
 async fn a_plan_change_applies_on_the_next_check(db: Db) {
     let s = server_or_skip!(db);
-    let mut a = s.admin().await;
-    let upsert_plan = |a: &mut crate::support::Admin, catalogue: &[&str], limit: u64| {
-        let mut a = a.clone();
+    let a = s.admin().await;
+    let upsert_plan = |a: &Admin, catalogue: &[&str], n: u64| {
+        let a = a.clone();
         let plan = pb::Plan {
             id: "starter".into(),
             display_name: "Starter".into(),
-            shared_rate_limits: vec![per_minute("plan-minute", limit)],
+            shared_rate_limits: vec![limit("plan-minute", n, 60)],
             scope_catalogue: catalogue.iter().map(|c| c.to_string()).collect(),
             ..Default::default()
         };
-        async move {
-            a.client
-                .upsert_plan(a.req(pb::UpsertPlanRequest { plan: Some(plan) }))
-                .await
-                .unwrap()
-                .into_inner()
-        }
+        async move { a.upsert_plan(plan).await.unwrap() }
     };
-    upsert_plan(&mut a, &["export:read"], 100).await;
+    upsert_plan(&a, &["export:read"], 100).await;
     let policy = pb::TenantPolicy {
         plan_id: "starter".into(),
         scope_catalogue: vec!["export:read".into(), "export:write".into()],
         ..Default::default()
     };
-    tenant(&mut a, "acme", policy).await;
-    let key = create(
-        &mut a,
-        pb::CreateKeyRequest {
-            scopes: vec!["export:read".into(), "export:write".into()],
-            ..key_req("acme", "k")
-        },
-    )
-    .await
-    .secret;
-    let mut c = s.authorize().await;
-    let needs = |scope: &str| pb::CheckRequest {
-        required_scopes: vec![scope.into()],
-        ..check_req(&key)
-    };
-    let reason = |r: pb::CheckResponse| pb::Reason::try_from(r.reason).unwrap();
+    a.tenant("acme").policy(policy).upsert().await;
+    let key = a
+        .create_key(new_key("acme").scopes(["export:read", "export:write"]))
+        .await
+        .secret;
+    let c = s.authorize().await;
+    let needs = |scope: &str| check(&key).requires([scope]);
     // The Starter plan does not allow writing ("your plan does not allow the endpoint").
-    let r = c.check(needs("export:write")).await.unwrap().into_inner();
-    assert_eq!(reason(r), pb::Reason::InsufficientScope);
-    let r = c.check(needs("export:read")).await.unwrap().into_inner();
-    assert_eq!(reason(r), pb::Reason::Ok);
+    let r = c.reason(needs("export:write")).await;
+    assert_eq!(r, pb::Reason::InsufficientScope);
+    let r = c.reason(needs("export:read")).await;
+    assert_eq!(r, pb::Reason::Ok);
     // Upgrade the plan: the very next check sees it (cached tenant dropped).
-    upsert_plan(&mut a, &["export:read", "export:write"], 100).await;
-    let r = c.check(needs("export:write")).await.unwrap().into_inner();
-    assert_eq!(reason(r), pb::Reason::Ok);
+    upsert_plan(&a, &["export:read", "export:write"], 100).await;
+    let r = c.reason(needs("export:write")).await;
+    assert_eq!(r, pb::Reason::Ok);
     // The plan's shared budget applies to the tenant's keys.
-    upsert_plan(&mut a, &[], 3).await;
+    upsert_plan(&a, &[], 3).await;
     let mut admitted = 0;
     for _ in 0..6 {
-        if reason(c.check(check_req(&key)).await.unwrap().into_inner()) == pb::Reason::Ok {
+        if c.reason(check(&key)).await == pb::Reason::Ok {
             admitted += 1;
         }
     }
     // 2 calls spent before the downgrade + at most 1 more under the new budget of 3.
     assert_eq!(admitted, 1);
-    let plans = a
-        .client
-        .list_plans(a.req(pb::ListPlansRequest::default()))
-        .await
-        .unwrap()
-        .into_inner()
-        .plans;
+    let plans = a.list_plans().await.unwrap().plans;
     assert_eq!(plans.len(), 1);
     // A tenant cannot join a plan that does not exist.
+    let platinum = pb::TenantPolicy {
+        plan_id: "platinum".into(),
+        ..Default::default()
+    };
     let e = a
-        .client
-        .upsert_tenant(a.req(pb::UpsertTenantRequest {
-            tenant: Some(pb::Tenant {
-                id: "acme".into(),
-                display_name: "acme".into(),
-                policy: Some(pb::TenantPolicy {
-                    plan_id: "platinum".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-        }))
+        .tenant("acme")
+        .policy(platinum)
+        .try_upsert()
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);

@@ -2,63 +2,39 @@
 //! boundary in the tenant's time zone (injected clock), credits that never refill,
 //! AdjustQuota in the audit trail, durability across restarts, and three replicas that
 //! together never admit more than the quota. On both stores (and Redis for the replicas).
-use crate::check::check_req;
-use crate::key_admin::{create, key_req, tenant};
-use crate::support::{config_for, Admin, Db, TestServer, REDIS_URL};
+use crate::support::{
+    check, config_for, limit, new_key, quota, Admin, CheckClient, Db, TestServer, REDIS_URL,
+};
 use crate::{on_both_stores, server_or_skip};
 use keygate::domain::UnixMillis;
 use keygate::grpc::pb;
 use pb::adjust_quota_request::{Change, Target};
-use pb::authorize_client::AuthorizeClient;
 use pb::Reason;
 use std::time::Duration;
-use tonic::transport::Channel;
 
 fn at(rfc3339: &str) -> UnixMillis {
     UnixMillis(rfc3339.parse::<jiff::Timestamp>().unwrap().as_millisecond())
 }
 
-fn quota(limit: u64, period: pb::QuotaPeriod) -> Option<pb::Quota> {
-    Some(pb::Quota {
-        limit,
-        period: period as i32,
-        refill_anchor: None,
-    })
-}
-
-async fn check(c: &mut AuthorizeClient<Channel>, key: &str) -> pb::CheckResponse {
-    c.check(check_req(key)).await.unwrap().into_inner()
-}
-
 /// Checks `key` `n` times; how many were allowed.
-async fn admitted(c: &mut AuthorizeClient<Channel>, key: &str, n: usize) -> usize {
+async fn admitted(c: &CheckClient, key: &str, n: usize) -> usize {
     let mut ok = 0;
     for _ in 0..n {
-        if check(c, key).await.reason == Reason::Ok as i32 {
+        if c.check(check(key)).await.reason == Reason::Ok as i32 {
             ok += 1;
         }
     }
     ok
 }
 
-async fn get_key(a: &mut Admin, id: &str) -> pb::Key {
-    a.client
-        .get_key(a.req(pb::GetKeyRequest { key_id: id.into() }))
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-async fn adjust(a: &mut Admin, target: Target, change: Change, reason: &str) -> pb::QuotaStatus {
-    a.client
-        .adjust_quota(a.req(pb::AdjustQuotaRequest {
-            target: Some(target),
-            change: Some(change),
-            reason: reason.into(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
+async fn adjust(a: &Admin, target: Target, change: Change, reason: &str) -> pb::QuotaStatus {
+    a.adjust_quota(pb::AdjustQuotaRequest {
+        target: Some(target),
+        change: Some(change),
+        reason: reason.into(),
+    })
+    .await
+    .unwrap()
 }
 
 fn secs(d: &prost_types::Duration) -> i64 {
@@ -70,17 +46,17 @@ fn secs(d: &prost_types::Duration) -> i64 {
 async fn daily_quota_refills_at_utc_midnight(db: Db) {
     let s = server_or_skip!(db);
     s.clock.set(at("2026-03-10T12:00:00Z"));
-    let mut a = s.admin().await;
+    let a = s.admin().await;
     let policy = pb::TenantPolicy {
-        default_key_quota: quota(5, pb::QuotaPeriod::Day),
+        default_key_quota: Some(quota(5, pb::QuotaPeriod::Day)),
         ..Default::default()
     };
-    tenant(&mut a, "aws", policy).await;
-    let k = create(&mut a, key_req("aws", "k")).await;
+    a.tenant("aws").policy(policy).upsert().await;
+    let k = a.create_key(new_key("aws")).await;
     let (secret, id) = (k.secret, k.key.unwrap().id);
-    let mut c = s.authorize().await;
-    assert_eq!(admitted(&mut c, &secret, 8).await, 5);
-    let r = check(&mut c, &secret).await;
+    let c = s.authorize().await;
+    assert_eq!(admitted(&c, &secret, 8).await, 5);
+    let r = c.check(check(&secret)).await;
     assert_eq!(r.reason, Reason::QuotaExceeded as i32);
     assert_eq!(r.http_status, 429);
     let q = r.quota.expect("the refusal carries the quota");
@@ -91,29 +67,23 @@ async fn daily_quota_refills_at_utc_midnight(db: Db) {
         at("2026-03-11T00:00:00Z").0
     );
     assert!(r.rate_limit.is_none());
-    let st = get_key(&mut a, &id).await.quota_status.unwrap();
+    let st = a.get_key(&id).await.unwrap().quota_status.unwrap();
     assert_eq!((st.used, st.remaining, st.limit), (5, 0, 5));
     assert_eq!(
         st.period_start.unwrap().seconds * 1000,
         at("2026-03-10T00:00:00Z").0
     );
     s.clock.set(at("2026-03-10T23:59:59Z"));
-    assert_eq!(admitted(&mut c, &secret, 1).await, 0, "not before midnight");
+    assert_eq!(admitted(&c, &secret, 1).await, 0, "not before midnight");
     s.clock.set(at("2026-03-11T00:00:00Z"));
-    assert_eq!(
-        admitted(&mut c, &secret, 7).await,
-        5,
-        "refilled at midnight"
-    );
+    assert_eq!(admitted(&c, &secret, 7).await, 5, "refilled at midnight");
     let listed = a
-        .client
-        .list_keys(a.req(pb::ListKeysRequest {
+        .list_keys(pb::ListKeysRequest {
             tenant_id: "aws".into(),
             ..Default::default()
-        }))
+        })
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(listed.keys[0].quota_status.as_ref().unwrap().remaining, 0);
     assert!(
         listed.keys[0].quota.is_none(),
@@ -126,37 +96,26 @@ async fn daily_quota_refills_at_utc_midnight(db: Db) {
 async fn tenant_quota_refills_at_local_midnight(db: Db) {
     let s = server_or_skip!(db);
     s.clock.set(at("2026-03-10T18:00:00Z"));
-    let mut a = s.admin().await;
+    let a = s.admin().await;
     let policy = pb::TenantPolicy {
-        quota: quota(3, pb::QuotaPeriod::Day),
+        quota: Some(quota(3, pb::QuotaPeriod::Day)),
         time_zone: "Asia/Kolkata".into(),
         quota_exceeded_status: 402,
         ..Default::default()
     };
-    tenant(&mut a, "in", policy).await;
-    let k1 = create(&mut a, key_req("in", "one")).await.secret;
-    let k2 = create(&mut a, key_req("in", "two")).await.secret;
-    let mut c = s.authorize().await;
-    assert_eq!(admitted(&mut c, &k1, 2).await, 2);
-    assert_eq!(
-        admitted(&mut c, &k2, 2).await,
-        1,
-        "one budget for both keys"
-    );
-    let r = check(&mut c, &k1).await;
+    a.tenant("in").policy(policy).upsert().await;
+    let k1 = a.create_key(new_key("in").name("one")).await.secret;
+    let k2 = a.create_key(new_key("in").name("two")).await.secret;
+    let c = s.authorize().await;
+    assert_eq!(admitted(&c, &k1, 2).await, 2);
+    assert_eq!(admitted(&c, &k2, 2).await, 1, "one budget for both keys");
+    let r = c.check(check(&k1)).await;
     assert_eq!(r.reason, Reason::QuotaExceeded as i32);
     assert_eq!(r.http_status, 402, "the tenant's choice");
     let q = r.quota.unwrap();
     assert_eq!(q.name, "tenant");
     assert_eq!(secs(q.retry_after.as_ref().unwrap()), 30 * 60);
-    let t = a
-        .client
-        .get_tenant(a.req(pb::GetTenantRequest {
-            tenant_id: "in".into(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let t = a.get_tenant("in").await.unwrap();
     let st = t.quota_status.unwrap();
     assert_eq!((st.used, st.remaining), (3, 0));
     assert_eq!(
@@ -165,28 +124,15 @@ async fn tenant_quota_refills_at_local_midnight(db: Db) {
         "the local day began at 00:00 IST"
     );
     s.clock.set(at("2026-03-10T18:29:59Z"));
-    assert_eq!(admitted(&mut c, &k2, 1).await, 0);
+    assert_eq!(admitted(&c, &k2, 1).await, 0);
     s.clock.set(at("2026-03-10T18:30:00Z"));
-    assert_eq!(
-        admitted(&mut c, &k2, 4).await,
-        3,
-        "refilled at local midnight"
-    );
+    assert_eq!(admitted(&c, &k2, 4).await, 3, "refilled at local midnight");
     // A zone that does not exist is refused with its field named.
-    let e = a
-        .client
-        .upsert_tenant(a.req(pb::UpsertTenantRequest {
-            tenant: Some(pb::Tenant {
-                id: "in".into(),
-                policy: Some(pb::TenantPolicy {
-                    time_zone: "Mars/Olympus".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-        }))
-        .await
-        .unwrap_err();
+    let mars = pb::TenantPolicy {
+        time_zone: "Mars/Olympus".into(),
+        ..Default::default()
+    };
+    let e = a.tenant("in").policy(mars).try_upsert().await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("time_zone"), "{}", e.message());
 }
@@ -196,33 +142,25 @@ async fn tenant_quota_refills_at_local_midnight(db: Db) {
 async fn prepaid_credits_and_adjust_quota(db: Db) {
     let s = server_or_skip!(db);
     s.clock.set(at("2026-03-10T12:00:00Z"));
-    let mut a = s.admin().await;
-    tenant(&mut a, "unkey", pb::TenantPolicy::default()).await;
-    let k = create(
-        &mut a,
-        pb::CreateKeyRequest {
-            quota: quota(2, pb::QuotaPeriod::Never),
-            ..key_req("unkey", "credits")
-        },
-    )
-    .await;
+    let a = s.admin().await;
+    a.tenant("unkey").upsert().await;
+    let k = new_key("unkey")
+        .name("credits")
+        .quota(quota(2, pb::QuotaPeriod::Never));
+    let k = a.create_key(k).await;
     let (secret, id) = (k.secret, k.key.unwrap().id);
-    let mut c = s.authorize().await;
-    assert_eq!(admitted(&mut c, &secret, 4).await, 2);
-    let r = check(&mut c, &secret).await;
+    let c = s.authorize().await;
+    assert_eq!(admitted(&c, &secret, 4).await, 2);
+    let r = c.check(check(&secret)).await;
     assert_eq!(r.reason, Reason::QuotaExceeded as i32);
     assert!(
         r.quota.unwrap().retry_after.is_none(),
         "credits never refill"
     );
     s.clock.advance(Duration::from_secs(400 * 86_400));
-    assert_eq!(
-        admitted(&mut c, &secret, 1).await,
-        0,
-        "not even a year later"
-    );
+    assert_eq!(admitted(&c, &secret, 1).await, 0, "not even a year later");
     let st = adjust(
-        &mut a,
+        &a,
         Target::KeyId(id.clone()),
         Change::Delta(3),
         "bought 3 credits (invoice 42)",
@@ -231,29 +169,27 @@ async fn prepaid_credits_and_adjust_quota(db: Db) {
     assert_eq!((st.remaining, st.name.as_str()), (3, "key"));
     assert!(st.reset_time.is_none());
     assert_eq!(
-        admitted(&mut c, &secret, 5).await,
+        admitted(&c, &secret, 5).await,
         3,
         "the top-up is seen at once"
     );
     let st = adjust(
-        &mut a,
+        &a,
         Target::KeyId(id.clone()),
         Change::SetRemaining(1),
         "goodwill",
     )
     .await;
     assert_eq!(st.remaining, 1);
-    assert_eq!(admitted(&mut c, &secret, 3).await, 1);
+    assert_eq!(admitted(&c, &secret, 3).await, 1);
     let trail = a
-        .client
-        .list_audit_events(a.req(pb::ListAuditEventsRequest {
+        .list_audit_events(pb::ListAuditEventsRequest {
             tenant_id: "unkey".into(),
             key_id: id.clone(),
             ..Default::default()
-        }))
+        })
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let adjustments: Vec<_> = trail
         .events
         .iter()
@@ -283,34 +219,30 @@ async fn prepaid_credits_and_adjust_quota(db: Db) {
             "delta",
         ),
     ] {
-        let e = a.client.adjust_quota(a.req(req)).await.unwrap_err();
+        let e = a.adjust_quota(req).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{field}");
         assert!(e.message().starts_with(field), "{field}: {}", e.message());
     }
     // A key without a quota, and a tenant without one, cannot be adjusted.
-    let plain = create(&mut a, key_req("unkey", "plain"))
+    let plain = a
+        .create_key(new_key("unkey").name("plain"))
         .await
         .key
         .unwrap()
         .id;
     for target in [Target::KeyId(plain), Target::TenantId("unkey".into())] {
         let e = a
-            .client
-            .adjust_quota(a.req(bad(Some(target), Some(Change::Delta(1)), "r")))
+            .adjust_quota(bad(Some(target), Some(Change::Delta(1)), "r"))
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{}", e.message());
     }
     // A bad quota on a new key names its field.
     let e = a
-        .client
-        .create_key(a.req(pb::CreateKeyRequest {
-            quota: Some(pb::Quota {
-                limit: 5,
-                period: 0,
-                refill_anchor: None,
-            }),
-            ..key_req("unkey", "bad")
+        .try_create_key(new_key("unkey").name("bad").quota(pb::Quota {
+            limit: 5,
+            period: 0,
+            refill_anchor: None,
         }))
         .await
         .unwrap_err();
@@ -323,29 +255,19 @@ async fn prepaid_credits_and_adjust_quota(db: Db) {
 async fn a_denied_call_spends_nothing(db: Db) {
     let s = server_or_skip!(db);
     s.clock.set(at("2026-03-10T12:00:00Z"));
-    let mut a = s.admin().await;
-    tenant(&mut a, "t", pb::TenantPolicy::default()).await;
-    let per_minute = |limit| pb::RateLimit {
-        name: "minute".into(),
-        limit,
-        window: Some(prost_types::Duration {
-            seconds: 60,
-            nanos: 0,
-        }),
-    };
-    let k = create(
-        &mut a,
-        pb::CreateKeyRequest {
-            quota: quota(10, pb::QuotaPeriod::Day),
-            rate_limits: vec![per_minute(2)],
-            ..key_req("t", "rate-bound")
-        },
-    )
-    .await;
-    let mut c = s.authorize().await;
-    assert_eq!(admitted(&mut c, &k.secret, 6).await, 2);
-    let st = get_key(&mut a, &k.key.unwrap().id)
+    let a = s.admin().await;
+    a.tenant("t").upsert().await;
+    let k = new_key("t")
+        .name("rate-bound")
+        .quota(quota(10, pb::QuotaPeriod::Day))
+        .rate_limits([limit("minute", 2, 60)]);
+    let k = a.create_key(k).await;
+    let c = s.authorize().await;
+    assert_eq!(admitted(&c, &k.secret, 6).await, 2);
+    let st = a
+        .get_key(&k.key.unwrap().id)
         .await
+        .unwrap()
         .quota_status
         .unwrap();
     assert_eq!(
@@ -354,21 +276,17 @@ async fn a_denied_call_spends_nothing(db: Db) {
         "rate-limited calls spent no quota"
     );
 
-    let k = create(
-        &mut a,
-        pb::CreateKeyRequest {
-            quota: quota(1, pb::QuotaPeriod::Day),
-            rate_limits: vec![per_minute(5)],
-            ..key_req("t", "quota-bound")
-        },
-    )
-    .await;
+    let k = new_key("t")
+        .name("quota-bound")
+        .quota(quota(1, pb::QuotaPeriod::Day))
+        .rate_limits([limit("minute", 5, 60)]);
+    let k = a.create_key(k).await;
     let id = k.key.unwrap().id;
-    assert_eq!(admitted(&mut c, &k.secret, 5).await, 1);
-    adjust(&mut a, Target::KeyId(id), Change::Delta(100), "more").await;
+    assert_eq!(admitted(&c, &k.secret, 5).await, 1);
+    adjust(&a, Target::KeyId(id), Change::Delta(100), "more").await;
     // 1 + 4 of the 5 per minute: the four quota refusals spent no rate budget.
-    assert_eq!(admitted(&mut c, &k.secret, 6).await, 4);
-    let r = check(&mut c, &k.secret).await;
+    assert_eq!(admitted(&c, &k.secret, 6).await, 4);
+    let r = c.check(check(&k.secret)).await;
     assert_eq!(r.reason, Reason::RateLimited as i32);
 }
 
@@ -380,25 +298,20 @@ async fn quota_survives_a_restart(db: Db) {
     };
     let now = at("2026-03-10T12:00:00Z");
     s.clock.set(now);
-    let mut a = s.admin().await;
-    tenant(&mut a, "t", pb::TenantPolicy::default()).await;
-    let k = create(
-        &mut a,
-        pb::CreateKeyRequest {
-            quota: quota(5, pb::QuotaPeriod::Month),
-            ..key_req("t", "k")
-        },
-    )
-    .await;
-    let mut c = s.authorize().await;
-    assert_eq!(admitted(&mut c, &k.secret, 3).await, 3);
+    let a = s.admin().await;
+    a.tenant("t").upsert().await;
+    let k = a
+        .create_key(new_key("t").quota(quota(5, pb::QuotaPeriod::Month)))
+        .await;
+    let c = s.authorize().await;
+    assert_eq!(admitted(&c, &k.secret, 3).await, 3);
     let db = s.db.take().unwrap();
     let url = s.url.clone();
     s.stop().await.unwrap();
     let s = TestServer::start_on(db, config_for(&url)).await;
     s.clock.set(now);
-    let mut c = s.authorize().await;
-    assert_eq!(admitted(&mut c, &k.secret, 5).await, 2, "3 of 5 were spent");
+    let c = s.authorize().await;
+    assert_eq!(admitted(&c, &k.secret, 5).await, 2, "3 of 5 were spent");
 }
 
 on_both_stores!(
@@ -432,29 +345,25 @@ async fn three_replicas_never_exceed_the_quota() {
     for s in [&a, &b, &c] {
         s.clock.set(now);
     }
-    let mut admin = a.admin().await;
+    let admin = a.admin().await;
     let policy = pb::TenantPolicy {
-        default_key_quota: quota(100, pb::QuotaPeriod::Month),
+        default_key_quota: Some(quota(100, pb::QuotaPeriod::Month)),
         ..Default::default()
     };
-    tenant(&mut admin, "t", policy).await;
-    let k = create(&mut admin, key_req("t", "k")).await;
+    admin.tenant("t").policy(policy).upsert().await;
+    let k = admin.create_key(new_key("t")).await;
     let clients = [
         a.authorize().await,
         b.authorize().await,
         c.authorize().await,
     ];
     // Replica c takes a lease (an eighth of 100 = 12 units) and spends one of them.
-    let mut on_c = clients[2].clone();
-    assert_eq!(admitted(&mut on_c, &k.secret, 1).await, 1);
+    assert_eq!(admitted(&clients[2], &k.secret, 1).await, 1);
     let burst = |n: usize, replicas: usize| {
         let (clients, secret) = (&clients, &k.secret);
         let calls = (0..n).map(move |i| {
-            let mut cl = clients[i % replicas].clone();
-            let key = secret.clone();
-            tokio::spawn(
-                async move { cl.check(check_req(&key)).await.unwrap().into_inner().reason },
-            )
+            let (cl, key) = (clients[i % replicas].clone(), secret.clone());
+            tokio::spawn(async move { cl.check(check(&key)).await.reason })
         });
         async move {
             futures::future::join_all(calls)
@@ -500,6 +409,6 @@ async fn three_replicas_never_exceed_the_quota() {
     shared2(&mut cfg);
     let a = TestServer::start_on(db, cfg).await;
     a.clock.set(now);
-    let mut cl = a.authorize().await;
-    assert_eq!(admitted(&mut cl, &k.secret, 3).await, 0);
+    let cl = a.authorize().await;
+    assert_eq!(admitted(&cl, &k.secret, 3).await, 0);
 }

@@ -1,6 +1,5 @@
 //! The README's grpcurl walkthrough, run verbatim against the real binary with real grpcurl.
-use crate::binary::spawn;
-use crate::support::{in_ci, Db, TestDb};
+use crate::support::{in_ci, spawn, Db, TestDb};
 use std::path::{Path, PathBuf};
 
 /// Every ```sh block between readme-test markers (there may be several regions), in order.

@@ -1,26 +1,14 @@
 //! Several replicas on one PostgreSQL database and one Redis: one shared rate budget, and
 //! KeyAdmin changes on one replica reaching the others' caches within a second.
-use crate::check::check_req;
-use crate::key_admin::{create, key_req, tenant};
 use crate::server_or_skip;
-use crate::support::{in_ci, Db, TestServer, REDIS_URL};
+use crate::support::{
+    check, in_ci, limit, new_key, CheckClient, CheckSpec, Db, TestServer, REDIS_URL,
+};
 use keygate::config::LimiterKind;
-use keygate::grpc::pb::{self, authorize_client::AuthorizeClient, Reason};
+use keygate::grpc::pb::{self, Reason};
 use keygate::limiter::resilient::OnLimiterError;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
-
-fn limit(n: u64, secs: i64) -> pb::RateLimit {
-    pb::RateLimit {
-        name: "shared".into(),
-        limit: n,
-        window: Some(prost_types::Duration {
-            seconds: secs,
-            nanos: 0,
-        }),
-    }
-}
 
 fn unique_prefix() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -31,15 +19,11 @@ fn unique_prefix() -> String {
     )
 }
 
-async fn reason(c: &mut AuthorizeClient<Channel>, req: pb::CheckRequest) -> i32 {
-    c.check(req).await.unwrap().into_inner().reason
-}
-
 /// Polls `c` until the check gives `want`; returns how long that took.
-async fn until(c: &mut AuthorizeClient<Channel>, req: pb::CheckRequest, want: Reason) -> Duration {
+async fn until(c: &CheckClient, req: CheckSpec, want: Reason) -> Duration {
     let start = Instant::now();
     loop {
-        if reason(c, req.clone()).await == want as i32 {
+        if c.reason(req.clone()).await == want {
             return start.elapsed();
         }
         assert!(
@@ -54,111 +38,59 @@ async fn until(c: &mut AuthorizeClient<Channel>, req: pb::CheckRequest, want: Re
 async fn changes_on_one_replica_reach_the_others_within_a_second() {
     let a = server_or_skip!(Db::Postgres);
     let b = TestServer::start_replica(&a.url, |_| {}).await;
-    let mut admin = a.admin().await;
-    let mut cb = b.authorize().await;
-    tenant(&mut admin, "t", pb::TenantPolicy::default()).await;
-    let k = create(&mut admin, key_req("t", "k")).await;
+    let admin = a.admin().await;
+    let cb = b.authorize().await;
+    admin.tenant("t").upsert().await;
+    let k = admin.create_key(new_key("t")).await;
     let key = k.key.clone().unwrap();
-    let need = |scope: &str| pb::CheckRequest {
-        api_key: k.secret.clone(),
-        required_scopes: vec![scope.into()],
-        ..Default::default()
-    };
+    let need = |scope: &str| check(&k.secret).requires([scope]);
     // Warm B's cache.
-    assert_eq!(
-        reason(&mut cb, check_req(&k.secret)).await,
-        Reason::Ok as i32
-    );
+    assert_eq!(cb.reason(check(&k.secret)).await, Reason::Ok);
 
     let mut report = vec![];
-    let mask = |p: &str| {
-        Some(prost_types::FieldMask {
-            paths: vec![p.into()],
-        })
-    };
     let mut patch = key.clone();
     patch.scopes = vec!["read".into()];
-    admin
-        .client
-        .update_key(admin.req(pb::UpdateKeyRequest {
-            key: Some(patch.clone()),
-            update_mask: mask("scopes"),
-        }))
-        .await
-        .unwrap();
-    report.push(("scopes", until(&mut cb, need("read"), Reason::Ok).await));
+    admin.update_key(patch.clone(), &["scopes"]).await.unwrap();
+    report.push(("scopes", until(&cb, need("read"), Reason::Ok).await));
     patch.ip_allowlist = vec!["10.0.0.0/8".into()];
     admin
-        .client
-        .update_key(admin.req(pb::UpdateKeyRequest {
-            key: Some(patch.clone()),
-            update_mask: mask("ip_allowlist"),
-        }))
+        .update_key(patch.clone(), &["ip_allowlist"])
         .await
         .unwrap();
     report.push((
         "ip_allowlist",
-        until(&mut cb, check_req(&k.secret), Reason::IpNotAllowed).await,
+        until(&cb, check(&k.secret), Reason::IpNotAllowed).await,
     ));
     patch.enabled = false;
-    admin
-        .client
-        .update_key(admin.req(pb::UpdateKeyRequest {
-            key: Some(patch),
-            update_mask: mask("enabled"),
-        }))
-        .await
-        .unwrap();
+    admin.update_key(patch, &["enabled"]).await.unwrap();
     report.push((
         "disable",
-        until(&mut cb, check_req(&k.secret), Reason::KeyDisabled).await,
+        until(&cb, check(&k.secret), Reason::KeyDisabled).await,
     ));
-    admin
-        .client
-        .revoke_key(admin.req(pb::RevokeKeyRequest {
-            key_id: key.id.clone(),
-            reason: String::new(),
-        }))
-        .await
-        .unwrap();
+    admin.revoke_key(&key.id, "").await.unwrap();
     report.push((
         "revoke",
-        until(&mut cb, check_req(&k.secret), Reason::KeyRevoked).await,
+        until(&cb, check(&k.secret), Reason::KeyRevoked).await,
     ));
 
     // A tenant policy change (scope catalogue) reaches B's tenant cache too.
-    let k2 = create(
-        &mut admin,
-        pb::CreateKeyRequest {
-            scopes: vec!["export".into()],
-            ..key_req("t", "k2")
-        },
-    )
-    .await;
-    let need2 = pb::CheckRequest {
-        api_key: k2.secret.clone(),
-        required_scopes: vec!["export".into()],
+    let k2 = admin
+        .create_key(new_key("t").name("k2").scopes(["export"]))
+        .await;
+    let need2 = check(&k2.secret).requires(["export"]);
+    assert_eq!(cb.reason(need2.clone()).await, Reason::Ok);
+    let read_only = pb::TenantPolicy {
+        scope_catalogue: vec!["read".into()],
         ..Default::default()
     };
-    assert_eq!(reason(&mut cb, need2.clone()).await, Reason::Ok as i32);
-    tenant(
-        &mut admin,
-        "t",
-        pb::TenantPolicy {
-            scope_catalogue: vec!["read".into()],
-            ..Default::default()
-        },
-    )
-    .await;
+    admin.tenant("t").policy(read_only).upsert().await;
     report.push((
         "tenant policy",
-        until(&mut cb, need2, Reason::InsufficientScope).await,
+        until(&cb, need2, Reason::InsufficientScope).await,
     ));
 
     // B measured the same propagation in its metrics.
-    let text = crate::envoy::http(b.metrics_addr, "127.0.0.1", "GET", "/metrics", &[])
-        .await
-        .body;
+    let text = b.metrics().await;
     let seen: f64 = text
         .lines()
         .find_map(|l| l.strip_prefix("keygate_change_propagation_seconds_count "))
@@ -186,39 +118,23 @@ async fn three_replicas_share_one_budget_on_redis() {
     let a = server_or_skip!(Db::Postgres, shared);
     let b = TestServer::start_replica(&a.url, shared).await;
     let c = TestServer::start_replica(&a.url, shared).await;
-    let mut admin = a.admin().await;
-    tenant(&mut admin, "t", pb::TenantPolicy::default()).await;
-    let k = create(
-        &mut admin,
-        pb::CreateKeyRequest {
-            rate_limits: vec![limit(100, 60)],
-            ..key_req("t", "k")
-        },
-    )
-    .await;
+    let admin = a.admin().await;
+    admin.tenant("t").upsert().await;
+    let k = admin
+        .create_key(new_key("t").rate_limits([limit("shared", 100, 60)]))
+        .await;
     let clients = [
         a.authorize().await,
         b.authorize().await,
         c.authorize().await,
     ];
     // Warm every replica's key cache so the burst below is all rate-limit decisions.
-    for mut cl in clients.clone() {
-        assert_eq!(
-            reason(
-                &mut cl,
-                pb::CheckRequest {
-                    dry_run: true,
-                    ..check_req(&k.secret)
-                }
-            )
-            .await,
-            Reason::Ok as i32
-        );
+    for cl in &clients {
+        assert_eq!(cl.reason(check(&k.secret).dry_run()).await, Reason::Ok);
     }
     let calls = (0..300).map(|i| {
-        let mut cl = clients[i % 3].clone();
-        let key = k.secret.clone();
-        tokio::spawn(async move { cl.check(check_req(&key)).await.unwrap().into_inner().reason })
+        let (cl, key) = (clients[i % 3].clone(), k.secret.clone());
+        tokio::spawn(async move { cl.check(check(&key)).await.reason })
     });
     let reasons = futures::future::join_all(calls).await;
     let allowed = reasons
@@ -322,38 +238,33 @@ async fn redis_outage_follows_on_limiter_error_then_recovers() {
             cfg.redis_timeout_ms = 100;
             cfg.on_limiter_error = mode;
         });
-        let mut admin = s.admin().await;
-        tenant(&mut admin, "t", pb::TenantPolicy::default()).await;
-        let k = create(
-            &mut admin,
-            pb::CreateKeyRequest {
-                rate_limits: vec![limit(2, 60)],
-                ..key_req("t", "k")
-            },
-        )
-        .await;
+        let admin = s.admin().await;
+        admin.tenant("t").upsert().await;
+        let k = admin
+            .create_key(new_key("t").rate_limits([limit("shared", 2, 60)]))
+            .await;
         let c = s.authorize().await;
         servers.push((mode, s, c, k.secret));
     }
     // Shared counting works while Redis is up.
-    for (_, _, c, key) in servers.iter_mut() {
-        assert_eq!(reason(c, check_req(key)).await, Reason::Ok as i32);
+    for (_, _, c, key) in servers.iter() {
+        assert_eq!(c.reason(check(key)).await, Reason::Ok);
     }
 
     redis.kill();
-    for (mode, _, c, key) in servers.iter_mut() {
+    for (mode, _, c, key) in servers.iter() {
         let start = Instant::now();
-        let got: Vec<i32> = [
-            reason(c, check_req(key)).await,
-            reason(c, check_req(key)).await,
-            reason(c, check_req(key)).await,
+        let got: Vec<Reason> = [
+            c.reason(check(key)).await,
+            c.reason(check(key)).await,
+            c.reason(check(key)).await,
         ]
         .to_vec();
         assert!(
             start.elapsed() < Duration::from_secs(3),
             "{mode:?}: checks must not hang on a dead Redis"
         );
-        let (ok, rl) = (Reason::Ok as i32, Reason::RateLimited as i32);
+        let (ok, rl) = (Reason::Ok, Reason::RateLimited);
         let want = match mode {
             // A fresh in-memory count: 2 admitted, then refused.
             OnLimiterError::Local => vec![ok, ok, rl],
@@ -366,18 +277,11 @@ async fn redis_outage_follows_on_limiter_error_then_recovers() {
     // Redis returns (empty: it keeps nothing on disk): shared counting resumes.
     let _redis = OwnRedis::start(port).unwrap();
     _redis.wait_up().await;
-    for (mode, _, c, key) in servers.iter_mut() {
+    for (mode, _, c, key) in servers.iter() {
         let deadline = Instant::now() + Duration::from_secs(10);
         // Wait until the replica talks to Redis again (a dry run that Redis admits).
         loop {
-            let r = c
-                .check(pb::CheckRequest {
-                    dry_run: true,
-                    ..check_req(key)
-                })
-                .await
-                .unwrap()
-                .into_inner();
+            let r = c.check(check(key).dry_run()).await;
             if r.reason == Reason::Ok as i32
                 && r.rate_limit.as_ref().is_some_and(|l| l.remaining == 2)
             {
@@ -390,17 +294,13 @@ async fn redis_outage_follows_on_limiter_error_then_recovers() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let got = [
-            reason(c, check_req(key)).await,
-            reason(c, check_req(key)).await,
-            reason(c, check_req(key)).await,
+            c.reason(check(key)).await,
+            c.reason(check(key)).await,
+            c.reason(check(key)).await,
         ];
         assert_eq!(
             got,
-            [
-                Reason::Ok as i32,
-                Reason::Ok as i32,
-                Reason::RateLimited as i32
-            ],
+            [Reason::Ok, Reason::Ok, Reason::RateLimited],
             "{mode:?}: shared limit again"
         );
     }

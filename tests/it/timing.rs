@@ -4,10 +4,8 @@
 //! generous statistical bound. Every sample presents a key never seen before, so every
 //! sample misses the cache; the three kinds are interleaved at random so machine noise
 //! hits them alike, and medians are compared.
-use crate::check::check_req;
-use crate::key_admin::{create, key_req, tenant};
 use crate::server_or_skip;
-use crate::support::Db;
+use crate::support::{check, new_key, Db};
 use keygate::domain::key;
 use keygate::grpc::pb;
 use rand::seq::SliceRandom;
@@ -37,11 +35,15 @@ async fn unknown_ids_wrong_secrets_and_valid_keys_take_the_same_time() {
         cfg.argon2.memory_kib = 16 * 1024;
         cfg.argon2.iterations = 2;
     });
-    let mut a = s.admin().await;
-    tenant(&mut a, "t", pb::TenantPolicy::default()).await;
+    let a = s.admin().await;
+    a.tenant("t").upsert().await;
     let mut valid = Vec::with_capacity(SAMPLES);
     for i in 0..SAMPLES * 2 {
-        valid.push(create(&mut a, key_req("t", &format!("k{i}"))).await.secret);
+        valid.push(
+            a.create_key(new_key("t").name(format!("k{i}")))
+                .await
+                .secret,
+        );
     }
     // Half the keys are presented as they are, the other half with their secret changed
     // (checksum recomputed, so they pass the format check and reach the verify).
@@ -71,17 +73,17 @@ async fn unknown_ids_wrong_secrets_and_valid_keys_take_the_same_time() {
         .collect();
     plan.shuffle(&mut rand::thread_rng());
 
-    let mut c = s.authorize().await;
+    let c = s.authorize().await;
     // Warm the connection and the store's statement cache (not the key cache).
     for _ in 0..5 {
         let warm = key::assemble(&head, &key::random_base62(12), &key::random_base62(24));
-        c.check(check_req(&warm)).await.unwrap();
+        c.check(check(&warm)).await;
     }
-    let verifies_before = s.handles.argon2_verifies();
+    let verifies_before = s.verify_count();
     let (mut t_valid, mut t_wrong, mut t_unknown) = (vec![], vec![], vec![]);
     for (kind, k) in &plan {
         let started = Instant::now();
-        let r = c.check(check_req(k)).await.unwrap().into_inner();
+        let r = c.check(check(k)).await;
         let took = started.elapsed();
         let expected = match kind {
             Kind::Valid => pb::Reason::Ok,
@@ -99,7 +101,7 @@ async fn unknown_ids_wrong_secrets_and_valid_keys_take_the_same_time() {
     // Every sample ran argon2 once: the cache was cold throughout, and unknown ids were
     // verified too (against the dummy hash).
     assert_eq!(
-        s.handles.argon2_verifies() - verifies_before,
+        s.verify_count() - verifies_before,
         plan.len() as u64,
         "one argon2 verify per sample"
     );

@@ -2,9 +2,7 @@
 //! certificates name admin identities and Authorize callers; a foreign CA, an expired
 //! certificate, no certificate and plaintext are all refused; a renewed server
 //! certificate is picked up from disk without dropping open connections.
-use crate::check::check_req;
-use crate::key_admin::{create, key_req};
-use crate::support::{config_for, Db, TestDb, TestServer};
+use crate::support::{check, config_for, new_key, Admin, CheckClient, Db, TestDb, TestServer};
 use keygate::grpc::pb;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use std::sync::Arc;
@@ -140,43 +138,29 @@ async fn mtls_identities_refusals_and_certificate_reload() {
 
     // The ops console's certificate is an admin identity: no token needed, audited as such.
     let (ops_ch, first_seen) = channel(s.addr, &ca_pem, Some(&ops)).await.unwrap();
-    let mut admin = crate::support::Admin {
-        client: pb::key_admin_client::KeyAdminClient::new(ops_ch.clone()),
-        token: String::new(),
-    };
-    let t = pb::Tenant {
-        id: "t".into(),
-        display_name: "t".into(),
-        policy: Some(pb::TenantPolicy::default()),
-        ..Default::default()
-    };
-    admin
-        .client
-        .upsert_tenant(pb::UpsertTenantRequest { tenant: Some(t) })
-        .await
-        .unwrap();
+    // No token: the certificate alone.
+    let admin = Admin::new(ops_ch.clone(), "");
+    admin.tenant("t").upsert().await;
     let events = admin
-        .client
         .list_audit_events(pb::ListAuditEventsRequest {
             tenant_id: "t".into(),
             ..Default::default()
         })
         .await
         .unwrap()
-        .into_inner()
         .events;
     assert_eq!(events[0].actor, "cert:ops-console");
-    admin.token = crate::support::ADMIN_TOKEN.into();
-    let key = create(&mut admin, key_req("t", "k")).await.secret;
+    let admin = admin.with_token(crate::support::ADMIN_TOKEN);
+    let key = admin.create_key(new_key("t")).await.secret;
 
     // Authorize: the checkout service's certificate is allowed, the ops console's is not.
     let (checkout_ch, _) = channel(s.addr, &ca_pem, Some(&checkout)).await.unwrap();
-    let mut c = pb::authorize_client::AuthorizeClient::new(checkout_ch);
-    let r = c.check(check_req(&key)).await.unwrap().into_inner();
+    let c = CheckClient::new(checkout_ch);
+    let r = c.check(check(&key)).await;
     assert_eq!(r.reason, pb::Reason::Ok as i32);
-    let mut wrong = pb::authorize_client::AuthorizeClient::new(ops_ch.clone());
+    let wrong = CheckClient::new(ops_ch.clone());
     assert_eq!(
-        wrong.check(check_req(&key)).await.unwrap_err().code(),
+        wrong.try_check(check(&key)).await.unwrap_err().code(),
         tonic::Code::Unauthenticated
     );
 

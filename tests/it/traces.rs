@@ -1,10 +1,8 @@
 //! Traces: the real binary exports over OTLP/gRPC to a collector this test runs, and a
 //! Check carrying a W3C `traceparent` shows up as a child of the caller's span, with its
 //! store and limiter work as child spans and no secret in any attribute.
-use crate::binary::spawn;
-use crate::key_admin::{create, key_req, tenant};
-use crate::support::{Db, TestDb};
-use keygate::grpc::pb::{self, authorize_client::AuthorizeClient};
+use crate::support::{check, ext_authz, limit, new_key, spawn, Admin, CheckClient, Db, TestDb};
+use keygate::grpc::pb;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -75,65 +73,41 @@ async fn check_spans_join_the_callers_trace() {
         &[],
     )
     .await;
-    let mut a = crate::support::Admin {
-        client: pb::key_admin_client::KeyAdminClient::connect(format!("http://{}", p.addr))
-            .await
-            .unwrap(),
-        token: token.into(),
-    };
-    tenant(&mut a, "t", pb::TenantPolicy::default()).await;
-    let k = create(
-        &mut a,
-        pb::CreateKeyRequest {
-            rate_limits: vec![pb::RateLimit {
-                name: "m".into(),
-                limit: 10,
-                window: Some(prost_types::Duration {
-                    seconds: 60,
-                    nanos: 0,
-                }),
-            }],
-            ..key_req("t", "traced")
-        },
-    )
-    .await;
+    let a = Admin::connect(&p.addr, token).await;
+    a.tenant("t").upsert().await;
+    let traced = new_key("t")
+        .name("traced")
+        .rate_limits([limit("m", 10, 60)]);
+    let k = a.create_key(traced).await;
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
-    let mut c = AuthorizeClient::connect(format!("http://{}", p.addr))
-        .await
-        .unwrap();
-    let mut req = tonic::Request::new(crate::check::check_req(&k.secret));
-    req.metadata_mut().insert(
-        "traceparent",
-        format!("00-{trace_id}-{caller_span}-01").parse().unwrap(),
-    );
+    let c = CheckClient::connect(&p.addr).await.unwrap();
+    let in_trace = |trace: &str, flags: &str| {
+        c.with_header("traceparent", &format!("00-{trace}-{caller_span}-{flags}"))
+    };
     assert_eq!(
-        c.check(req).await.unwrap().into_inner().reason,
+        in_trace(trace_id, "01")
+            .check(check(&k.secret))
+            .await
+            .reason,
         pb::Reason::Ok as i32
     );
 
     // The same key again is a cache hit: its trace has no store span.
     let hit_trace = "5a1e0c7f3b2d4e6f8a9b0c1d2e3f4a5b";
-    let mut again = tonic::Request::new(crate::check::check_req(&k.secret));
-    again.metadata_mut().insert(
-        "traceparent",
-        format!("00-{hit_trace}-{caller_span}-01").parse().unwrap(),
-    );
     assert_eq!(
-        c.check(again).await.unwrap().into_inner().reason,
+        in_trace(hit_trace, "01")
+            .check(check(&k.secret))
+            .await
+            .reason,
         pb::Reason::Ok as i32
     );
 
     // Neither a root check (ratio 0) nor a caller that did not sample is traced.
     let unsampled = "11111111111111111111111111111111";
-    let mut quiet = tonic::Request::new(crate::check::check_req(&k.secret));
-    quiet.metadata_mut().insert(
-        "traceparent",
-        format!("00-{unsampled}-{caller_span}-00").parse().unwrap(),
-    );
-    c.check(quiet).await.unwrap();
-    c.check(crate::check::check_req(&k.secret)).await.unwrap();
+    in_trace(unsampled, "00").check(check(&k.secret)).await;
+    c.check(check(&k.secret)).await;
 
     // Through ext_authz the trace context arrives in the HTTP headers Envoy forwards.
     let ext_trace = "0af7651916cd43dd8448eb211c80319c";
@@ -141,7 +115,7 @@ async fn check_spans_join_the_callers_trace() {
     let mut e = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(format!("http://{}", p.addr))
         .await
         .unwrap();
-    e.check(crate::observability::ext_authz_req(&[
+    e.check(ext_authz(&[
         ("x-api-key", &k.secret),
         ("traceparent", &traceparent),
     ]))

@@ -1,16 +1,17 @@
 //! Usage analytics: exact counts after a flush, by endpoint template and reason; ListKeys
 //! with all-time and today's counts in one call; no count lost on SIGTERM or while the
 //! store is down; retention. On SQLite and PostgreSQL.
-use crate::check::check_req;
-use crate::key_admin::{create, key_req, tenant};
-use crate::support::{code, config_for, Db, Proxy, TestDb, TestServer};
+use crate::support::{
+    check, code, limit, new_key, sample, spawn, CheckClient, CheckSpec, Db, TestDb, TestServer,
+};
 use crate::{on_both_stores, server_or_skip};
+use keygate::config::Config;
 use keygate::domain::usage::RouteConfig;
 use keygate::grpc::pb::{self, UsageGranularity};
 use std::time::Duration;
 use tonic::Code;
 
-fn routes(cfg: &mut keygate::config::Config) {
+fn routes(cfg: &mut Config) {
     cfg.usage.routes = vec![
         RouteConfig {
             method: Some("GET".into()),
@@ -25,33 +26,11 @@ fn routes(cfg: &mut keygate::config::Config) {
     ];
 }
 
-fn limit(n: u64) -> Vec<pb::RateLimit> {
-    vec![pb::RateLimit {
-        name: "minute".into(),
-        limit: n,
-        window: Some(prost_types::Duration {
-            seconds: 60,
-            nanos: 0,
-        }),
-    }]
+fn call(key: &str, method: &str, path: &str) -> CheckSpec {
+    check(key).method(method).path(path)
 }
 
-fn call(key: &str, method: &str, path: &str) -> pb::CheckRequest {
-    pb::CheckRequest {
-        method: method.into(),
-        path: path.into(),
-        ..check_req(key)
-    }
-}
-
-async fn decide(
-    c: &mut pb::authorize_client::AuthorizeClient<tonic::transport::Channel>,
-    r: pb::CheckRequest,
-) -> pb::Reason {
-    pb::Reason::try_from(c.check(r).await.unwrap().into_inner().reason).unwrap()
-}
-
-pub fn usage_req(key_id: &str, g: UsageGranularity, by_endpoint: bool) -> pb::GetKeyUsageRequest {
+fn usage_req(key_id: &str, g: UsageGranularity, by_endpoint: bool) -> pb::GetKeyUsageRequest {
     pb::GetKeyUsageRequest {
         key_id: key_id.into(),
         granularity: g as i32,
@@ -69,90 +48,63 @@ async fn counts_are_exact_after_a_flush(db: Db) {
     // Noon UTC: the minute steps below never cross into another day.
     let today = keygate::domain::usage::day_of(s.now());
     s.clock.set(today.plus(Duration::from_secs(12 * 3600)));
-    let mut a = s.admin().await;
+    let a = s.admin().await;
     let policy = pb::TenantPolicy {
         scope_catalogue: vec!["orders:read".into(), "admin".into()],
         default_scopes: vec!["orders:read".into()],
         ..Default::default()
     };
-    tenant(&mut a, "shop", policy).await;
-    let k = create(
-        &mut a,
-        pb::CreateKeyRequest {
-            rate_limits: limit(8),
-            ..key_req("shop", "k")
-        },
-    )
-    .await;
-    let other = create(&mut a, key_req("shop", "other")).await;
+    a.tenant("shop").policy(policy).upsert().await;
+    let k = a
+        .create_key(new_key("shop").rate_limits([limit("minute", 8, 60)]))
+        .await;
+    let other = a.create_key(new_key("shop").name("other")).await;
     let id = k.key.as_ref().unwrap().id.clone();
-    let mut c = s.authorize().await;
+    let c = s.authorize().await;
 
     // 8 budget: four GETs of an order, one costing 2, two uploads: 7 allowed calls.
     for i in 0..4 {
         assert_eq!(
-            decide(
-                &mut c,
-                call(&k.secret, "GET", &format!("/orders/{i}?expand=1"))
-            )
-            .await,
+            c.reason(call(&k.secret, "GET", &format!("/orders/{i}?expand=1")))
+                .await,
             pb::Reason::Ok
         );
     }
-    let costly = pb::CheckRequest {
-        cost: 2,
-        ..call(&k.secret, "GET", "/orders/9")
-    };
-    assert_eq!(decide(&mut c, costly).await, pb::Reason::Ok);
+    let costly = call(&k.secret, "GET", "/orders/9").cost(2);
+    assert_eq!(c.reason(costly).await, pb::Reason::Ok);
     for p in ["/files/a.txt", "/files/dir/b.txt"] {
-        assert_eq!(
-            decide(&mut c, call(&k.secret, "PUT", p)).await,
-            pb::Reason::Ok
-        );
+        assert_eq!(c.reason(call(&k.secret, "PUT", p)).await, pb::Reason::Ok);
     }
     // Budget spent: three rate-limit hits; two scope denials (spend nothing).
     for _ in 0..3 {
         assert_eq!(
-            decide(&mut c, call(&k.secret, "GET", "/orders/1")).await,
+            c.reason(call(&k.secret, "GET", "/orders/1")).await,
             pb::Reason::RateLimited
         );
     }
     for _ in 0..2 {
-        let r = pb::CheckRequest {
-            required_scopes: vec!["admin".into()],
-            ..call(&k.secret, "DELETE", "/nowhere/7")
-        };
-        assert_eq!(decide(&mut c, r).await, pb::Reason::InsufficientScope);
+        let r = call(&k.secret, "DELETE", "/nowhere/7").requires(["admin"]);
+        assert_eq!(c.reason(r).await, pb::Reason::InsufficientScope);
     }
     // Not counted: a dry run, and a call whose key is unknown.
-    let dry = pb::CheckRequest {
-        dry_run: true,
-        ..call(&k.secret, "GET", "/orders/1")
-    };
-    decide(&mut c, dry).await;
-    decide(&mut c, check_req("nope_live_0000")).await;
+    let dry = call(&k.secret, "GET", "/orders/1").dry_run();
+    c.reason(dry).await;
+    c.reason(check("nope_live_0000")).await;
     // The other key: one call with no path at all.
-    assert_eq!(
-        decide(&mut c, check_req(&other.secret)).await,
-        pb::Reason::Ok
-    );
+    assert_eq!(c.reason(check(&other.secret)).await, pb::Reason::Ok);
 
     // Nothing is visible before the flush, everything after it.
     let before = a
-        .client
-        .get_key_usage(a.req(usage_req(&id, UsageGranularity::Total, false)))
+        .get_key_usage(usage_req(&id, UsageGranularity::Total, false))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(counts(&before).total, 0);
     s.flush_usage().await.unwrap();
 
     let r = a
-        .client
-        .get_key_usage(a.req(usage_req(&id, UsageGranularity::Total, true)))
+        .get_key_usage(usage_req(&id, UsageGranularity::Total, true))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let t = counts(&r);
     assert_eq!(
         (t.total, t.allowed, t.denied, t.rate_limited, t.cost),
@@ -177,16 +129,14 @@ async fn counts_are_exact_after_a_flush(db: Db) {
     // refilled), a second point.
     s.clock.advance(Duration::from_secs(90));
     assert_eq!(
-        decide(&mut c, call(&k.secret, "GET", "/orders/1")).await,
+        c.reason(call(&k.secret, "GET", "/orders/1")).await,
         pb::Reason::Ok
     );
     s.flush_usage().await.unwrap();
     let m = a
-        .client
-        .get_key_usage(a.req(usage_req(&id, UsageGranularity::Minute, false)))
+        .get_key_usage(usage_req(&id, UsageGranularity::Minute, false))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let per_minute: Vec<u64> = m
         .points
         .iter()
@@ -196,38 +146,29 @@ async fn counts_are_exact_after_a_flush(db: Db) {
 
     // ListKeys: all-time and today's count and last use for every key, in one call.
     let list = a
-        .client
-        .list_keys(a.req(pb::ListKeysRequest {
+        .list_keys(pb::ListKeysRequest {
             tenant_id: "shop".into(),
             ..Default::default()
-        }))
+        })
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let row = |name: &str| list.keys.iter().find(|k| k.name == name).unwrap().clone();
     assert_eq!((row("k").use_count, row("k").uses_today), (13, 13));
     assert_eq!((row("other").use_count, row("other").uses_today), (1, 1));
     assert!(row("k").last_used_time.is_some());
-    let got = a
-        .client
-        .get_key(a.req(pb::GetKeyRequest { key_id: id.clone() }))
-        .await
-        .unwrap()
-        .into_inner();
+    let got = a.get_key(&id).await.unwrap();
     assert_eq!((got.use_count, got.uses_today), (13, 13));
 
     // The tenant: both keys summed; the path-less call counts under "".
     let tr = a
-        .client
-        .get_tenant_usage(a.req(pb::GetTenantUsageRequest {
+        .get_tenant_usage(pb::GetTenantUsageRequest {
             tenant_id: "shop".into(),
             granularity: UsageGranularity::Day as i32,
             group_by_endpoint: true,
             ..Default::default()
-        }))
+        })
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(counts(&tr).total, 14);
     assert!(tr
         .points
@@ -236,30 +177,24 @@ async fn counts_are_exact_after_a_flush(db: Db) {
 
     // Tomorrow (UTC), today's count starts again; the all-time count stays.
     s.clock.advance(Duration::from_secs(86_400));
-    let got = a
-        .client
-        .get_key(a.req(pb::GetKeyRequest { key_id: id.clone() }))
-        .await
-        .unwrap()
-        .into_inner();
+    let got = a.get_key(&id).await.unwrap();
     assert_eq!((got.use_count, got.uses_today), (13, 0));
 }
 
 async fn usage_requests_are_validated(db: Db) {
     let s = server_or_skip!(db);
-    let mut a = s.admin().await;
-    tenant(&mut a, "t", pb::TenantPolicy::default()).await;
-    let k = create(&mut a, key_req("t", "k")).await;
+    let a = s.admin().await;
+    a.tenant("t").upsert().await;
+    let k = a.create_key(new_key("t")).await;
     let id = k.key.unwrap().id;
     let (c, _) = code(
-        a.client
-            .get_key_usage(a.req(usage_req("key_missing", UsageGranularity::Day, false)))
+        a.get_key_usage(usage_req("key_missing", UsageGranularity::Day, false))
             .await,
     );
     assert_eq!(c, Code::NotFound);
     let mut bad = usage_req(&id, UsageGranularity::Day, false);
     bad.granularity = 42;
-    let (c, m) = code(a.client.get_key_usage(a.req(bad)).await);
+    let (c, m) = code(a.get_key_usage(bad).await);
     assert_eq!(c, Code::InvalidArgument);
     assert!(m.contains("granularity"), "{m}");
     let mut backwards = usage_req(&id, UsageGranularity::Day, false);
@@ -271,7 +206,7 @@ async fn usage_requests_are_validated(db: Db) {
         seconds: 1_000_000_000,
         nanos: 0,
     });
-    let (c, m) = code(a.client.get_key_usage(a.req(backwards)).await);
+    let (c, m) = code(a.get_key_usage(backwards).await);
     assert_eq!(c, Code::InvalidArgument);
     assert!(m.contains("start_time"), "{m}");
     let mut long = usage_req(&id, UsageGranularity::Minute, false);
@@ -279,25 +214,23 @@ async fn usage_requests_are_validated(db: Db) {
         seconds: 1_000_000_000,
         nanos: 0,
     });
-    let (c, m) = code(a.client.get_key_usage(a.req(long)).await);
+    let (c, m) = code(a.get_key_usage(long).await);
     assert_eq!(c, Code::InvalidArgument);
     assert!(m.contains("end_time"), "{m}");
     let (c, _) = code(
-        a.client
-            .get_tenant_usage(a.req(pb::GetTenantUsageRequest {
-                tenant_id: "ghost".into(),
-                ..Default::default()
-            }))
-            .await,
+        a.get_tenant_usage(pb::GetTenantUsageRequest {
+            tenant_id: "ghost".into(),
+            ..Default::default()
+        })
+        .await,
     );
     assert_eq!(c, Code::NotFound);
     let (c, m) = code(
-        a.client
-            .get_tenant_usage(a.req(pb::GetTenantUsageRequest {
-                tenant_id: "Bad Id!".into(),
-                ..Default::default()
-            }))
-            .await,
+        a.get_tenant_usage(pb::GetTenantUsageRequest {
+            tenant_id: "Bad Id!".into(),
+            ..Default::default()
+        })
+        .await,
     );
     assert_eq!(c, Code::InvalidArgument);
     assert!(m.contains("tenant_id"), "{m}");
@@ -305,15 +238,15 @@ async fn usage_requests_are_validated(db: Db) {
 
 async fn old_buckets_are_pruned(db: Db) {
     let s = server_or_skip!(db);
-    let mut a = s.admin().await;
-    tenant(&mut a, "t", pb::TenantPolicy::default()).await;
-    let k = create(&mut a, key_req("t", "k")).await;
+    let a = s.admin().await;
+    a.tenant("t").upsert().await;
+    let k = a.create_key(new_key("t")).await;
     let id = k.key.unwrap().id;
-    let mut c = s.authorize().await;
-    decide(&mut c, check_req(&k.secret)).await;
+    let c = s.authorize().await;
+    c.reason(check(&k.secret)).await;
     s.flush_usage().await.unwrap();
     let prune = |now| {
-        s.handles.prune_usage(
+        s.prune_usage(
             now,
             Duration::from_secs(3600),
             Duration::from_secs(2 * 86_400),
@@ -338,12 +271,7 @@ async fn old_buckets_are_pruned(db: Db) {
             .unwrap(),
         1
     );
-    let got = a
-        .client
-        .get_key(a.req(pb::GetKeyRequest { key_id: id }))
-        .await
-        .unwrap()
-        .into_inner();
+    let got = a.get_key(&id).await.unwrap();
     assert_eq!(got.use_count, 1);
 }
 
@@ -357,23 +285,18 @@ on_both_stores!(
 /// counted, and they arrive, exactly, once it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn counts_survive_a_store_outage_during_a_flush() {
-    let Some(db) = TestDb::new(Db::Postgres).await else {
+    // Only this test's explicit flushes write.
+    let explicit_flushes = |cfg: &mut Config| cfg.usage.flush_ms = 3_600_000;
+    let Some((s, proxy)) = TestServer::start_behind_proxy(explicit_flushes).await else {
         return;
     };
-    let proxy = Proxy::start("127.0.0.1:5432").await;
-    let via_proxy = db.url.replace("127.0.0.1:5432", &proxy.addr.to_string());
-    let mut cfg = config_for(&via_proxy);
-    cfg.database.timeout_ms = 1000;
-    // Only this test's explicit flushes write.
-    cfg.usage.flush_ms = 3_600_000;
-    let s = TestServer::start_on(db, cfg).await;
-    let mut a = s.admin().await;
-    tenant(&mut a, "t", pb::TenantPolicy::default()).await;
-    let k = create(&mut a, key_req("t", "k")).await;
+    let a = s.admin().await;
+    a.tenant("t").upsert().await;
+    let k = a.create_key(new_key("t")).await;
     let id = k.key.unwrap().id;
-    let mut c = s.authorize().await;
+    let c = s.authorize().await;
     for _ in 0..25 {
-        assert_eq!(decide(&mut c, check_req(&k.secret)).await, pb::Reason::Ok);
+        assert_eq!(c.reason(check(&k.secret)).await, pb::Reason::Ok);
     }
     proxy.cut();
     assert!(
@@ -382,19 +305,13 @@ async fn counts_survive_a_store_outage_during_a_flush() {
     );
     // Cached key: checks keep working and keep counting meanwhile.
     for _ in 0..5 {
-        assert_eq!(decide(&mut c, check_req(&k.secret)).await, pb::Reason::Ok);
+        assert_eq!(c.reason(check(&k.secret)).await, pb::Reason::Ok);
     }
-    assert!(s.handles.buffered_usage_rows() > 0);
-    let m = crate::envoy::http(s.metrics_addr, "127.0.0.1", "GET", "/metrics", &[]).await;
-    assert_eq!(
-        crate::observability::sample(&m.body, "keygate_usage_flush_failures_total"),
-        1.0
-    );
-    assert_eq!(
-        crate::observability::sample(&m.body, "keygate_usage_dropped_total"),
-        0.0
-    );
-    assert!(crate::observability::sample(&m.body, "keygate_usage_flush_lag_seconds") >= 0.0);
+    assert!(s.buffered_usage_rows() > 0);
+    let m = s.metrics().await;
+    assert_eq!(sample(&m, "keygate_usage_flush_failures_total"), 1.0);
+    assert_eq!(sample(&m, "keygate_usage_dropped_total"), 0.0);
+    assert!(sample(&m, "keygate_usage_flush_lag_seconds") >= 0.0);
     proxy.restore();
     let mut flushed = false;
     for _ in 0..50 {
@@ -406,13 +323,11 @@ async fn counts_survive_a_store_outage_during_a_flush() {
     }
     assert!(flushed, "the flush succeeds once the store is back");
     let r = a
-        .client
-        .get_key_usage(a.req(usage_req(&id, UsageGranularity::Total, false)))
+        .get_key_usage(usage_req(&id, UsageGranularity::Total, false))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(counts(&r).allowed, 30);
-    assert_eq!(s.handles.buffered_usage_rows(), 0);
+    assert_eq!(s.buffered_usage_rows(), 0);
 }
 
 /// SIGTERM mid-load: every check the clients saw answered is in the usage after a
@@ -428,22 +343,21 @@ async fn nothing_counted_is_lost_on_sigterm() {
         ("KEYGATE_ADMIN_TOKEN", token),
         ("KEYGATE_USAGE__FLUSH_MS", "3600000"),
     ];
-    let mut p = crate::binary::spawn(&db.url, &env, &[]).await;
-    let mut a = p.admin(token).await;
-    tenant(&mut a, "t", pb::TenantPolicy::default()).await;
-    let k = create(&mut a, key_req("t", "k")).await;
+    let mut p = spawn(&db.url, &env, &[]).await;
+    let a = p.admin(token).await;
+    a.tenant("t").upsert().await;
+    let k = a.create_key(new_key("t")).await;
     let id = k.key.unwrap().id;
-    let addr = format!("http://{}", p.addr);
     let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut load = Vec::new();
     for _ in 0..8 {
-        let (addr, secret, answered) = (addr.clone(), k.secret.clone(), answered.clone());
+        let (addr, secret, answered) = (p.addr.clone(), k.secret.clone(), answered.clone());
         load.push(tokio::spawn(async move {
-            let Ok(mut c) = pb::authorize_client::AuthorizeClient::connect(addr).await else {
+            let Ok(c) = CheckClient::connect(&addr).await else {
                 return;
             };
-            while let Ok(r) = c.check(check_req(&secret)).await {
-                assert_eq!(r.into_inner().reason, pb::Reason::Ok as i32);
+            while let Ok(r) = c.try_check(check(&secret)).await {
+                assert_eq!(r.reason, pb::Reason::Ok as i32);
                 answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
         }));
@@ -466,20 +380,13 @@ async fn nothing_counted_is_lost_on_sigterm() {
     }
     let seen = answered.load(std::sync::atomic::Ordering::SeqCst);
 
-    let p2 = crate::binary::spawn(&db.url, &env, &[]).await;
-    let mut a2 = p2.admin(token).await;
-    let got = a2
-        .client
-        .get_key(a2.req(pb::GetKeyRequest { key_id: id.clone() }))
-        .await
-        .unwrap()
-        .into_inner();
+    let p2 = spawn(&db.url, &env, &[]).await;
+    let a2 = p2.admin(token).await;
+    let got = a2.get_key(&id).await.unwrap();
     assert_eq!(got.use_count, seen, "every answered check counted once");
     let r = a2
-        .client
-        .get_key_usage(a2.req(usage_req(&id, UsageGranularity::Total, false)))
+        .get_key_usage(usage_req(&id, UsageGranularity::Total, false))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(counts(&r).allowed, seen);
 }
