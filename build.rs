@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let well_known = protoc_bin_vendored::include_path()?.display().to_string();
     let out = PathBuf::from(env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        // Undecodable requests are INVALID_ARGUMENT, not INTERNAL (src/grpc/codec.rs).
+        .codec_path("crate::grpc::codec::Codec")
         .file_descriptor_set_path(out.join("keygate_descriptor.bin"))
         .compile_protos(
             &["proto/keygate/v1/keygate.proto"],

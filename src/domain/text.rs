@@ -11,8 +11,11 @@ pub const MAX_METADATA_VALUE_CHARS: usize = 512;
 /// A display name: 1-100 characters, no control characters, not only white space.
 pub fn validate_name(field: &str, name: &str) -> Result<()> {
     let chars = name.chars().count();
-    if chars == 0 || name.trim().is_empty() {
-        return Err(Error::invalid(field, "must not be empty"));
+    if chars == 0 || name.chars().all(|c| c.is_whitespace() || is_invisible(c)) {
+        return Err(Error::invalid(
+            field,
+            "must not be empty or only invisible characters",
+        ));
     }
     if chars > MAX_NAME_CHARS {
         return Err(Error::invalid(
@@ -35,9 +38,29 @@ pub fn validate_text(field: &str, text: &str, max: usize) -> Result<()> {
     reject_control(field, text)
 }
 
+/// Zero-width and formatting characters that show nothing by themselves.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}' | '\u{00AD}'
+    )
+}
+
+/// Bidirectional overrides and isolates: they make a name display as something else
+/// (`U+202E` shows `evil<U+202E>txt.exe` as `evilexe.txt`), so names that show in consoles refuse them.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}')
+}
+
 fn reject_control(field: &str, text: &str) -> Result<()> {
     if text.chars().any(char::is_control) {
         return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    if text.chars().any(is_bidi_control) {
+        return Err(Error::invalid(
+            field,
+            "must not contain bidirectional override characters",
+        ));
     }
     Ok(())
 }
@@ -84,4 +107,24 @@ pub fn validate_metadata(field: &str, metadata: &BTreeMap<String, String>) -> Re
         validate_text(&format!("{field}[{k}]"), v, MAX_METADATA_VALUE_CHARS)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_refuse_what_would_display_as_something_else() {
+        assert!(validate_name("name", "prod key").is_ok());
+        assert!(validate_name("name", "Ключ 東京").is_ok());
+        let e = validate_name("name", "evil\u{202E}txt.exe").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("name: must not contain bidirectional"),
+            "{e}"
+        );
+        let e = validate_name("name", "\u{200B}\u{200B} ").unwrap_err();
+        assert!(e.to_string().contains("invisible"), "{e}");
+        assert!(validate_text("reason", "a\u{2067}b", 50).is_err());
+    }
 }

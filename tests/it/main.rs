@@ -11,6 +11,7 @@ mod check;
 mod deploy;
 mod envoy;
 mod fuzz_regressions;
+mod hardening;
 mod hygiene;
 mod import;
 mod key_admin;

@@ -23,9 +23,16 @@ impl AdminService {
                 "tenant_id or key_id is required",
             ));
         }
+        if let (Some(start), Some(end)) = (start, end) {
+            if start > end {
+                return Err(Error::invalid("start_time", "must not be after end_time"));
+            }
+        }
         if !tenant_id.is_empty() {
             text::validate_tenant_id("tenant_id", tenant_id)?;
             caller.principal.may(Need::Read, tenant_id)?;
+            // A tenant that does not exist is NOT_FOUND, not an empty trail.
+            self.tenant(tenant_id).await?;
         }
         // A tenant-limited token reads a key's trail only if the key is its tenant's.
         if !key_id.is_empty() && !caller.principal.is_platform() {

@@ -137,6 +137,12 @@ impl AdminService {
         if id.is_empty() {
             return Err(Error::invalid("key_id", "is required"));
         }
+        if key::parse(id).is_ok() {
+            return Err(Error::invalid(
+                "key_id",
+                "is shaped like an API key: send the key's id (key_…), never its secret",
+            ));
+        }
         match self.keys.get_key(id).await? {
             Some(k) => {
                 caller.principal.may(need, &k.tenant_id)?;

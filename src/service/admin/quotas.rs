@@ -13,6 +13,10 @@ pub enum QuotaTarget {
     Tenant(String),
 }
 
+/// The largest top-up, deduction or remaining figure one adjustment may set (10^15):
+/// beyond any real quota, far below where a stored sum could overflow.
+pub const MAX_QUOTA_CHANGE: u64 = 1_000_000_000_000_000;
+
 impl AdminService {
     /// Figures of quotas in their current periods: one query for all of them. Units this
     /// replica holds in a lease count as remaining.
@@ -89,6 +93,21 @@ impl AdminService {
         reason: &str,
         caller: &Caller,
     ) -> Result<QuotaStatus> {
+        // Counters are 63-bit in the store; a change near 2^63 would overflow a sum there.
+        let too_big = match change {
+            QuotaChange::Add(d) => d.unsigned_abs() > MAX_QUOTA_CHANGE,
+            QuotaChange::SetRemaining(n) => n > MAX_QUOTA_CHANGE,
+        };
+        if too_big {
+            let field = match change {
+                QuotaChange::Add(_) => "delta",
+                QuotaChange::SetRemaining(_) => "set_remaining",
+            };
+            return Err(Error::invalid(
+                field,
+                format!("must be at most {MAX_QUOTA_CHANGE} in magnitude"),
+            ));
+        }
         if reason.trim().is_empty() {
             return Err(Error::invalid(
                 "reason",

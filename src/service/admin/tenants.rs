@@ -17,6 +17,9 @@ impl AdminService {
         caller.principal.may(Need::Platform, &id)?;
         text::validate_text("tenant.display_name", &display_name, text::MAX_NAME_CHARS)?;
         policy.validate("tenant.policy")?;
+        if !policy.plan_id.is_empty() {
+            text::validate_tenant_id("tenant.policy.plan_id", &policy.plan_id)?;
+        }
         if !policy.plan_id.is_empty() && self.tenants.get_plan(&policy.plan_id).await?.is_none() {
             return Err(Error::precondition(
                 "tenant.policy.plan_id",
