@@ -28,6 +28,13 @@ pub struct PeerInfo {
     pub client_subject: Option<String>,
 }
 
+/// The address a request's connection comes from.
+pub fn peer_ip<T>(req: &tonic::Request<T>) -> Option<std::net::IpAddr> {
+    req.remote_addr()
+        .or_else(|| req.extensions().get::<PeerInfo>().and_then(|p| p.remote))
+        .map(|a| a.ip())
+}
+
 /// The server's TLS material, swappable at run time.
 pub struct Tls {
     files: Vec<PathBuf>,

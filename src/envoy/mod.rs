@@ -119,11 +119,15 @@ pub fn translate(config: &EnvoyConfig, req: &CheckRequest) -> Result<(CheckInput
     let path = http
         .map(|h| h.path.split('?').next().unwrap_or_default().to_owned())
         .filter(|p| !p.is_empty());
+    let client_ip = client_ip(req.get_client_address(), headers, settings.trusted_proxies);
     let input = CheckInput {
         api_key,
         tenant_id,
         required_scopes,
-        client_ip: client_ip(req.get_client_address(), headers, settings.trusted_proxies),
+        client_ip,
+        // The address Envoy saw (after the configured trusted proxy hops), which the end
+        // user cannot choose; the handler falls back to Envoy's own address.
+        guess_source: client_ip,
         method: http.map(|h| h.method.clone()).filter(|m| !m.is_empty()),
         path,
         route: settings.route.clone(),
@@ -315,13 +319,15 @@ pub fn respond(
 #[tonic::async_trait]
 impl Authorization for ExtAuthz {
     async fn check(&self, req: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        let peer = crate::tls::peer_ip(&req);
         let req = req.into_inner();
         let carrier = req
             .get_client_headers()
             .map(|h| h as &dyn opentelemetry::propagation::Extractor);
         let span = crate::telemetry::check_span("ext_authz/Check", carrier);
         async move {
-            let (input, settings) = translate(&self.config, &req)?;
+            let (mut input, settings) = translate(&self.config, &req)?;
+            input.guess_source = input.guess_source.or(peer);
             // A store outage is a gRPC error, not a deny: Envoy's failure_mode_allow and
             // status_on_error decide what the client gets.
             let decision = self.check.check_recorded(Source::ExtAuthz, &input).await?;

@@ -68,6 +68,12 @@ fn bearer(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
     }
 }
 
+/// In a request's extensions when its caller proved it is an allowed service (authorize
+/// token or client certificate): what it says about the end user (`client_ip`) is then
+/// believed for the failed-check throttle.
+#[derive(Debug, Clone, Copy)]
+pub struct TrustedCaller;
+
 /// Callers of `Authorize.Check` and ext_authz: with an `authorize_token` configured, each
 /// call must carry `authorization: Bearer <token>`, so a random pod cannot probe keys.
 /// With mTLS, client certificate subjects may be allowed instead of (or besides) a token.
@@ -86,7 +92,7 @@ impl AuthorizeCallers {
     }
 
     #[allow(clippy::result_large_err)]
-    pub fn check(&self, req: Request<()>) -> Result<Request<()>, Status> {
+    pub fn check(&self, mut req: Request<()>) -> Result<Request<()>, Status> {
         if self.token.is_none() && self.subjects.is_empty() {
             return Ok(req);
         }
@@ -95,10 +101,14 @@ impl AuthorizeCallers {
             .get::<PeerInfo>()
             .and_then(|p| p.client_subject.as_deref());
         if subject.is_some_and(|s| self.subjects.iter().any(|k| k == s)) {
+            req.extensions_mut().insert(TrustedCaller);
             return Ok(req);
         }
         match (bearer(req.metadata()), &self.token) {
-            (Some(t), Some(want)) if bool::from(digest(t).ct_eq(want)) => Ok(req),
+            (Some(t), Some(want)) if bool::from(digest(t).ct_eq(want)) => {
+                req.extensions_mut().insert(TrustedCaller);
+                Ok(req)
+            }
             (Some(_), _) => Err(Status::unauthenticated("authorize token not recognised")),
             (None, _) => Err(Status::unauthenticated(
                 "missing `authorization: Bearer <authorize token>` metadata (or an allowed client certificate)",

@@ -30,7 +30,7 @@ pub fn client_ip(field: &str, raw: &str) -> Result<Option<IpAddr>> {
         .map_err(|_| Error::invalid(field, format!("{raw:?} is not an IPv4 or IPv6 address")))
 }
 
-fn input(r: pb::CheckRequest) -> Result<CheckInput> {
+fn input(r: pb::CheckRequest, guess_source: Option<std::net::IpAddr>) -> Result<CheckInput> {
     let required_scopes = r
         .required_scopes
         .iter()
@@ -39,6 +39,7 @@ fn input(r: pb::CheckRequest) -> Result<CheckInput> {
         .collect::<Result<Vec<_>>>()?;
     Ok(CheckInput {
         client_ip: client_ip("client_ip", &r.client_ip)?,
+        guess_source,
         required_scopes,
         tenant_id: Some(r.tenant_id).filter(|t| !t.is_empty()),
         method: Some(r.method).filter(|m| !m.is_empty()),
@@ -126,8 +127,17 @@ impl pb::authorize_server::Authorize for AuthorizeApi {
             "Authorize/Check",
             Some(&crate::telemetry::MetadataExtractor(req.metadata())),
         );
+        // Failed checks count against the connection's peer, unless the caller is a
+        // trusted service vouching for its end user's address.
+        let peer = crate::tls::peer_ip(&req);
+        let trusted = req
+            .extensions()
+            .get::<super::auth::TrustedCaller>()
+            .is_some();
         async move {
-            let input = input(req.into_inner())?;
+            let r = req.into_inner();
+            let vouched = client_ip("client_ip", &r.client_ip)?.filter(|_| trusted);
+            let input = input(r, vouched.or(peer))?;
             let decision = self.svc.check_recorded(Source::Grpc, &input).await?;
             Ok(Response::new(response(decision)))
         }

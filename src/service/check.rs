@@ -30,6 +30,10 @@ pub struct CheckInput {
     pub required_scopes: Vec<Scope>,
     /// `None` = unknown: a key with an IP allowlist is then denied.
     pub client_ip: Option<IpAddr>,
+    /// The address failed checks are counted against: one the caller cannot choose (the
+    /// connection's peer, or `client_ip` when a trusted caller vouches for it). `None`
+    /// counts in one shared bucket, so leaving it out does not escape the throttle.
+    pub guess_source: Option<IpAddr>,
     pub method: Option<String>,
     pub path: Option<String>,
     /// The endpoint's name in the route table, when the caller knows it (usage).
@@ -49,6 +53,7 @@ impl std::fmt::Debug for CheckInput {
             .field("tenant_id", &self.tenant_id)
             .field("required_scopes", &self.required_scopes)
             .field("client_ip", &self.client_ip)
+            .field("guess_source", &self.guess_source)
             .field("method", &self.method)
             .field("path", &self.path)
             .field("route", &self.route)
@@ -204,13 +209,13 @@ impl CheckService {
             Err(_) => match self.imports.lookup(&input.api_key) {
                 Some((id, prefix)) => (id.into(), prefix.into()),
                 None => {
-                    self.guesses.failed(input.client_ip, now);
+                    self.guesses.failed(input.guess_source, now);
                     return Ok(Decision::deny(Reason::MalformedKey));
                 }
             },
         };
         // An address that keeps failing may only use keys already verified in the cache.
-        if let Some(status) = self.guesses.throttled(input.client_ip, now) {
+        if let Some(status) = self.guesses.throttled(input.guess_source, now) {
             if !self.cache.holds_key(&cache::digest(&input.api_key)) {
                 self.guesses.refused();
                 return Ok(Decision {
@@ -222,7 +227,7 @@ impl CheckService {
         let key = match self.resolve(&input.api_key, &lookup_id, &head).await? {
             Resolved::Key(k) => k,
             Resolved::Unknown => {
-                self.guesses.failed(input.client_ip, now);
+                self.guesses.failed(input.guess_source, now);
                 return Ok(Decision::deny(Reason::KeyNotFound));
             }
         };

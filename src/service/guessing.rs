@@ -1,5 +1,7 @@
 //! Key-guessing throttle: failed checks (unknown key, wrong secret, malformed key) are
-//! counted per client IP in a sliding window. Once an IP has failed `limit` times, its
+//! counted per source address in a sliding window. The source is one the caller cannot
+//! choose (`CheckInput::guess_source`): counting by a `client_ip` the caller sends would let
+//! a guesser rotate it to escape, or name a victim's address to lock it out. Once an IP has failed `limit` times, its
 //! checks of keys that are not already verified in the cache are refused
 //! (`RATE_LIMITED`, limit name `failed_checks`, with `retry_after`) without a store lookup
 //! or argon2 verify; keys in the cache keep working, so a legitimate client behind the
@@ -10,6 +12,9 @@ use crate::limiter::{LimitStatus, Window};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// Where checks without a source address are counted: together.
+const UNKNOWN: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
 
 /// The name of the limit reported when an IP is throttled.
 pub const LIMIT_NAME: &str = "failed_checks";
@@ -43,9 +48,10 @@ impl GuessThrottle {
 
     /// Counts one failed check from `ip`.
     pub fn failed(&self, ip: Option<IpAddr>, now: UnixMillis) {
-        let Some(ip) = ip.filter(|_| self.limit > 0) else {
+        if self.limit == 0 {
             return;
-        };
+        }
+        let ip = ip.unwrap_or(UNKNOWN);
         let w = self.sources.get_with(ip, Default::default);
         let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
         w.roll(now.0, self.window_ms);
@@ -61,8 +67,10 @@ impl GuessThrottle {
 
     /// When `ip` has used up its failures: the status to report (with `retry_after`).
     pub fn throttled(&self, ip: Option<IpAddr>, now: UnixMillis) -> Option<LimitStatus> {
-        let ip = ip.filter(|_| self.limit > 0)?;
-        let w = self.sources.get(&ip)?;
+        if self.limit == 0 {
+            return None;
+        }
+        let w = self.sources.get(&ip.unwrap_or(UNKNOWN))?;
         let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
         w.roll(now.0, self.window_ms);
         if w.admits(now.0, self.limit, 1) {
@@ -100,9 +108,13 @@ mod tests {
         let retry = s.retry_after.unwrap();
         assert!(retry > Duration::ZERO && retry <= Duration::from_secs(120));
         assert!(t.throttled(other, now).is_none(), "per IP");
+        assert!(t.throttled(None, now).is_none());
+        for _ in 0..3 {
+            t.failed(None, now);
+        }
         assert!(
-            t.throttled(None, now).is_none(),
-            "unknown IP: not throttled"
+            t.throttled(None, now).is_some(),
+            "no source address is one shared source, not a way around the throttle"
         );
         assert!(
             t.throttled(ip, now.plus(retry)).is_none(),

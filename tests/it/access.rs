@@ -435,11 +435,13 @@ async fn oversized_messages_are_refused_before_any_work() {
 }
 
 /// Key guessing from one address: after `failed_checks_per_ip` failures, that address may
-/// only use keys already verified in the cache; other addresses are unaffected.
+/// only use keys already verified in the cache; other addresses are unaffected. The
+/// caller is a trusted service (authorize token), so its `client_ip` is believed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn key_guessing_from_one_address_is_throttled() {
     let Some(s) = TestServer::start_with(Db::Sqlite, |cfg| {
         cfg.limits.failed_checks_per_ip = 5;
+        cfg.authorize_token = Some(AUTHORIZE_TOKEN.to_owned().into());
     })
     .await
     else {
@@ -449,7 +451,7 @@ async fn key_guessing_from_one_address_is_throttled() {
     a.tenant("t").upsert().await;
     let known = a.create_key(new_key("t").name("known")).await.secret;
     let fresh = a.create_key(new_key("t").name("fresh")).await.secret;
-    let c = s.authorize().await;
+    let c = s.authorize().await.with_token(AUTHORIZE_TOKEN);
     let from = |key: &str, ip: &str| check(key).ip(ip);
     let (guesser, neighbour) = ("198.51.100.9", "198.51.100.10");
     let ok = c.check(from(&known, guesser)).await;
@@ -483,4 +485,40 @@ async fn key_guessing_from_one_address_is_throttled() {
     s.clock.advance(Duration::from_secs(121));
     let r = c.check(from(&fresh, guesser)).await;
     assert_eq!(r.reason, pb::Reason::Ok as i32);
+}
+
+const AUTHORIZE_TOKEN: &str = "test-authorize-token-0123456789";
+
+/// From a caller that is not a trusted service, `client_ip` is the caller's word: failed
+/// checks count against the connection's address, so rotating `client_ip` or leaving it
+/// out does not escape the throttle, and naming someone else's address blames nobody else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_guess_throttle_counts_what_the_caller_cannot_choose() {
+    let Some(s) = TestServer::start_with(Db::Sqlite, |cfg| {
+        cfg.limits.failed_checks_per_ip = 5;
+    })
+    .await
+    else {
+        return;
+    };
+    let a = s.admin().await;
+    a.tenant("t").upsert().await;
+    let known = a.create_key(new_key("t")).await.secret;
+    let c = s.authorize().await;
+    let forged = |i: usize| {
+        let head = &known[..known.len() - 30];
+        keygate::domain::key::assemble(head, "", &format!("{:0>24}", i))
+    };
+    for i in 0..5 {
+        // A new "client" every time, and once none at all.
+        let req = if i == 4 {
+            check(&forged(i))
+        } else {
+            check(&forged(i)).ip(&format!("203.0.113.{i}"))
+        };
+        assert_eq!(c.reason(req).await, pb::Reason::KeyNotFound);
+    }
+    for req in [check(&forged(9)).ip("198.51.100.200"), check(&forged(10))] {
+        assert_eq!(c.reason(req).await, pb::Reason::RateLimited);
+    }
 }
