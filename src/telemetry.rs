@@ -34,14 +34,22 @@ impl Telemetry {
 /// OTLP endpoint it must run inside the tokio runtime (the exporter's channel lives
 /// there). A second call (tests that start several servers) is a no-op.
 pub fn init(cfg: &LogConfig, otlp: &OtlpSettings<'_>) -> Telemetry {
+    use std::io::IsTerminal;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.filter));
+    let ansi = colour(
+        cfg.format,
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let fmt = match cfg.format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
+            .with_ansi(ansi)
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
             .with_writer(std::io::stderr)
             .boxed(),
     };
@@ -105,6 +113,14 @@ pub struct OtlpSettings<'a> {
     pub sample_ratio: f64,
     /// Spans buffered for export before new ones are dropped.
     pub queue_size: usize,
+}
+
+/// Whether log lines get ANSI colour: only `pretty` ones, only when stderr (where logs go)
+/// is a terminal, and not when `NO_COLOR` is set to anything but the empty string
+/// (no-color.org). Otherwise `keygate serve > log` or a container's log collector would
+/// get escape sequences in every line.
+fn colour(format: LogFormat, stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    format == LogFormat::Pretty && stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// The batch processor's settings: batches of up to 2,048 spans, every second at the
@@ -224,7 +240,25 @@ pub fn check_span(name: &'static str, carrier: Option<&dyn Extractor>) -> tracin
 
 #[cfg(test)]
 mod tests {
-    use super::traceparent_sampled;
+    use super::{colour, traceparent_sampled};
+    use crate::config::LogFormat;
+
+    #[test]
+    fn colour_only_for_pretty_logs_on_a_terminal_without_no_color() {
+        let set = Some(std::ffi::OsStr::new("1"));
+        let empty = Some(std::ffi::OsStr::new(""));
+        assert!(colour(LogFormat::Pretty, true, None));
+        assert!(
+            colour(LogFormat::Pretty, true, empty),
+            "an empty NO_COLOR is unset"
+        );
+        assert!(!colour(LogFormat::Pretty, false, None), "a file or a pipe");
+        assert!(!colour(LogFormat::Pretty, true, set), "NO_COLOR");
+        assert!(
+            !colour(LogFormat::Json, true, None),
+            "JSON is never coloured"
+        );
+    }
 
     #[test]
     fn traceparent_flags_decide_sampling() {

@@ -251,3 +251,36 @@ async fn bad_config_names_the_setting_and_hides_secrets() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn logs_to_a_pipe_have_no_colour() {
+    let db = TestDb::new(Db::Sqlite).await.unwrap();
+    // The human format, the one that colours on a terminal; stderr is a pipe here.
+    let env = [
+        ("KEYGATE_ADMIN_TOKEN", TOKEN),
+        ("KEYGATE_LOG__FORMAT", "pretty"),
+    ];
+    let mut child = command(&db.url, &env, &["serve"])
+        .spawn()
+        .expect("spawn keygate");
+    let mut reader = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut lines = Vec::new();
+    let started = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = reader.next_line().await.unwrap() {
+            let serving = line.contains("keygate serving");
+            lines.push(line);
+            if serving {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    child.start_kill().unwrap();
+    let log = lines.join("\n");
+    assert_eq!(started, Ok(true), "keygate did not start:\n{log}");
+    assert!(
+        !log.contains("\x1b["),
+        "ANSI escape sequences in a piped log:\n{log:?}"
+    );
+}
