@@ -1,5 +1,6 @@
 //! argon2id hashing and verification of key secrets, always on the blocking pool and
 //! behind a concurrency limit so a burst of cold keys cannot starve the async runtime.
+use crate::config_section::config_section;
 use crate::error::{Error, Result};
 use argon2::password_hash::{
     rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
@@ -10,36 +11,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
-/// argon2id cost parameters for new hashes. Verification always uses the parameters
-/// recorded in the stored PHC string, so these can change without re-issuing keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Argon2Config {
-    /// Memory per hash in KiB.
-    pub memory_kib: u32,
-    /// Passes over memory.
-    pub iterations: u32,
-    /// Lanes.
-    pub parallelism: u32,
-    /// Hashes/verifies running at once; 0 = number of CPUs.
-    pub max_concurrent: usize,
-}
-
-impl Default for Argon2Config {
-    /// Light on purpose: a key's secret has ~142 random bits, so guessing it is infeasible
-    /// whatever the hash cost (NIST SP 800-63B accepts even a fast hash for secrets of at
-    /// least 112 bits); the hash only has to make a stolen table useless, which a
-    /// memory-hard function with any cost does. A cheap verify (~1 ms) keeps cold starts
-    /// fast: a fresh replica verifies 500+ first-seen keys a second on 2 cores (README,
-    /// Performance). Stored PHC strings carry their parameters, so changing these never
-    /// re-issues a key.
-    fn default() -> Self {
-        Argon2Config {
-            memory_kib: 2048,
-            iterations: 1,
-            parallelism: 1,
-            max_concurrent: 0,
-        }
+config_section! {
+    /// argon2id cost parameters for new hashes (`[argon2]`). Verification always uses the
+    /// parameters recorded in the stored PHC string, so these can change without re-issuing
+    /// keys.
+    ///
+    /// The defaults are light on purpose: a key's secret has ~142 random bits, so guessing
+    /// it is infeasible whatever the hash cost (NIST SP 800-63B accepts even a fast hash for
+    /// secrets of at least 112 bits); the hash only has to make a stolen table useless,
+    /// which a memory-hard function with any cost does. A cheap verify (~1 ms) keeps cold
+    /// starts fast: a fresh replica verifies 500+ first-seen keys a second on 2 cores
+    /// (README, Performance).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct Argon2Config {
+        /// Memory per hash in KiB.
+        pub memory_kib: u32 = 2048,
+        /// Passes over memory.
+        pub iterations: u32 = 1,
+        /// Lanes.
+        pub parallelism: u32 = 1,
+        /// Hashes/verifies running at once; 0 = number of CPUs.
+        pub max_concurrent: usize = 0,
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod cli;
 pub mod config;
+mod config_section;
 pub mod domain;
 pub mod envoy;
 pub mod error;
