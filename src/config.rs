@@ -1,6 +1,7 @@
 //! Configuration, layered: compiled defaults → TOML file (`--config` or `KEYGATE_CONFIG`)
 //! → `KEYGATE_*` environment variables (a section's fields with `__`, e.g.
-//! `KEYGATE_ARGON2__MEMORY_KIB`) → command-line flags. Validated once at start-up.
+//! `KEYGATE_ARGON2__MEMORY_KIB`, `KEYGATE_REDIS__URL`) → command-line flags. Validated
+//! once at start-up.
 //!
 //! Each section's defaults are written once, beside its fields (see `config_section!`).
 use crate::config_section::config_section;
@@ -47,43 +48,18 @@ config_section! {
         /// Log format and filter (`[log]`).
         pub log: LogConfig,
         /// `memory` (exact per replica) or `redis` (one budget shared by every replica)
-        /// (`KEYGATE_RATE_LIMITER`).
+        /// (`KEYGATE_RATE_LIMITER`). The one switch that picks the limiter, so it stays at
+        /// the top; how Keygate talks to Redis is `[redis]`.
         pub rate_limiter: LimiterKind = "memory",
-        /// Redis for the shared limiter (`KEYGATE_REDIS_URL`). May hold a password: never
-        /// printed.
-        pub redis_url: SecretString = "redis://127.0.0.1:6379",
-        /// Prefix of every Redis key Keygate writes.
-        pub redis_key_prefix: String = "keygate",
-        /// Longest wait for Redis per check, in milliseconds.
-        pub redis_timeout_ms: u64 = 100,
-        /// When Redis fails: `local`, `deny` or `allow` (`KEYGATE_ON_LIMITER_ERROR`).
-        pub on_limiter_error: crate::limiter::resilient::OnLimiterError = "local",
-        /// Refuse a key the shared limiter refused, until its retry_after, without asking
-        /// Redis again (`KEYGATE_LIMITER_LOCAL_PRECHECK`).
-        pub limiter_local_precheck: bool = false,
+        /// The shared limiter's Redis and what a check does when it fails (`[redis]`).
+        pub redis: RedisConfig,
         /// Seconds the store may be unreachable before health reports NOT_SERVING (cached
         /// keys keep working meanwhile) (`KEYGATE_STORE_UNREADY_AFTER_SECS`).
         pub store_unready_after_secs: u64 = 30,
-        /// OTLP/gRPC collector for traces, e.g. `http://127.0.0.1:4317`
-        /// (`KEYGATE_OTLP_ENDPOINT`). Unset: no traces are exported.
-        pub otlp_endpoint: Option<String>,
-        /// Share of checks traced when the caller sent no sampling decision, 0.0–1.0
-        /// (`KEYGATE_OTLP_SAMPLE_RATIO`). A traced check costs ~25 µs of CPU, about what an
-        /// untraced one costs in all, so export adds close to this share of the checks' CPU
-        /// (README, Performance). A caller's `traceparent` is always followed: sampled →
-        /// traced, not sampled → not.
-        pub otlp_sample_ratio: f64 = 0.05,
-        /// Spans buffered for export (`KEYGATE_OTLP_QUEUE_SIZE`); when the collector falls
-        /// behind, newer spans are dropped.
-        pub otlp_queue_size: usize = 32_768,
-        /// Address of the plain-HTTP `/metrics`, `/healthz` and `/readyz` endpoints
-        /// (`KEYGATE_METRICS_LISTEN`).
-        pub metrics_listen: SocketAddr = "127.0.0.1:9464",
-        /// Serve them at all (`KEYGATE_METRICS_ENABLED`).
-        pub metrics_enabled: bool = true,
-        /// Label `keygate_checks_total` by tenant too (`KEYGATE_METRICS_TENANT_LABEL`):
-        /// with many tenants, that is many series.
-        pub metrics_tenant_label: bool = false,
+        /// Trace export (`[otlp]`).
+        pub otlp: OtlpConfig,
+        /// The plain-HTTP metrics and probe endpoints (`[metrics]`).
+        pub metrics: MetricsConfig,
         /// The Envoy ext_authz adapter's listener-wide defaults (`[envoy]`).
         pub envoy: crate::envoy::settings::EnvoyConfig,
         /// Usage recording: flush interval, buffer bound, retention, route table (`[usage]`).
@@ -93,6 +69,76 @@ config_section! {
         /// Longest a graceful shutdown waits for in-flight calls, in seconds
         /// (`KEYGATE_SHUTDOWN_GRACE_SECS`).
         pub shutdown_grace_secs: u64 = 30,
+    }
+}
+
+config_section! {
+    /// The shared rate limiter's Redis (`[redis]`), used when `rate_limiter = "redis"`.
+    /// Redis holds rate-limit counters only (quotas live in the database).
+    #[derive(Debug, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct RedisConfig {
+        /// `redis://[user:password@]host:port[/db]` (`KEYGATE_REDIS__URL`). May hold a
+        /// password: never printed.
+        pub url: SecretString = "redis://127.0.0.1:6379",
+        /// Prefix of every Redis key Keygate writes (`KEYGATE_REDIS__KEY_PREFIX`).
+        pub key_prefix: String = "keygate",
+        /// Longest wait for Redis per check, in milliseconds (`KEYGATE_REDIS__TIMEOUT_MS`).
+        pub timeout_ms: u64 = 100,
+        /// When Redis fails or times out: `local`, `deny` or `allow`
+        /// (`KEYGATE_REDIS__ON_ERROR`).
+        pub on_error: OnLimiterError = "local",
+        /// Refuse a key Redis refused, until its retry_after, without asking Redis again
+        /// (`KEYGATE_REDIS__LOCAL_PRECHECK`).
+        pub local_precheck: bool = false,
+    }
+}
+
+/// The policy when the shared limiter fails or times out (`[redis] on_error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLimiterError {
+    /// Refuse the call (RATE_LIMITED, retry after 1 s): no call escapes its limit.
+    Deny,
+    /// Admit the call unlimited: no call fails because of Redis.
+    Allow,
+    /// Count in this replica's memory instead: each replica enforces the limit on its own
+    /// share of the traffic, so a key may get up to replicas × limit meanwhile.
+    Local,
+}
+
+config_section! {
+    /// Trace export over OTLP/gRPC (`[otlp]`); off while `endpoint` is unset.
+    #[derive(Debug, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct OtlpConfig {
+        /// OTLP/gRPC collector for traces, e.g. `http://127.0.0.1:4317`
+        /// (`KEYGATE_OTLP__ENDPOINT`). Unset: no traces are exported.
+        pub endpoint: Option<String>,
+        /// Share of checks traced when the caller sent no sampling decision, 0.0–1.0
+        /// (`KEYGATE_OTLP__SAMPLE_RATIO`). A traced check costs ~25 µs of CPU, about what an
+        /// untraced one costs in all, so export adds close to this share of the checks' CPU
+        /// (README, Performance). A caller's `traceparent` is always followed: sampled →
+        /// traced, not sampled → not.
+        pub sample_ratio: f64 = 0.05,
+        /// Spans buffered for export (`KEYGATE_OTLP__QUEUE_SIZE`); when the collector falls
+        /// behind, newer spans are dropped.
+        pub queue_size: usize = 32_768,
+    }
+}
+
+config_section! {
+    /// The plain-HTTP `/metrics`, `/healthz` and `/readyz` endpoints (`[metrics]`).
+    #[derive(Debug, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct MetricsConfig {
+        /// Their address (`KEYGATE_METRICS__LISTEN`).
+        pub listen: SocketAddr = "127.0.0.1:9464",
+        /// Serve them at all (`KEYGATE_METRICS__ENABLED`).
+        pub enabled: bool = true,
+        /// Label `keygate_checks_total` by tenant too (`KEYGATE_METRICS__TENANT_LABEL`):
+        /// with many tenants, that is many series.
+        pub tenant_label: bool = false,
     }
 }
 
@@ -324,7 +370,7 @@ impl UsageConfig {
 pub enum LimiterKind {
     /// In this replica's memory: exact, but each replica grants the full budget.
     Memory,
-    /// In Redis (`redis_url`): one budget shared by every replica.
+    /// In Redis (`[redis]`): one budget shared by every replica.
     Redis,
 }
 
@@ -361,13 +407,62 @@ pub struct Overrides {
     pub auto_migrate: Option<bool>,
 }
 
+/// Settings that moved into a section: the old top-level name, its section, its new name
+/// there. Refused by name (not as merely unknown) so that an old file or environment says
+/// what to write instead.
+const RENAMED: &[(&str, &str, &str)] = &[
+    ("redis_url", "redis", "url"),
+    ("redis_key_prefix", "redis", "key_prefix"),
+    ("redis_timeout_ms", "redis", "timeout_ms"),
+    ("on_limiter_error", "redis", "on_error"),
+    ("limiter_local_precheck", "redis", "local_precheck"),
+    ("otlp_endpoint", "otlp", "endpoint"),
+    ("otlp_sample_ratio", "otlp", "sample_ratio"),
+    ("otlp_queue_size", "otlp", "queue_size"),
+    ("metrics_listen", "metrics", "listen"),
+    ("metrics_enabled", "metrics", "enabled"),
+    ("metrics_tenant_label", "metrics", "tenant_label"),
+];
+
+/// Fails on the first old name any layer sets, naming its replacement and the layer. Only
+/// names are printed, never a value (an old `redis_url` may hold a password).
+fn refuse_renamed(fig: &Figment) -> Result<()> {
+    for &(old, section, field) in RENAMED {
+        if !fig.contains(old) {
+            continue;
+        }
+        let layer = fig
+            .find_metadata(old)
+            .map(|m| match &m.source {
+                Some(source) => format!("; set by {} {source}", m.name),
+                None => format!("; set by {}", m.name),
+            })
+            .unwrap_or_default();
+        let (old_env, new_env) = (
+            format!("KEYGATE_{}", old.to_ascii_uppercase()),
+            format!(
+                "KEYGATE_{}__{}",
+                section.to_ascii_uppercase(),
+                field.to_ascii_uppercase()
+            ),
+        );
+        return Err(Error::invalid(
+            old,
+            format!(
+                "was renamed: use `[{section}] {field}` (env {new_env}, formerly {old_env}){layer}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Config {
     /// What the trace exporter is told.
     pub fn otlp_settings(&self) -> crate::telemetry::OtlpSettings<'_> {
         crate::telemetry::OtlpSettings {
-            endpoint: self.otlp_endpoint.as_deref(),
-            sample_ratio: self.otlp_sample_ratio,
-            queue_size: self.otlp_queue_size,
+            endpoint: self.otlp.endpoint.as_deref(),
+            sample_ratio: self.otlp.sample_ratio,
+            queue_size: self.otlp.queue_size,
         }
     }
 
@@ -402,6 +497,7 @@ impl Config {
     }
 
     fn extract(fig: Figment) -> Result<Config> {
+        refuse_renamed(&fig)?;
         let cfg: Config = fig.extract().map_err(|e| {
             let field = if e.path.is_empty() {
                 "config".to_owned()
@@ -459,21 +555,21 @@ impl Config {
             ));
         }
         self.envoy.validate()?;
-        if self.redis_timeout_ms == 0 {
-            return Err(Error::invalid("redis_timeout_ms", "must be at least 1"));
+        if self.redis.timeout_ms == 0 {
+            return Err(Error::invalid("redis.timeout_ms", "must be at least 1"));
         }
         if self.rate_limiter == LimiterKind::Redis {
-            redis::Client::open(self.redis_url.expose_secret())
-                .map_err(|_| Error::invalid("redis_url", "is not a redis:// URL"))?;
+            redis::Client::open(self.redis.url.expose_secret())
+                .map_err(|_| Error::invalid("redis.url", "is not a redis:// URL"))?;
         }
-        if !(0.0..=1.0).contains(&self.otlp_sample_ratio) {
+        if !(0.0..=1.0).contains(&self.otlp.sample_ratio) {
             return Err(Error::invalid(
-                "otlp_sample_ratio",
+                "otlp.sample_ratio",
                 "must be between 0.0 and 1.0",
             ));
         }
-        if self.otlp_queue_size == 0 {
-            return Err(Error::invalid("otlp_queue_size", "must be at least 1"));
+        if self.otlp.queue_size == 0 {
+            return Err(Error::invalid("otlp.queue_size", "must be at least 1"));
         }
         self.usage.validate()?;
         self.quotas.validate()?;
@@ -497,22 +593,106 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:50051".parse().unwrap());
         assert_eq!(c.database_url.expose_secret(), "sqlite://keygate.db");
         assert_eq!(c.rate_limiter, LimiterKind::Memory);
-        assert_eq!(c.redis_url.expose_secret(), "redis://127.0.0.1:6379");
-        assert_eq!(c.redis_key_prefix, "keygate");
-        assert_eq!(c.redis_timeout_ms, 100);
-        assert_eq!(
-            c.on_limiter_error,
-            crate::limiter::resilient::OnLimiterError::Local
-        );
-        assert!(!c.limiter_local_precheck);
-        assert_eq!(c.otlp_endpoint, None);
-        assert_eq!(c.otlp_sample_ratio, 0.05);
-        assert_eq!(c.otlp_queue_size, 32_768);
-        assert_eq!(c.metrics_listen, "127.0.0.1:9464".parse().unwrap());
-        assert!(c.metrics_enabled && !c.metrics_tenant_label);
+        assert_eq!(c.redis.url.expose_secret(), "redis://127.0.0.1:6379");
+        assert_eq!(c.redis.key_prefix, "keygate");
+        assert_eq!(c.redis.timeout_ms, 100);
+        assert_eq!(c.redis.on_error, OnLimiterError::Local);
+        assert!(!c.redis.local_precheck);
+        assert_eq!(c.otlp.endpoint, None);
+        assert_eq!(c.otlp.sample_ratio, 0.05);
+        assert_eq!(c.otlp.queue_size, 32_768);
+        assert_eq!(c.metrics.listen, "127.0.0.1:9464".parse().unwrap());
+        assert!(c.metrics.enabled && !c.metrics.tenant_label);
         assert_eq!(c.limits.max_message_bytes, 1 << 20);
         assert_eq!(c.log.format, LogFormat::Pretty);
         assert_eq!(c.tls.reload_secs, 10);
         assert!(c.admin_token.is_none() && c.tls.cert_path.is_none());
+    }
+
+    #[test]
+    fn sections_are_read_from_the_file() {
+        let c = Config::from_toml_str(
+            r#"
+            rate_limiter = "redis"
+            [redis]
+            url = "redis://cache:6380"
+            key_prefix = "kg"
+            timeout_ms = 250
+            on_error = "deny"
+            local_precheck = true
+            [otlp]
+            endpoint = "http://collector:4317"
+            sample_ratio = 0.5
+            queue_size = 64
+            [metrics]
+            listen = "0.0.0.0:9000"
+            enabled = false
+            tenant_label = true
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.redis.url.expose_secret(), "redis://cache:6380");
+        assert_eq!(
+            (c.redis.key_prefix.as_str(), c.redis.timeout_ms),
+            ("kg", 250)
+        );
+        assert_eq!(c.redis.on_error, OnLimiterError::Deny);
+        assert!(c.redis.local_precheck);
+        assert_eq!(c.otlp.endpoint.as_deref(), Some("http://collector:4317"));
+        assert_eq!((c.otlp.sample_ratio, c.otlp.queue_size), (0.5, 64));
+        assert_eq!(c.metrics.listen, "0.0.0.0:9000".parse().unwrap());
+        assert!(!c.metrics.enabled && c.metrics.tenant_label);
+        // A section sets only what it names; the rest keep their defaults.
+        let c = Config::from_toml_str("[redis]\ntimeout_ms = 5").unwrap();
+        assert_eq!(
+            (c.redis.timeout_ms, c.redis.key_prefix.as_str()),
+            (5, "keygate")
+        );
+    }
+
+    #[test]
+    fn every_old_flat_name_is_refused_with_its_new_name() {
+        for &(old, section, field) in RENAMED {
+            // The value does not matter (nor is it printed): the name alone is refused.
+            let err = Config::from_toml_str(&format!("{old} = \"redis://:hunter2@x\""))
+                .unwrap_err()
+                .to_string();
+            let env = format!(
+                "KEYGATE_{}__{}",
+                section.to_uppercase(),
+                field.to_uppercase()
+            );
+            assert!(err.starts_with(&format!("{old}: was renamed")), "{err}");
+            assert!(err.contains(&format!("`[{section}] {field}`")), "{err}");
+            assert!(err.contains(&env), "{err}");
+            assert!(!err.contains("hunter2"), "a value was printed: {err}");
+        }
+    }
+
+    #[test]
+    fn an_old_name_in_a_file_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keygate.toml");
+        std::fs::write(&path, "metrics_listen = \"0.0.0.0:9464\"\n").unwrap();
+        let fig = Figment::new().merge(Toml::file_exact(&path));
+        let err = Config::extract(fig).unwrap_err().to_string();
+        assert!(
+            err.contains("`[metrics] listen`") && err.contains("KEYGATE_METRICS__LISTEN"),
+            "{err}"
+        );
+        assert!(err.contains("keygate.toml"), "{err}");
+    }
+
+    #[test]
+    fn the_new_names_are_validated_under_their_section() {
+        let err = |toml: &str| Config::from_toml_str(toml).unwrap_err().to_string();
+        assert!(err("[redis]\ntimeout_ms = 0").starts_with("redis.timeout_ms:"));
+        assert!(
+            err("rate_limiter = \"redis\"\n[redis]\nurl = \"http://x\"").starts_with("redis.url:")
+        );
+        assert!(err("[otlp]\nsample_ratio = 1.5").starts_with("otlp.sample_ratio:"));
+        assert!(err("[otlp]\nqueue_size = 0").starts_with("otlp.queue_size:"));
+        assert!(err("[metrics]\nlisten = \"nowhere\"").starts_with("metrics.listen:"));
+        assert!(err("[metrics]\nno_such = 1").contains("no_such"));
     }
 }

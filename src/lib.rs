@@ -162,21 +162,21 @@ pub fn new_admin_token(
     (record, token)
 }
 
-/// The configured limiter: in memory, or Redis behind the `on_limiter_error` fallback.
+/// The configured limiter: in memory, or Redis behind the `[redis] on_error` fallback.
 fn build_limiter(config: &Config, metrics: &metrics::Metrics) -> Result<Arc<dyn RateLimiter>> {
     Ok(match config.rate_limiter {
         config::LimiterKind::Memory => Arc::new(MemoryLimiter::default()),
         config::LimiterKind::Redis => {
             let redis = limiter::redis::RedisLimiter::new(
-                config.redis_url.expose_secret(),
-                &config.redis_key_prefix,
-                Duration::from_millis(config.redis_timeout_ms),
+                config.redis.url.expose_secret(),
+                &config.redis.key_prefix,
+                Duration::from_millis(config.redis.timeout_ms),
             )?;
             Arc::new(
                 limiter::resilient::Resilient::new(
                     Arc::new(redis),
-                    config.on_limiter_error,
-                    config.limiter_local_precheck,
+                    config.redis.on_error,
+                    config.redis.local_precheck,
                 )
                 .with_counter(metrics.limiter_fallbacks.clone()),
             )
@@ -229,16 +229,16 @@ impl App {
             .with_subjects(config.tls.subject_principals());
         let tls = tls::Tls::from_config(&config.tls)?.map(Arc::new);
         let cache = Arc::new(KeyCache::new(&config.cache));
-        let metrics = metrics::Metrics::new(config.metrics_tenant_label);
+        let metrics = metrics::Metrics::new(config.metrics.tenant_label);
         let limiter = build_limiter(&config, &metrics)?;
-        let metrics_listener = match config.metrics_enabled {
+        let metrics_listener = match config.metrics.enabled {
             true => Some(
-                TcpListener::bind(config.metrics_listen)
+                TcpListener::bind(config.metrics.listen)
                     .await
                     .map_err(|e| {
                         Error::invalid(
-                            "metrics_listen",
-                            format!("cannot bind {}: {e}", config.metrics_listen),
+                            "metrics.listen",
+                            format!("cannot bind {}: {e}", config.metrics.listen),
                         )
                     })?,
             ),

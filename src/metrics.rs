@@ -1,4 +1,4 @@
-//! Prometheus metrics and plain-HTTP probes on a port of their own (`metrics_listen`,
+//! Prometheus metrics and plain-HTTP probes on a port of their own (`[metrics] listen`,
 //! default 127.0.0.1:9464): `/metrics`, `/healthz` (the process is up) and `/readyz` (the
 //! store is reachable, as in `grpc.health.v1`).
 //!
@@ -54,7 +54,7 @@ pub struct Metrics {
     pub usage: crate::service::usage::UsageMetrics,
     /// Time from a KeyAdmin change on one replica to this replica applying it.
     pub propagation_seconds: prometheus::Histogram,
-    /// Checks whose shared limiter failed and that followed `on_limiter_error`.
+    /// Checks whose shared limiter failed and that followed `[redis] on_error`.
     pub limiter_fallbacks: IntCounter,
     /// Checks refused because their client IP had too many failed checks.
     pub guess_throttled: IntCounter,
@@ -116,7 +116,7 @@ impl Metrics {
         ));
         let limiter_fallbacks = must(IntCounter::new(
             "limiter_fallbacks_total",
-            "Checks decided by on_limiter_error because the shared limiter failed",
+            "Checks decided by [redis] on_error because the shared limiter failed",
         ));
         for c in [&checks, &check_errors, &cache_lookups] {
             must(registry.register(Box::new(c.clone())));

@@ -1,6 +1,6 @@
 //! Logs and traces. Never given a key, a hash or an admin token: callers log ids only.
 //!
-//! Traces go to an OTLP collector over gRPC when `otlp_endpoint` is set (off by default).
+//! Traces go to an OTLP collector over gRPC when `[otlp] endpoint` is set (off by default).
 //! A W3C `traceparent` in a Check's gRPC metadata, or in the HTTP headers Envoy forwards
 //! to ext_authz, makes Keygate's spans children of the caller's trace.
 use crate::config::{LogConfig, LogFormat};
@@ -176,7 +176,7 @@ fn traceparent_sampled(tp: &str) -> Option<bool> {
 }
 
 /// Whether this check is traced: the caller's decision when it sent one, else a draw at
-/// `otlp_sample_ratio`. Never while traces are not exported: a check span then has no
+/// `[otlp] sample_ratio`. Never while traces are not exported: a check span then has no
 /// reader (no log line is written per check), and creating it costs ~16 µs of CPU per
 /// check in the subscriber (measured by `cargo bench --bench tracing`).
 fn sampled(carrier: Option<&dyn Extractor>) -> bool {

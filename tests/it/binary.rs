@@ -19,7 +19,7 @@ fn command(db_url: &str, extra_env: &[(&str, &str)], args: &[&str]) -> Command {
     cmd.env_clear()
         .env("KEYGATE_DATABASE_URL", db_url)
         .env("KEYGATE_LISTEN", "127.0.0.1:0")
-        .env("KEYGATE_METRICS_LISTEN", "127.0.0.1:0")
+        .env("KEYGATE_METRICS__LISTEN", "127.0.0.1:0")
         .env("KEYGATE_LOG__FORMAT", "json")
         .args(args)
         .stdin(std::process::Stdio::null())
@@ -283,4 +283,52 @@ async fn logs_to_a_pipe_have_no_colour() {
         !log.contains("\x1b["),
         "ANSI escape sequences in a piped log:\n{log:?}"
     );
+}
+
+#[tokio::test]
+async fn an_old_flat_environment_variable_names_its_replacement() {
+    for (old, value, new) in [
+        (
+            "KEYGATE_REDIS_URL",
+            "redis://:hunter2@redis:6379",
+            "KEYGATE_REDIS__URL",
+        ),
+        (
+            "KEYGATE_METRICS_LISTEN",
+            "0.0.0.0:9464",
+            "KEYGATE_METRICS__LISTEN",
+        ),
+        (
+            "KEYGATE_OTLP_ENDPOINT",
+            "http://otel:4317",
+            "KEYGATE_OTLP__ENDPOINT",
+        ),
+    ] {
+        let out = command("sqlite://x.db", &[(old, value)], &["check-config"])
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{old}: {err}");
+        assert!(
+            err.contains("was renamed") && err.contains(new) && err.contains(old),
+            "{old}: {err}"
+        );
+        assert!(!err.contains("hunter2"), "a value was printed: {err}");
+    }
+    // The new names are read.
+    let out = command(
+        "sqlite://x.db",
+        &[
+            ("KEYGATE_RATE_LIMITER", "redis"),
+            ("KEYGATE_REDIS__URL", "http://not-redis"),
+        ],
+        &["check-config"],
+    )
+    .output()
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("redis.url"), "{err}");
 }

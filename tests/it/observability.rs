@@ -201,7 +201,7 @@ async fn metrics_count_exactly_what_happened() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_label_is_opt_in() {
-    let s = server_or_skip!(Db::Sqlite, |cfg| cfg.metrics_tenant_label = true);
+    let s = server_or_skip!(Db::Sqlite, |cfg| cfg.metrics.tenant_label = true);
     let mut a = s.admin().await;
     tenant(&mut a, "acme", pb::TenantPolicy::default()).await;
     let k = create(&mut a, key_req("acme", "k")).await;
