@@ -3,7 +3,10 @@
 //! `KEYGATE_ARGON2__MEMORY_KIB`, `KEYGATE_REDIS__URL`) → command-line flags. Validated
 //! once at start-up.
 //!
-//! Each section's defaults are written once, beside its fields (see `config_section!`).
+//! Plain data and its validation: other modules are imported only for their config types
+//! and validators, none of which imports `config` back (telemetry reads `[log]` and
+//! `[otlp]` from here, not the reverse). Each section's defaults are written once, beside
+//! its fields (see `config_section!`).
 use crate::config_section::config_section;
 use crate::error::{Error, Result};
 use crate::hashing::Argon2Config;
@@ -457,15 +460,6 @@ fn refuse_renamed(fig: &Figment) -> Result<()> {
 }
 
 impl Config {
-    /// What the trace exporter is told.
-    pub fn otlp_settings(&self) -> crate::telemetry::OtlpSettings<'_> {
-        crate::telemetry::OtlpSettings {
-            endpoint: self.otlp.endpoint.as_deref(),
-            sample_ratio: self.otlp.sample_ratio,
-            queue_size: self.otlp.queue_size,
-        }
-    }
-
     /// Loads the layers. `file` defaults to `KEYGATE_CONFIG`; a named file must exist.
     pub fn load(file: Option<PathBuf>, overrides: Overrides) -> Result<Config> {
         let file = file.or_else(|| std::env::var_os("KEYGATE_CONFIG").map(PathBuf::from));

@@ -3,7 +3,7 @@
 //! Traces go to an OTLP collector over gRPC when `[otlp] endpoint` is set (off by default).
 //! A W3C `traceparent` in a Check's gRPC metadata, or in the HTTP headers Envoy forwards
 //! to ext_authz, makes Keygate's spans children of the caller's trace.
-use crate::config::{LogConfig, LogFormat};
+use crate::config::{LogConfig, LogFormat, OtlpConfig};
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -33,7 +33,7 @@ impl Telemetry {
 /// Installs the global subscriber; `RUST_LOG` overrides the configured filter. With an
 /// OTLP endpoint it must run inside the tokio runtime (the exporter's channel lives
 /// there). A second call (tests that start several servers) is a no-op.
-pub fn init(cfg: &LogConfig, otlp: &OtlpSettings<'_>) -> Telemetry {
+pub fn init(cfg: &LogConfig, otlp: &OtlpConfig) -> Telemetry {
     use std::io::IsTerminal;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.filter));
     let ansi = colour(
@@ -53,7 +53,7 @@ pub fn init(cfg: &LogConfig, otlp: &OtlpSettings<'_>) -> Telemetry {
             .with_writer(std::io::stderr)
             .boxed(),
     };
-    let provider = otlp.endpoint.and_then(|endpoint| {
+    let provider = otlp.endpoint.as_deref().and_then(|endpoint| {
         use opentelemetry_otlp::WithExportConfig;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
@@ -103,16 +103,6 @@ pub fn init(cfg: &LogConfig, otlp: &OtlpSettings<'_>) -> Telemetry {
         .with(otel)
         .try_init();
     Telemetry { provider }
-}
-
-/// Where and how much to export.
-pub struct OtlpSettings<'a> {
-    /// OTLP/gRPC collector; `None`: no export.
-    pub endpoint: Option<&'a str>,
-    /// Share of root checks traced; a caller's sampled `traceparent` is always followed.
-    pub sample_ratio: f64,
-    /// Spans buffered for export before new ones are dropped.
-    pub queue_size: usize,
 }
 
 /// Whether log lines get ANSI colour: only `pretty` ones, only when stderr (where logs go)
