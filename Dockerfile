@@ -20,7 +20,7 @@ WORKDIR /data
 # gRPC (KeyAdmin, Authorize, ext_authz, health, reflection) and /metrics, /healthz, /readyz.
 EXPOSE 50051 9464
 ENV KEYGATE_LISTEN=0.0.0.0:50051 \
-    KEYGATE_METRICS_LISTEN=0.0.0.0:9464 \
+    KEYGATE_METRICS__LISTEN=0.0.0.0:9464 \
     KEYGATE_LOG__FORMAT=json \
     KEYGATE_DATABASE_URL=sqlite:///data/keygate.db
 ENTRYPOINT ["/usr/local/bin/keygate"]

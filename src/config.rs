@@ -1,6 +1,13 @@
 //! Configuration, layered: compiled defaults → TOML file (`--config` or `KEYGATE_CONFIG`)
-//! → `KEYGATE_*` environment variables (nested fields with `__`, e.g.
-//! `KEYGATE_ARGON2__MEMORY_KIB`) → command-line flags. Validated once at start-up.
+//! → `KEYGATE_*` environment variables (a section's fields with `__`, e.g.
+//! `KEYGATE_ARGON2__MEMORY_KIB`, `KEYGATE_REDIS__URL`) → command-line flags. Validated
+//! once at start-up.
+//!
+//! Plain data and its validation: other modules are imported only for their config types
+//! and validators, none of which imports `config` back (telemetry reads `[log]` and
+//! `[otlp]` from here, not the reverse). Each section's defaults are written once, beside
+//! its fields (see `config_section!`).
+use crate::config_section::config_section;
 use crate::error::{Error, Result};
 use crate::hashing::Argon2Config;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -11,132 +18,180 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Everything Keygate can be told. Every field has a default.
-#[derive(Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {
-    /// gRPC address (`KEYGATE_LISTEN`, `--listen`). Default `127.0.0.1:50051`.
-    pub listen: SocketAddr,
-    /// `sqlite://keygate.db` (default; created if missing) or `postgres://user@host/db`
-    /// (`KEYGATE_DATABASE_URL`, `--database-url`). May hold a password: never printed.
-    pub database_url: SecretString,
-    /// Break-glass platform admin token (`KEYGATE_ADMIN_TOKEN`). Unset: tokens stored in
-    /// the database are used, and the first start on an empty database generates one.
-    pub admin_token: Option<SecretString>,
-    /// Token callers of `Authorize.Check` and ext_authz must present as
-    /// `authorization: Bearer <token>` metadata (`KEYGATE_AUTHORIZE_TOKEN`). Unset: any
-    /// caller that reaches the port may check keys.
-    pub authorize_token: Option<SecretString>,
-    /// Limits on what one caller can make the server do (`[limits]`).
-    pub limits: LimitsConfig,
-    /// TLS and mTLS on the gRPC port (`[tls]`). Unset certificate: plaintext.
-    pub tls: TlsConfig,
-    /// Apply pending migrations on start (`KEYGATE_AUTO_MIGRATE`, `--auto-migrate`).
-    /// SQLite is always migrated; PostgreSQL refuses to start on an old schema without it.
-    pub auto_migrate: bool,
-    pub database: DatabaseConfig,
-    pub argon2: Argon2Config,
-    pub cache: CacheConfig,
-    pub log: LogConfig,
-    /// `memory` (default: exact per replica) or `redis` (one budget shared by every
-    /// replica) (`KEYGATE_RATE_LIMITER`).
-    pub rate_limiter: LimiterKind,
-    /// Redis for the shared limiter (`KEYGATE_REDIS_URL`). May hold a password: never printed.
-    pub redis_url: SecretString,
-    /// Prefix of every Redis key Keygate writes. Default `keygate`.
-    pub redis_key_prefix: String,
-    /// Longest wait for Redis per check, in milliseconds. Default 100.
-    pub redis_timeout_ms: u64,
-    /// When Redis fails: `local` (default), `deny` or `allow` (`KEYGATE_ON_LIMITER_ERROR`).
-    pub on_limiter_error: crate::limiter::resilient::OnLimiterError,
-    /// Refuse a key the shared limiter refused, until its retry_after, without asking
-    /// Redis again (`KEYGATE_LIMITER_LOCAL_PRECHECK`). Default false.
-    pub limiter_local_precheck: bool,
-    /// Seconds the store may be unreachable before health reports NOT_SERVING (cached
-    /// keys keep working meanwhile). Default 30.
-    pub store_unready_after_secs: u64,
-    /// OTLP/gRPC collector for traces, e.g. `http://127.0.0.1:4317`
-    /// (`KEYGATE_OTLP_ENDPOINT`). Unset (default): no traces are exported.
-    pub otlp_endpoint: Option<String>,
-    /// Share of checks traced when the caller sent no sampling decision, 0.0–1.0
-    /// (`KEYGATE_OTLP_SAMPLE_RATIO`). Default 0.05: a traced check costs ~25 µs of CPU,
-    /// so 5 % keeps export overhead near 5 % (README, Performance). A caller's `traceparent` is always
-    /// followed: sampled → traced, not sampled → not.
-    pub otlp_sample_ratio: f64,
-    /// Spans buffered for export (`KEYGATE_OTLP_QUEUE_SIZE`); when the collector falls
-    /// behind, newer spans are dropped. Default 32768.
-    pub otlp_queue_size: usize,
-    /// Address of the plain-HTTP `/metrics`, `/healthz` and `/readyz` endpoints
-    /// (`KEYGATE_METRICS_LISTEN`). Default `127.0.0.1:9464`.
-    pub metrics_listen: SocketAddr,
-    /// Serve them at all (`KEYGATE_METRICS_ENABLED`). Default true.
-    pub metrics_enabled: bool,
-    /// Label `keygate_checks_total` by tenant too (`KEYGATE_METRICS_TENANT_LABEL`).
-    /// Default false: with many tenants that is many series.
-    pub metrics_tenant_label: bool,
-    /// The Envoy ext_authz adapter's listener-wide defaults (`[envoy]`).
-    pub envoy: crate::envoy::settings::EnvoyConfig,
-    /// Usage recording: flush interval, buffer bound, retention, route table (`[usage]`).
-    pub usage: UsageConfig,
-    /// How replicas share quota counters (`[quotas]`): lease size, idle release.
-    pub quotas: crate::service::quota::QuotaConfig,
-    /// Longest a graceful shutdown waits for in-flight calls, in seconds.
-    pub shutdown_grace_secs: u64,
+config_section! {
+    /// Everything Keygate can be told. Every field has a default.
+    #[derive(Debug, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct Config {
+        /// gRPC address (`KEYGATE_LISTEN`, `--listen`).
+        pub listen: SocketAddr = "127.0.0.1:50051",
+        /// `sqlite://path` (created if missing) or `postgres://user@host/db`
+        /// (`KEYGATE_DATABASE_URL`, `--database-url`). May hold a password: never printed.
+        pub database_url: SecretString = "sqlite://keygate.db",
+        /// Break-glass platform admin token (`KEYGATE_ADMIN_TOKEN`). Unset: tokens stored in
+        /// the database are used, and the first start on an empty database generates one.
+        pub admin_token: Option<SecretString>,
+        /// Token callers of `Authorize.Check` and ext_authz must present as
+        /// `authorization: Bearer <token>` metadata (`KEYGATE_AUTHORIZE_TOKEN`). Unset: any
+        /// caller that reaches the port may check keys.
+        pub authorize_token: Option<SecretString>,
+        /// Limits on what one caller can make the server do (`[limits]`).
+        pub limits: LimitsConfig,
+        /// TLS and mTLS on the gRPC port (`[tls]`). Unset certificate: plaintext.
+        pub tls: TlsConfig,
+        /// Apply pending migrations on start (`KEYGATE_AUTO_MIGRATE`, `--auto-migrate`).
+        /// SQLite is always migrated; PostgreSQL refuses to start on an old schema without it.
+        pub auto_migrate: bool = false,
+        /// The connection pool (`[database]`).
+        pub database: DatabaseConfig,
+        /// Cost of new key hashes (`[argon2]`).
+        pub argon2: Argon2Config,
+        /// The cache of verified keys (`[cache]`).
+        pub cache: CacheConfig,
+        /// Log format and filter (`[log]`).
+        pub log: LogConfig,
+        /// `memory` (exact per replica) or `redis` (one budget shared by every replica)
+        /// (`KEYGATE_RATE_LIMITER`). The one switch that picks the limiter, so it stays at
+        /// the top; how Keygate talks to Redis is `[redis]`.
+        pub rate_limiter: LimiterKind = "memory",
+        /// The shared limiter's Redis and what a check does when it fails (`[redis]`).
+        pub redis: RedisConfig,
+        /// Seconds the store may be unreachable before health reports NOT_SERVING (cached
+        /// keys keep working meanwhile) (`KEYGATE_STORE_UNREADY_AFTER_SECS`).
+        pub store_unready_after_secs: u64 = 30,
+        /// Trace export (`[otlp]`).
+        pub otlp: OtlpConfig,
+        /// The plain-HTTP metrics and probe endpoints (`[metrics]`).
+        pub metrics: MetricsConfig,
+        /// The Envoy ext_authz adapter's listener-wide defaults (`[envoy]`).
+        pub envoy: crate::envoy::settings::EnvoyConfig,
+        /// Usage recording: flush interval, buffer bound, retention, route table (`[usage]`).
+        pub usage: UsageConfig,
+        /// How replicas share quota counters (`[quotas]`): lease size, idle release.
+        pub quotas: crate::service::quota::QuotaConfig,
+        /// Longest a graceful shutdown waits for in-flight calls, in seconds
+        /// (`KEYGATE_SHUTDOWN_GRACE_SECS`).
+        pub shutdown_grace_secs: u64 = 30,
+    }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DatabaseConfig {
-    /// Pool size. Default 16.
-    pub max_connections: u32,
-    /// Connect/acquire timeout in milliseconds. Default 5000.
-    pub timeout_ms: u64,
+config_section! {
+    /// The shared rate limiter's Redis (`[redis]`), used when `rate_limiter = "redis"`.
+    /// Redis holds rate-limit counters only (quotas live in the database).
+    #[derive(Debug, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct RedisConfig {
+        /// `redis://[user:password@]host:port[/db]` (`KEYGATE_REDIS__URL`). May hold a
+        /// password: never printed.
+        pub url: SecretString = "redis://127.0.0.1:6379",
+        /// Prefix of every Redis key Keygate writes (`KEYGATE_REDIS__KEY_PREFIX`).
+        pub key_prefix: String = "keygate",
+        /// Longest wait for Redis per check, in milliseconds (`KEYGATE_REDIS__TIMEOUT_MS`).
+        pub timeout_ms: u64 = 100,
+        /// When Redis fails or times out: `local`, `deny` or `allow`
+        /// (`KEYGATE_REDIS__ON_ERROR`).
+        pub on_error: OnLimiterError = "local",
+        /// Refuse a key Redis refused, until its retry_after, without asking Redis again
+        /// (`KEYGATE_REDIS__LOCAL_PRECHECK`).
+        pub local_precheck: bool = false,
+    }
 }
 
-/// The cache of verified keys in front of the store (used by Authorize.Check).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CacheConfig {
-    /// Most keys held. Default 100000.
-    pub max_entries: u64,
-    /// Seconds a verified key is trusted before it is read again. Default 60.
-    pub ttl_secs: u64,
-    /// Seconds an unknown or wrong key is remembered as such. Default 5.
-    pub negative_ttl_secs: u64,
-    /// Most negative entries. Default 10000.
-    pub negative_max_entries: u64,
+/// The policy when the shared limiter fails or times out (`[redis] on_error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLimiterError {
+    /// Refuse the call (RATE_LIMITED, retry after 1 s): no call escapes its limit.
+    Deny,
+    /// Admit the call unlimited: no call fails because of Redis.
+    Allow,
+    /// Count in this replica's memory instead: each replica enforces the limit on its own
+    /// share of the traffic, so a key may get up to replicas × limit meanwhile.
+    Local,
 }
 
-/// TLS on the gRPC port (`[tls]`), and who a client certificate (mTLS) stands for.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TlsConfig {
-    /// PEM certificate chain (`KEYGATE_TLS__CERT_PATH`); with `key_path`, turns TLS on.
-    pub cert_path: Option<PathBuf>,
-    /// PEM private key (`KEYGATE_TLS__KEY_PATH`).
-    pub key_path: Option<PathBuf>,
-    /// PEM CA certificate(s): clients must present a certificate they signed (mTLS).
-    pub client_ca_path: Option<PathBuf>,
-    /// Seconds between checks of the files for changes (SIGHUP reloads at once). Default 10.
-    pub reload_secs: u64,
-    /// Client certificate subject CNs that act as admin identities
-    /// (`[[tls.admin_subjects]]` with `subject`, `role`, optional `tenant`).
-    pub admin_subjects: Vec<SubjectAdmin>,
-    /// Client certificate subject CNs allowed to call Authorize and ext_authz (besides
-    /// holders of `authorize_token`). Non-empty: other callers are refused.
-    pub authorize_subjects: Vec<String>,
+config_section! {
+    /// Trace export over OTLP/gRPC (`[otlp]`); off while `endpoint` is unset.
+    #[derive(Debug, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct OtlpConfig {
+        /// OTLP/gRPC collector for traces, e.g. `http://127.0.0.1:4317`
+        /// (`KEYGATE_OTLP__ENDPOINT`). Unset: no traces are exported.
+        pub endpoint: Option<String>,
+        /// Share of checks traced when the caller sent no sampling decision, 0.0–1.0
+        /// (`KEYGATE_OTLP__SAMPLE_RATIO`). A traced check costs ~25 µs of CPU, about what an
+        /// untraced one costs in all, so export adds close to this share of the checks' CPU
+        /// (README, Performance). A caller's `traceparent` is always followed: sampled →
+        /// traced, not sampled → not.
+        pub sample_ratio: f64 = 0.05,
+        /// Spans buffered for export (`KEYGATE_OTLP__QUEUE_SIZE`); when the collector falls
+        /// behind, newer spans are dropped.
+        pub queue_size: usize = 32_768,
+    }
 }
 
-impl Default for TlsConfig {
-    fn default() -> Self {
-        TlsConfig {
-            cert_path: None,
-            key_path: None,
-            client_ca_path: None,
-            reload_secs: 10,
-            admin_subjects: Vec::new(),
-            authorize_subjects: Vec::new(),
-        }
+config_section! {
+    /// The plain-HTTP `/metrics`, `/healthz` and `/readyz` endpoints (`[metrics]`).
+    #[derive(Debug, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct MetricsConfig {
+        /// Their address (`KEYGATE_METRICS__LISTEN`).
+        pub listen: SocketAddr = "127.0.0.1:9464",
+        /// Serve them at all (`KEYGATE_METRICS__ENABLED`).
+        pub enabled: bool = true,
+        /// Label `keygate_checks_total` by tenant too (`KEYGATE_METRICS__TENANT_LABEL`):
+        /// with many tenants, that is many series.
+        pub tenant_label: bool = false,
+    }
+}
+
+config_section! {
+    /// The database connection pool (`[database]`).
+    #[derive(Debug, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct DatabaseConfig {
+        /// Pool size.
+        pub max_connections: u32 = 16,
+        /// Connect/acquire timeout in milliseconds.
+        pub timeout_ms: u64 = 5000,
+    }
+}
+
+config_section! {
+    /// The cache of verified keys in front of the store (used by Authorize.Check).
+    #[derive(Debug, Clone, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct CacheConfig {
+        /// Most keys held.
+        pub max_entries: u64 = 100_000,
+        /// Seconds a verified key is trusted before it is read again.
+        pub ttl_secs: u64 = 60,
+        /// Seconds an unknown or wrong key is remembered as such.
+        pub negative_ttl_secs: u64 = 5,
+        /// Most negative entries.
+        pub negative_max_entries: u64 = 10_000,
+    }
+}
+
+config_section! {
+    /// TLS on the gRPC port (`[tls]`), and who a client certificate (mTLS) stands for.
+    #[derive(Debug, Clone, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct TlsConfig {
+        /// PEM certificate chain (`KEYGATE_TLS__CERT_PATH`); with `key_path`, turns TLS on.
+        pub cert_path: Option<PathBuf>,
+        /// PEM private key (`KEYGATE_TLS__KEY_PATH`).
+        pub key_path: Option<PathBuf>,
+        /// PEM CA certificate(s): clients must present a certificate they signed (mTLS).
+        pub client_ca_path: Option<PathBuf>,
+        /// Seconds between checks of the files for changes (SIGHUP reloads at once).
+        pub reload_secs: u64 = 10,
+        /// Client certificate subject CNs that act as admin identities
+        /// (`[[tls.admin_subjects]]` with `subject`, `role`, optional `tenant`).
+        pub admin_subjects: Vec<SubjectAdmin>,
+        /// Client certificate subject CNs allowed to call Authorize and ext_authz (besides
+        /// holders of `authorize_token`). Non-empty: other callers are refused.
+        pub authorize_subjects: Vec<String>,
     }
 }
 
@@ -146,7 +201,7 @@ impl Default for TlsConfig {
 pub struct SubjectAdmin {
     /// The certificate's subject CN.
     pub subject: String,
-    /// `admin` (default) or `viewer`.
+    /// `admin` or `viewer` (unset: `default_role`).
     #[serde(default = "default_role")]
     pub role: String,
     /// Limit to one tenant; unset: every tenant.
@@ -154,6 +209,7 @@ pub struct SubjectAdmin {
     pub tenant: Option<String>,
 }
 
+/// The role of a `[[tls.admin_subjects]]` entry that names none.
 fn default_role() -> String {
     "admin".into()
 }
@@ -211,42 +267,39 @@ impl TlsConfig {
     }
 }
 
-/// Server-side limits (`[limits]`): bounds on message size, concurrency and call time.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// Largest request message accepted, in bytes (larger: RESOURCE_EXHAUSTED). Default
-    /// 1 MiB: ext_authz requests carry the HTTP headers (and a body, if Envoy sends one).
-    pub max_message_bytes: usize,
-    /// HTTP/2 streams one connection may have open. Default 1024.
-    pub max_concurrent_streams: u32,
-    /// Calls one connection may have in progress; more wait. Default 1024.
-    pub max_concurrent_calls_per_connection: usize,
-    /// Longest a call may run, in milliseconds; then it fails with CANCELLED. Default
-    /// 10000.
-    pub request_timeout_ms: u64,
-    /// Failed checks (unknown, wrong or malformed key) one client IP may make per
-    /// `failed_checks_window_secs` before its checks of uncached keys are refused
-    /// (RATE_LIMITED, limit `failed_checks`). 0: off. Default 100.
-    pub failed_checks_per_ip: u64,
-    /// Default 60.
-    pub failed_checks_window_secs: u64,
-    /// Most client IPs tracked for failed checks (least recently used dropped). Default
-    /// 100000.
-    pub failed_checks_max_ips: u64,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            max_message_bytes: 1 << 20,
-            max_concurrent_streams: 1024,
-            max_concurrent_calls_per_connection: 1024,
-            request_timeout_ms: 10_000,
-            failed_checks_per_ip: 100,
-            failed_checks_window_secs: 60,
-            failed_checks_max_ips: 100_000,
-        }
+config_section! {
+    /// Server-side limits (`[limits]`): bounds on message size, concurrency and call time.
+    #[derive(Debug, Clone, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct LimitsConfig {
+        /// Largest request message accepted, in bytes (larger: RESOURCE_EXHAUSTED). Generous
+        /// because ext_authz requests carry the HTTP headers (and a body, if Envoy sends one).
+        pub max_message_bytes: usize = 1_048_576,
+        /// HTTP/2 streams one connection may have open.
+        pub max_concurrent_streams: u32 = 1024,
+        /// Calls one connection may have in progress; more wait.
+        pub max_concurrent_calls_per_connection: usize = 1024,
+        /// Longest a call may run, in milliseconds; then it fails with CANCELLED.
+        pub request_timeout_ms: u64 = 10_000,
+        /// Failed checks (unknown, wrong or malformed key) one client IP may make per
+        /// `failed_checks_window_secs` before its checks of uncached keys are refused
+        /// (RATE_LIMITED, limit `failed_checks`). 0: off.
+        pub failed_checks_per_ip: u64 = 100,
+        /// The window of `failed_checks_per_ip`, in seconds.
+        pub failed_checks_window_secs: u64 = 60,
+        /// Most client IPs tracked for failed checks (least recently used dropped).
+        pub failed_checks_max_ips: u64 = 100_000,
+        /// Connections the gRPC port holds open at once; more are closed at once (metric
+        /// `keygate_connections_refused_total`, a warning at most every 10 s). Keep it under
+        /// the process's file-descriptor limit; the probes port is served apart.
+        pub max_connections: usize = 10_000,
+        /// A connection that sends nothing for this long after connecting is closed, in
+        /// milliseconds (a TLS handshake has 10 s of its own).
+        pub handshake_timeout_ms: u64 = 10_000,
+        /// Seconds between HTTP/2 pings on a connection, to find peers that vanished.
+        pub keepalive_secs: u64 = 60,
+        /// Seconds a ping may go unanswered before its connection is closed.
+        pub keepalive_timeout_secs: u64 = 20,
     }
 }
 
@@ -256,6 +309,15 @@ impl LimitsConfig {
             return Err(Error::invalid(
                 "limits.max_message_bytes",
                 "must be at least 1024",
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(Error::invalid("limits.max_connections", "must be at least 1"));
+        }
+        if self.handshake_timeout_ms == 0 || self.keepalive_secs == 0 || self.keepalive_timeout_secs == 0 {
+            return Err(Error::invalid(
+                "limits",
+                "handshake_timeout_ms, keepalive_secs and keepalive_timeout_secs must be positive",
             ));
         }
         if self.max_concurrent_streams == 0 || self.max_concurrent_calls_per_connection == 0 {
@@ -280,38 +342,27 @@ impl LimitsConfig {
     }
 }
 
-/// Usage recording (`[usage]`): what every non-dry-run check counts towards, written in
-/// batches. See `service::usage`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct UsageConfig {
-    /// Count per-minute and per-day usage by endpoint and reason. Default true. Off:
-    /// only `last_used_time` and each key's all-time use count are kept.
-    pub enabled: bool,
-    /// Milliseconds between flushes (also: `last_used_time`). Default 2000.
-    pub flush_ms: u64,
-    /// Most rows buffered between flushes; a full buffer flushes early, and while the store
-    /// is down new rows are dropped and counted in `keygate_usage_dropped_total`.
-    /// Default 200000.
-    pub max_buffered_rows: usize,
-    /// Hours minute buckets are kept. Default 48.
-    pub minute_retention_hours: u64,
-    /// Days day buckets are kept. Default 400.
-    pub day_retention_days: u64,
-    /// Path templates, first match wins (`[[usage.routes]]`); unknown paths count as `other`.
-    pub routes: Vec<crate::domain::usage::RouteConfig>,
-}
-
-impl Default for UsageConfig {
-    fn default() -> Self {
-        UsageConfig {
-            enabled: true,
-            flush_ms: 2000,
-            max_buffered_rows: 200_000,
-            minute_retention_hours: 48,
-            day_retention_days: 400,
-            routes: Vec::new(),
-        }
+config_section! {
+    /// Usage recording (`[usage]`): what every non-dry-run check counts towards, written in
+    /// batches. See `service::usage`.
+    #[derive(Debug, Clone, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct UsageConfig {
+        /// Count per-minute and per-day usage by endpoint and reason. Off: only
+        /// `last_used_time` and each key's all-time use count are kept.
+        pub enabled: bool = true,
+        /// Milliseconds between flushes (also: `last_used_time`).
+        pub flush_ms: u64 = 2000,
+        /// Most rows buffered between flushes; a full buffer flushes early, and while the
+        /// store is down new rows are dropped and counted in `keygate_usage_dropped_total`.
+        pub max_buffered_rows: usize = 200_000,
+        /// Hours minute buckets are kept.
+        pub minute_retention_hours: u64 = 48,
+        /// Days day buckets are kept.
+        pub day_retention_days: u64 = 400,
+        /// Path templates, first match wins (`[[usage.routes]]`); unknown paths count as
+        /// `other`.
+        pub routes: Vec<crate::domain::usage::RouteConfig>,
     }
 }
 
@@ -336,90 +387,35 @@ impl UsageConfig {
     }
 }
 
+/// Which rate limiter counts requests (`rate_limiter`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LimiterKind {
+    /// In this replica's memory: exact, but each replica grants the full budget.
     Memory,
+    /// In Redis (`[redis]`): one budget shared by every replica.
     Redis,
 }
 
+/// How log lines are written (`[log] format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// For people: one line per event, coloured only on a terminal.
     Pretty,
+    /// One JSON object per line, for log pipelines; never coloured.
     Json,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    /// `pretty` (default) or `json`.
-    pub format: LogFormat,
-    /// `RUST_LOG`-style filter; `RUST_LOG` wins when set. Default `info`.
-    pub filter: String,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            database_url: SecretString::from("sqlite://keygate.db"),
-            admin_token: None,
-            authorize_token: None,
-            limits: LimitsConfig::default(),
-            tls: TlsConfig::default(),
-            auto_migrate: false,
-            database: DatabaseConfig::default(),
-            argon2: Argon2Config::default(),
-            cache: CacheConfig::default(),
-            log: LogConfig::default(),
-            envoy: Default::default(),
-            otlp_endpoint: None,
-            otlp_sample_ratio: 0.05,
-            otlp_queue_size: 32_768,
-            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
-            metrics_enabled: true,
-            metrics_tenant_label: false,
-            rate_limiter: LimiterKind::Memory,
-            limiter_local_precheck: false,
-            store_unready_after_secs: 30,
-            redis_url: SecretString::from("redis://127.0.0.1:6379"),
-            redis_key_prefix: "keygate".into(),
-            redis_timeout_ms: 100,
-            on_limiter_error: crate::limiter::resilient::OnLimiterError::Local,
-            shutdown_grace_secs: 30,
-            usage: UsageConfig::default(),
-            quotas: Default::default(),
-        }
-    }
-}
-
-impl Default for DatabaseConfig {
-    fn default() -> Self {
-        DatabaseConfig {
-            max_connections: 16,
-            timeout_ms: 5000,
-        }
-    }
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        CacheConfig {
-            max_entries: 100_000,
-            ttl_secs: 60,
-            negative_ttl_secs: 5,
-            negative_max_entries: 10_000,
-        }
-    }
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            format: LogFormat::Pretty,
-            filter: "info".into(),
-        }
+config_section! {
+    /// Logs (`[log]`), written to stderr.
+    #[derive(Debug, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct LogConfig {
+        /// `pretty` or `json` (`KEYGATE_LOG__FORMAT`).
+        pub format: LogFormat = "pretty",
+        /// `RUST_LOG`-style filter (`KEYGATE_LOG__FILTER`); `RUST_LOG` wins when set.
+        pub filter: String = "info",
     }
 }
 
@@ -434,16 +430,56 @@ pub struct Overrides {
     pub auto_migrate: Option<bool>,
 }
 
-impl Config {
-    /// What the trace exporter is told.
-    pub fn otlp_settings(&self) -> crate::telemetry::OtlpSettings<'_> {
-        crate::telemetry::OtlpSettings {
-            endpoint: self.otlp_endpoint.as_deref(),
-            sample_ratio: self.otlp_sample_ratio,
-            queue_size: self.otlp_queue_size,
-        }
-    }
+/// Settings that moved into a section: the old top-level name, its section, its new name
+/// there. Refused by name (not as merely unknown) so that an old file or environment says
+/// what to write instead.
+const RENAMED: &[(&str, &str, &str)] = &[
+    ("redis_url", "redis", "url"),
+    ("redis_key_prefix", "redis", "key_prefix"),
+    ("redis_timeout_ms", "redis", "timeout_ms"),
+    ("on_limiter_error", "redis", "on_error"),
+    ("limiter_local_precheck", "redis", "local_precheck"),
+    ("otlp_endpoint", "otlp", "endpoint"),
+    ("otlp_sample_ratio", "otlp", "sample_ratio"),
+    ("otlp_queue_size", "otlp", "queue_size"),
+    ("metrics_listen", "metrics", "listen"),
+    ("metrics_enabled", "metrics", "enabled"),
+    ("metrics_tenant_label", "metrics", "tenant_label"),
+];
 
+/// Fails on the first old name any layer sets, naming its replacement and the layer. Only
+/// names are printed, never a value (an old `redis_url` may hold a password).
+fn refuse_renamed(fig: &Figment) -> Result<()> {
+    for &(old, section, field) in RENAMED {
+        if !fig.contains(old) {
+            continue;
+        }
+        let layer = fig
+            .find_metadata(old)
+            .map(|m| match &m.source {
+                Some(source) => format!("; set by {} {source}", m.name),
+                None => format!("; set by {}", m.name),
+            })
+            .unwrap_or_default();
+        let (old_env, new_env) = (
+            format!("KEYGATE_{}", old.to_ascii_uppercase()),
+            format!(
+                "KEYGATE_{}__{}",
+                section.to_ascii_uppercase(),
+                field.to_ascii_uppercase()
+            ),
+        );
+        return Err(Error::invalid(
+            old,
+            format!(
+                "was renamed: use `[{section}] {field}` (env {new_env}, formerly {old_env}){layer}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl Config {
     /// Loads the layers. `file` defaults to `KEYGATE_CONFIG`; a named file must exist.
     pub fn load(file: Option<PathBuf>, overrides: Overrides) -> Result<Config> {
         let file = file.or_else(|| std::env::var_os("KEYGATE_CONFIG").map(PathBuf::from));
@@ -475,6 +511,7 @@ impl Config {
     }
 
     fn extract(fig: Figment) -> Result<Config> {
+        refuse_renamed(&fig)?;
         let cfg: Config = fig.extract().map_err(|e| {
             let field = if e.path.is_empty() {
                 "config".to_owned()
@@ -532,28 +569,144 @@ impl Config {
             ));
         }
         self.envoy.validate()?;
-        if self.redis_timeout_ms == 0 {
-            return Err(Error::invalid("redis_timeout_ms", "must be at least 1"));
+        if self.redis.timeout_ms == 0 {
+            return Err(Error::invalid("redis.timeout_ms", "must be at least 1"));
         }
         if self.rate_limiter == LimiterKind::Redis {
-            redis::Client::open(self.redis_url.expose_secret())
-                .map_err(|_| Error::invalid("redis_url", "is not a redis:// URL"))?;
+            redis::Client::open(self.redis.url.expose_secret())
+                .map_err(|_| Error::invalid("redis.url", "is not a redis:// URL"))?;
         }
-        if !(0.0..=1.0).contains(&self.otlp_sample_ratio) {
+        if !(0.0..=1.0).contains(&self.otlp.sample_ratio) {
             return Err(Error::invalid(
-                "otlp_sample_ratio",
+                "otlp.sample_ratio",
                 "must be between 0.0 and 1.0",
             ));
         }
-        if self.otlp_queue_size == 0 {
-            return Err(Error::invalid("otlp_queue_size", "must be at least 1"));
+        if self.otlp.queue_size == 0 {
+            return Err(Error::invalid("otlp.queue_size", "must be at least 1"));
         }
         self.usage.validate()?;
         self.quotas.validate()?;
         crate::hashing::SecretHasher::new(self.argon2).map(|_| ())
     }
 
+    /// The database connect/acquire timeout.
     pub fn db_timeout(&self) -> Duration {
         Duration::from_millis(self.database.timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid_and_are_the_documented_values() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.listen, "127.0.0.1:50051".parse().unwrap());
+        assert_eq!(c.database_url.expose_secret(), "sqlite://keygate.db");
+        assert_eq!(c.rate_limiter, LimiterKind::Memory);
+        assert_eq!(c.redis.url.expose_secret(), "redis://127.0.0.1:6379");
+        assert_eq!(c.redis.key_prefix, "keygate");
+        assert_eq!(c.redis.timeout_ms, 100);
+        assert_eq!(c.redis.on_error, OnLimiterError::Local);
+        assert!(!c.redis.local_precheck);
+        assert_eq!(c.otlp.endpoint, None);
+        assert_eq!(c.otlp.sample_ratio, 0.05);
+        assert_eq!(c.otlp.queue_size, 32_768);
+        assert_eq!(c.metrics.listen, "127.0.0.1:9464".parse().unwrap());
+        assert!(c.metrics.enabled && !c.metrics.tenant_label);
+        assert_eq!(c.limits.max_message_bytes, 1 << 20);
+        assert_eq!(c.log.format, LogFormat::Pretty);
+        assert_eq!(c.tls.reload_secs, 10);
+        assert!(c.admin_token.is_none() && c.tls.cert_path.is_none());
+    }
+
+    #[test]
+    fn sections_are_read_from_the_file() {
+        let c = Config::from_toml_str(
+            r#"
+            rate_limiter = "redis"
+            [redis]
+            url = "redis://cache:6380"
+            key_prefix = "kg"
+            timeout_ms = 250
+            on_error = "deny"
+            local_precheck = true
+            [otlp]
+            endpoint = "http://collector:4317"
+            sample_ratio = 0.5
+            queue_size = 64
+            [metrics]
+            listen = "0.0.0.0:9000"
+            enabled = false
+            tenant_label = true
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.redis.url.expose_secret(), "redis://cache:6380");
+        assert_eq!(
+            (c.redis.key_prefix.as_str(), c.redis.timeout_ms),
+            ("kg", 250)
+        );
+        assert_eq!(c.redis.on_error, OnLimiterError::Deny);
+        assert!(c.redis.local_precheck);
+        assert_eq!(c.otlp.endpoint.as_deref(), Some("http://collector:4317"));
+        assert_eq!((c.otlp.sample_ratio, c.otlp.queue_size), (0.5, 64));
+        assert_eq!(c.metrics.listen, "0.0.0.0:9000".parse().unwrap());
+        assert!(!c.metrics.enabled && c.metrics.tenant_label);
+        // A section sets only what it names; the rest keep their defaults.
+        let c = Config::from_toml_str("[redis]\ntimeout_ms = 5").unwrap();
+        assert_eq!(
+            (c.redis.timeout_ms, c.redis.key_prefix.as_str()),
+            (5, "keygate")
+        );
+    }
+
+    #[test]
+    fn every_old_flat_name_is_refused_with_its_new_name() {
+        for &(old, section, field) in RENAMED {
+            // The value does not matter (nor is it printed): the name alone is refused.
+            let err = Config::from_toml_str(&format!("{old} = \"redis://:hunter2@x\""))
+                .unwrap_err()
+                .to_string();
+            let env = format!(
+                "KEYGATE_{}__{}",
+                section.to_uppercase(),
+                field.to_uppercase()
+            );
+            assert!(err.starts_with(&format!("{old}: was renamed")), "{err}");
+            assert!(err.contains(&format!("`[{section}] {field}`")), "{err}");
+            assert!(err.contains(&env), "{err}");
+            assert!(!err.contains("hunter2"), "a value was printed: {err}");
+        }
+    }
+
+    #[test]
+    fn an_old_name_in_a_file_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keygate.toml");
+        std::fs::write(&path, "metrics_listen = \"0.0.0.0:9464\"\n").unwrap();
+        let fig = Figment::new().merge(Toml::file_exact(&path));
+        let err = Config::extract(fig).unwrap_err().to_string();
+        assert!(
+            err.contains("`[metrics] listen`") && err.contains("KEYGATE_METRICS__LISTEN"),
+            "{err}"
+        );
+        assert!(err.contains("keygate.toml"), "{err}");
+    }
+
+    #[test]
+    fn the_new_names_are_validated_under_their_section() {
+        let err = |toml: &str| Config::from_toml_str(toml).unwrap_err().to_string();
+        assert!(err("[redis]\ntimeout_ms = 0").starts_with("redis.timeout_ms:"));
+        assert!(
+            err("rate_limiter = \"redis\"\n[redis]\nurl = \"http://x\"").starts_with("redis.url:")
+        );
+        assert!(err("[otlp]\nsample_ratio = 1.5").starts_with("otlp.sample_ratio:"));
+        assert!(err("[otlp]\nqueue_size = 0").starts_with("otlp.queue_size:"));
+        assert!(err("[metrics]\nlisten = \"nowhere\"").starts_with("metrics.listen:"));
+        assert!(err("[metrics]\nno_such = 1").contains("no_such"));
     }
 }

@@ -1,5 +1,6 @@
 //! argon2id hashing and verification of key secrets, always on the blocking pool and
 //! behind a concurrency limit so a burst of cold keys cannot starve the async runtime.
+use crate::config_section::config_section;
 use crate::domain::import::HashCeiling;
 use crate::error::{Error, Result};
 use argon2::password_hash::{
@@ -11,28 +12,40 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
-/// argon2id cost parameters for new hashes. Verification always uses the parameters
-/// recorded in the stored PHC string, so these can change without re-issuing keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Argon2Config {
-    /// Memory per hash in KiB.
-    pub memory_kib: u32,
-    /// Passes over memory.
-    pub iterations: u32,
-    /// Lanes.
-    pub parallelism: u32,
-    /// Hashes/verifies running at once; 0 = number of CPUs.
-    pub max_concurrent: usize,
-    /// The most memory (KiB) a stored argon2 hash may ask one verify for: imports above it
-    /// are refused, stored hashes above it never verify. Default 131072 (128 MiB).
-    pub max_memory_kib: u32,
-    /// The most passes (`t`) a stored argon2 hash may ask for. Default 4.
-    pub max_iterations: u32,
-    /// The most lanes (`p`) a stored argon2 hash may ask for. Default 16.
-    pub max_parallelism: u32,
-    /// The longest argon2 output (bytes) a stored hash may have. Default 64.
-    pub max_output_len: usize,
+config_section! {
+    /// argon2id cost parameters for new hashes (`[argon2]`). Verification always uses the
+    /// parameters recorded in the stored PHC string, so these can change without re-issuing
+    /// keys; the `max_*` ceiling bounds what a stored hash may ask of a verify.
+    ///
+    /// The defaults are light on purpose: a key's secret has ~142 random bits, so guessing
+    /// it is infeasible whatever the hash cost (NIST SP 800-63B accepts even a fast hash for
+    /// secrets of at least 112 bits); the hash only has to make a stolen table useless,
+    /// which a memory-hard function with any cost does. A cheap verify (~1 ms) keeps cold
+    /// starts fast: a fresh replica verifies 500+ first-seen keys a second on 2 cores
+    /// (README, Performance). The ceiling leaves room for the usual settings of other
+    /// systems (PHP's m=64 MiB,t=4; Django's m=100 MiB,t=2,p=8) while one verify stays well
+    /// under a second of one core.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct Argon2Config {
+        /// Memory per hash in KiB.
+        pub memory_kib: u32 = 2048,
+        /// Passes over memory.
+        pub iterations: u32 = 1,
+        /// Lanes.
+        pub parallelism: u32 = 1,
+        /// Hashes/verifies running at once; 0 = number of CPUs.
+        pub max_concurrent: usize = 0,
+        /// The most memory (KiB) a stored argon2 hash may ask one verify for: imports above
+        /// it are refused, stored hashes above it never verify.
+        pub max_memory_kib: u32 = 131072,
+        /// The most passes (`t`) a stored argon2 hash may ask for.
+        pub max_iterations: u32 = 4,
+        /// The most lanes (`p`) a stored argon2 hash may ask for.
+        pub max_parallelism: u32 = 16,
+        /// The longest argon2 output (bytes) a stored hash may have.
+        pub max_output_len: usize = 64,
+    }
 }
 
 impl Argon2Config {
@@ -43,30 +56,6 @@ impl Argon2Config {
             iterations: self.max_iterations,
             parallelism: self.max_parallelism,
             output_len: self.max_output_len,
-        }
-    }
-}
-
-impl Default for Argon2Config {
-    /// Light on purpose: a key's secret has ~142 random bits, so guessing it is infeasible
-    /// whatever the hash cost (NIST SP 800-63B accepts even a fast hash for secrets of at
-    /// least 112 bits); the hash only has to make a stolen table useless, which a
-    /// memory-hard function with any cost does. A cheap verify (~1 ms) keeps cold starts
-    /// fast: a fresh replica verifies 500+ first-seen keys a second on 2 cores (README,
-    /// Performance). Stored PHC strings carry their parameters, so changing these never
-    /// re-issues a key.
-    fn default() -> Self {
-        Argon2Config {
-            memory_kib: 2048,
-            iterations: 1,
-            parallelism: 1,
-            max_concurrent: 0,
-            // Room for the usual settings of other systems (PHP's m=64 MiB,t=4; Django's
-            // m=100 MiB,t=2,p=8) while one verify stays well under a second of one core.
-            max_memory_kib: 131_072,
-            max_iterations: 4,
-            max_parallelism: 16,
-            max_output_len: 64,
         }
     }
 }

@@ -9,6 +9,8 @@ pub mod app;
 pub mod cache;
 pub mod cli;
 pub mod config;
+mod config_section;
+pub mod conn;
 pub mod domain;
 pub mod envoy;
 pub mod error;

@@ -104,7 +104,7 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async move {
         // Inside the runtime: the OTLP exporter's channel lives on it.
-        let telemetry = keygate::telemetry::init(&config.log, &config.otlp_settings());
+        let telemetry = keygate::telemetry::init(&config.log, &config.otlp);
         let result = match cli.command.unwrap_or(Command::Serve) {
             Command::Serve => {
                 let listener = tokio::net::TcpListener::bind(config.listen)

@@ -62,10 +62,14 @@ pub struct Metrics {
     pub usage: UsageMetrics,
     /// Time from a KeyAdmin change on one replica to this replica applying it.
     pub propagation_seconds: prometheus::Histogram,
-    /// Checks whose shared limiter failed and that followed `on_limiter_error`.
+    /// Checks whose shared limiter failed and that followed `[redis] on_error`.
     pub limiter_fallbacks: IntCounter,
     /// Checks refused because their client IP had too many failed checks.
     pub guess_throttled: IntCounter,
+    /// Connections to the gRPC port closed at once because `limits.max_connections` were open.
+    pub connections_refused: IntCounter,
+    /// Connections to the gRPC port open now.
+    pub connections_open: IntGauge,
     tenant_label: bool,
     /// Children of `checks` (without the tenant label) resolved once, by source and
     /// decision, then reason: the hot path must not hash label values (prometheus'
@@ -124,7 +128,7 @@ impl Metrics {
         ));
         let limiter_fallbacks = must(IntCounter::new(
             "limiter_fallbacks_total",
-            "Checks decided by on_limiter_error because the shared limiter failed",
+            "Checks decided by [redis] on_error because the shared limiter failed",
         ));
         for c in [&checks, &check_errors, &cache_lookups] {
             must(registry.register(Box::new(c.clone())));
@@ -186,6 +190,16 @@ impl Metrics {
         must(registry.register(Box::new(propagation_seconds.clone())));
         must(registry.register(Box::new(miss_load_seconds.clone())));
         must(registry.register(Box::new(admin_calls.clone())));
+        let connections_refused = must(IntCounter::new(
+            "connections_refused_total",
+            "Connections to the gRPC port closed at once because limits.max_connections were open",
+        ));
+        must(registry.register(Box::new(connections_refused.clone())));
+        let connections_open = must(IntGauge::new(
+            "connections_open",
+            "Connections to the gRPC port open now",
+        ));
+        must(registry.register(Box::new(connections_open.clone())));
         let guess_throttled = must(IntCounter::new(
             "failed_checks_throttled_total",
             "Checks refused because their client IP made too many failed checks (key guessing)",
@@ -214,6 +228,8 @@ impl Metrics {
             admin_calls,
             usage,
             guess_throttled,
+            connections_refused,
+            connections_open,
             propagation_seconds,
             ready: Arc::new(AtomicBool::new(true)),
             tenant_label,

@@ -1,9 +1,9 @@
 //! Logs and traces. Never given a key, a hash or an admin token: callers log ids only.
 //!
-//! Traces go to an OTLP collector over gRPC when `otlp_endpoint` is set (off by default).
+//! Traces go to an OTLP collector over gRPC when `[otlp] endpoint` is set (off by default).
 //! A W3C `traceparent` in a Check's gRPC metadata, or in the HTTP headers Envoy forwards
 //! to ext_authz, makes Keygate's spans children of the caller's trace.
-use crate::config::{LogConfig, LogFormat};
+use crate::config::{LogConfig, LogFormat, OtlpConfig};
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -33,19 +33,27 @@ impl Telemetry {
 /// Installs the global subscriber; `RUST_LOG` overrides the configured filter. With an
 /// OTLP endpoint it must run inside the tokio runtime (the exporter's channel lives
 /// there). A second call (tests that start several servers) is a no-op.
-pub fn init(cfg: &LogConfig, otlp: &OtlpSettings<'_>) -> Telemetry {
+pub fn init(cfg: &LogConfig, otlp: &OtlpConfig) -> Telemetry {
+    use std::io::IsTerminal;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.filter));
+    let ansi = colour(
+        cfg.format,
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let fmt = match cfg.format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
+            .with_ansi(ansi)
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
             .with_writer(std::io::stderr)
             .boxed(),
     };
-    let provider = otlp.endpoint.and_then(|endpoint| {
+    let provider = otlp.endpoint.as_deref().and_then(|endpoint| {
         use opentelemetry_otlp::WithExportConfig;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
@@ -97,14 +105,12 @@ pub fn init(cfg: &LogConfig, otlp: &OtlpSettings<'_>) -> Telemetry {
     Telemetry { provider }
 }
 
-/// Where and how much to export.
-pub struct OtlpSettings<'a> {
-    /// OTLP/gRPC collector; `None`: no export.
-    pub endpoint: Option<&'a str>,
-    /// Share of root checks traced; a caller's sampled `traceparent` is always followed.
-    pub sample_ratio: f64,
-    /// Spans buffered for export before new ones are dropped.
-    pub queue_size: usize,
+/// Whether log lines get ANSI colour: only `pretty` ones, only when stderr (where logs go)
+/// is a terminal, and not when `NO_COLOR` is set to anything but the empty string
+/// (no-color.org). Otherwise `keygate serve > log` or a container's log collector would
+/// get escape sequences in every line.
+fn colour(format: LogFormat, stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    format == LogFormat::Pretty && stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// The batch processor's settings: batches of up to 2,048 spans, every second at the
@@ -160,7 +166,7 @@ fn traceparent_sampled(tp: &str) -> Option<bool> {
 }
 
 /// Whether this check is traced: the caller's decision when it sent one, else a draw at
-/// `otlp_sample_ratio`. Never while traces are not exported: a check span then has no
+/// `[otlp] sample_ratio`. Never while traces are not exported: a check span then has no
 /// reader (no log line is written per check), and creating it costs ~16 µs of CPU per
 /// check in the subscriber (measured by `cargo bench --bench keygate -- --scenario tracing`).
 fn sampled(carrier: Option<&dyn Extractor>) -> bool {
@@ -224,7 +230,25 @@ pub fn check_span(name: &'static str, carrier: Option<&dyn Extractor>) -> tracin
 
 #[cfg(test)]
 mod tests {
-    use super::traceparent_sampled;
+    use super::{colour, traceparent_sampled};
+    use crate::config::LogFormat;
+
+    #[test]
+    fn colour_only_for_pretty_logs_on_a_terminal_without_no_color() {
+        let set = Some(std::ffi::OsStr::new("1"));
+        let empty = Some(std::ffi::OsStr::new(""));
+        assert!(colour(LogFormat::Pretty, true, None));
+        assert!(
+            colour(LogFormat::Pretty, true, empty),
+            "an empty NO_COLOR is unset"
+        );
+        assert!(!colour(LogFormat::Pretty, false, None), "a file or a pipe");
+        assert!(!colour(LogFormat::Pretty, true, set), "NO_COLOR");
+        assert!(
+            !colour(LogFormat::Json, true, None),
+            "JSON is never coloured"
+        );
+    }
 
     #[test]
     fn traceparent_flags_decide_sampling() {

@@ -20,20 +20,8 @@ use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Who is on the other end of a connection; in every request's extensions.
-#[derive(Debug, Clone, Default)]
-pub struct PeerInfo {
-    pub remote: Option<SocketAddr>,
-    /// Subject CN of the client certificate (mTLS), when one was presented.
-    pub client_subject: Option<String>,
-}
-
-/// The address a request's connection comes from.
-pub fn peer_ip<T>(req: &tonic::Request<T>) -> Option<std::net::IpAddr> {
-    req.remote_addr()
-        .or_else(|| req.extensions().get::<PeerInfo>().and_then(|p| p.remote))
-        .map(|a| a.ip())
-}
+pub use crate::conn::PeerInfo;
+use crate::conn::{Admission, Slot};
 
 /// The server's TLS material, swappable at run time.
 pub struct Tls {
@@ -178,6 +166,7 @@ fn build(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<ServerConf
 pub struct TlsConn {
     inner: tokio_rustls::server::TlsStream<TcpStream>,
     info: PeerInfo,
+    _slot: Slot,
 }
 
 impl tonic::transport::server::Connected for TlsConn {
@@ -247,12 +236,14 @@ fn subject_cn(der: &[u8]) -> Option<String> {
         })
 }
 
-/// Accepts TCP connections and completes TLS handshakes off the accept loop (a slow or
-/// silent client cannot stall others; handshakes time out after 10 s). Failed handshakes
+/// Accepts TCP connections within the admission's slots and completes TLS handshakes off
+/// the accept loop (a slow or silent client cannot stall others; handshakes time out
+/// after 10 s). Failed handshakes
 /// are logged at debug and dropped.
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<Tls>,
+    admission: Arc<Admission>,
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsConn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
@@ -264,6 +255,10 @@ pub fn incoming(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
+            };
+            let Some(slot) = admission.admit(remote) else {
+                drop(tcp);
+                continue;
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = tls.acceptor();
@@ -289,6 +284,7 @@ pub fn incoming(
                     .and_then(|c| c.first())
                     .and_then(|c| subject_cn(c));
                 let conn = TlsConn {
+                    _slot: slot,
                     inner: stream,
                     info: PeerInfo {
                         remote: Some(remote),

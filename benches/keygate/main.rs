@@ -68,7 +68,7 @@
 //!   presents a known key id with a secret never seen before (so nothing can be cached);
 //!   the argon2 parameters are in the row.
 //! - `check_redis` — the Redis limiter on the machine's Redis (`KG_BENCH_REDIS_URL`), a key
-//!   prefix of its own, `on_limiter_error = deny`.
+//!   prefix of its own, `[redis] on_error = deny`.
 //! - `ext_authz` — Envoy's `envoy.service.auth.v3.Authorization/Check` message sent straight
 //!   to Keygate's adapter (the `envoy` experiment puts a real Envoy in front).
 //! - `cold_start` — a fresh replica on a SQLite file holding 10k keys (1k with `--quick`),
@@ -113,7 +113,7 @@
 //!   counts by endpoint and reason), neither exporting traces. Target: B/A ≥ 0.95.
 //! - `redis_vs_memory` (`replicas.json`, `limiter`) — the in-memory limiter (A) against
 //!   the Redis limiter (B) on `KG_BENCH_REDIS_URL` with a prefix of the run's own
-//!   (`kgbench:<pid>:<nanos>`), `redis_timeout_ms = 1000`, `on_limiter_error = deny`: every
+//!   (`kgbench:<pid>:<nanos>`), `[redis] timeout_ms = 1000`, `[redis] on_error = deny`: every
 //!   check is one `EVALSHA` round trip. The keys under the prefix are deleted at the end
 //!   (SCAN + DEL); had the run died first, they expire on their own (PEXPIRE of two windows
 //!   plus 1 s, here 121 s). The target (≥ 0.5) is Redis vs the no-op ceiling: the

@@ -173,7 +173,7 @@ async fn limiter_rounds(
          compare ratios, not absolute figures"
     );
     println!(
-        "redis: {}, prefix {prefix}, timeout 1000 ms, on_limiter_error = deny (a Redis failure \
+        "redis: {}, prefix {prefix}, timeout 1000 ms, [redis] on_error = deny (a Redis failure \
          is counted in other, never served by the in-memory fallback)",
         s.redis_url
     );

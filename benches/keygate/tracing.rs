@@ -44,10 +44,10 @@ pub async fn run(s: &Settings, feature: Feature) -> Result<(), BoxError> {
             );
             let b_env = vec![
                 (
-                    "KEYGATE_OTLP_ENDPOINT",
+                    "KEYGATE_OTLP__ENDPOINT",
                     format!("http://{}", collector.addr),
                 ),
-                ("KEYGATE_OTLP_SAMPLE_RATIO", s.sample_ratio.to_string()),
+                ("KEYGATE_OTLP__SAMPLE_RATIO", s.sample_ratio.to_string()),
             ];
             (vec![], b_env, ("A:off", "B:otlp"))
         }

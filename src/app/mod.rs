@@ -130,9 +130,9 @@ impl App {
             .with_subjects(config.tls.subject_principals());
         let tls = Tls::from_config(&config.tls)?.map(Arc::new);
         let cache = Arc::new(KeyCache::new(&config.cache));
-        let metrics = Metrics::new(config.metrics_tenant_label);
-        let metrics_listener = match config.metrics_enabled {
-            true => Some(bind("metrics_listen", config.metrics_listen).await?),
+        let metrics = Metrics::new(config.metrics.tenant_label);
+        let metrics_listener = match config.metrics.enabled {
+            true => Some(bind("metrics.listen", config.metrics.listen).await?),
             false => None,
         };
         let usage = Arc::new(UsageRecorder::new(
@@ -239,21 +239,21 @@ async fn admin_tokens(config: &Config, stores: &Stores, clock: &dyn Clock) -> Re
     Ok(tokens)
 }
 
-/// The configured limiter: in memory, or Redis behind the `on_limiter_error` fallback.
+/// The configured limiter: in memory, or Redis behind the `[redis] on_error` fallback.
 fn build_limiter(config: &Config, metrics: &Metrics) -> Result<Arc<dyn RateLimiter>> {
     Ok(match config.rate_limiter {
         config::LimiterKind::Memory => Arc::new(MemoryLimiter::default()),
         config::LimiterKind::Redis => {
             let redis = limiter::redis::RedisLimiter::new(
-                config.redis_url.expose_secret(),
-                &config.redis_key_prefix,
-                Duration::from_millis(config.redis_timeout_ms),
+                config.redis.url.expose_secret(),
+                &config.redis.key_prefix,
+                Duration::from_millis(config.redis.timeout_ms),
             )?;
             Arc::new(
                 limiter::resilient::Resilient::new(
                     Arc::new(redis),
-                    config.on_limiter_error,
-                    config.limiter_local_precheck,
+                    config.redis.on_error,
+                    config.redis.local_precheck,
                 )
                 .with_counter(metrics.limiter_fallbacks.clone()),
             )

@@ -1,6 +1,7 @@
 //! Serving: the gRPC router with its interceptors, the background tasks, and the order of
 //! a graceful shutdown.
 use super::{health, probes, tasks, App};
+use crate::conn::{self, Admission};
 use crate::envoy::ExtAuthz;
 use crate::error::{Error, Result};
 use crate::grpc::auth::{AdminAuth, AuthorizeCallers};
@@ -14,10 +15,10 @@ use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use secrecy::ExposeSecret;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 fn internal<E: std::error::Error + Send + Sync + 'static>(
@@ -148,8 +149,17 @@ impl App {
         });
         let mut drained = stop_rx.clone();
         let mut stop_server = stop_rx.clone();
+        let limits = &self.config.limits;
+        let admission = Arc::new(Admission::new(
+            limits.max_connections,
+            self.metrics.connections_refused.clone(),
+            self.metrics.connections_open.clone(),
+        ));
         let router = tonic::transport::Server::builder()
             .timeout(Duration::from_millis(self.config.limits.request_timeout_ms))
+            // Pings idle connections and closes those whose peer stopped answering.
+            .http2_keepalive_interval(Some(Duration::from_secs(limits.keepalive_secs)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(limits.keepalive_timeout_secs)))
             .concurrency_limit_per_connection(
                 self.config.limits.max_concurrent_calls_per_connection,
             )
@@ -170,15 +180,14 @@ impl App {
                     Duration::from_secs(self.config.tls.reload_secs),
                     stop_rx.clone(),
                 ));
-                Box::pin(
-                    router.serve_with_incoming_shutdown(tls::incoming(listener, tls), stop_serving),
-                )
+                Box::pin(router.serve_with_incoming_shutdown(
+                    tls::incoming(listener, tls, admission),
+                    stop_serving,
+                ))
             }
             None => {
-                // Our own listener, so tonic's accept-time socket options do not apply:
-                // without TCP_NODELAY, Nagle plus delayed ACK put 40 ms tails on
-                // Envoy -> Keygate calls.
-                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                let first_byte = Duration::from_millis(limits.handshake_timeout_ms);
+                let incoming = conn::incoming(listener, admission, first_byte);
                 Box::pin(router.serve_with_incoming_shutdown(incoming, stop_serving))
             }
         };

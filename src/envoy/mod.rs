@@ -319,7 +319,7 @@ pub fn respond(
 #[tonic::async_trait]
 impl Authorization for ExtAuthz {
     async fn check(&self, req: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
-        let peer = crate::tls::peer_ip(&req);
+        let peer = crate::conn::peer_ip(&req);
         let req = req.into_inner();
         let carrier = req
             .get_client_headers()

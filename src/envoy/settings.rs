@@ -1,5 +1,6 @@
 //! Where the ext_authz adapter finds the key, the tenant and the scopes: listener-wide
 //! defaults from config, overridable per route through Envoy's `context_extensions`.
+use crate::config_section::config_section;
 use crate::error::{Error, Result};
 use serde::Deserialize;
 
@@ -68,33 +69,24 @@ pub enum ResetFormat {
     Delta,
 }
 
-/// The `[envoy]` config section: listener-wide defaults.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EnvoyConfig {
-    /// Credential sources in order. Default `["header:x-api-key", "bearer", "basic"]`.
-    pub credentials: Vec<String>,
-    /// Header naming the tenant; a key of another tenant is denied. Default `x-tenant-id`.
-    pub tenant_header: String,
-    /// Proxies in front of Envoy whose `x-forwarded-for` entries are trusted. 0 (default)
-    /// = the connection's source address is the client; XFF is ignored.
-    pub trusted_proxies: usize,
-    pub error_format: ErrorFormat,
-    pub reset_format: ResetFormat,
-    /// Also send the key's metadata upstream as `x-keygate-meta-<name>` headers.
-    pub forward_metadata: bool,
-}
-
-impl Default for EnvoyConfig {
-    fn default() -> Self {
-        EnvoyConfig {
-            credentials: vec!["header:x-api-key".into(), "bearer".into(), "basic".into()],
-            tenant_header: "x-tenant-id".into(),
-            trusted_proxies: 0,
-            error_format: ErrorFormat::Default,
-            reset_format: ResetFormat::Epoch,
-            forward_metadata: false,
-        }
+config_section! {
+    /// The `[envoy]` config section: listener-wide defaults.
+    #[derive(Debug, Clone, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct EnvoyConfig {
+        /// Credential sources in order: `header:<name>`, `bearer`, `basic`.
+        pub credentials: Vec<String> = ["header:x-api-key", "bearer", "basic"],
+        /// Header naming the tenant; a key of another tenant is denied.
+        pub tenant_header: String = "x-tenant-id",
+        /// Proxies in front of Envoy whose `x-forwarded-for` entries are trusted. 0: the
+        /// connection's source address is the client; XFF is ignored.
+        pub trusted_proxies: usize = 0,
+        /// Deny-body dialect: `default` or `nesika`.
+        pub error_format: ErrorFormat = "default",
+        /// How `X-RateLimit-Reset` is written: `epoch` or `delta`.
+        pub reset_format: ResetFormat = "epoch",
+        /// Also send the key's metadata upstream as `x-keygate-meta-<name>` headers.
+        pub forward_metadata: bool = false,
     }
 }
 

@@ -2,7 +2,7 @@
 //! who may call Authorize/ext_authz (anyone, or holders of the `authorize_token`).
 use crate::domain::key;
 use crate::service::tokens::{digest, AdminTokens};
-use crate::tls::PeerInfo;
+use crate::conn::PeerInfo;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tonic::{Request, Status};

@@ -129,7 +129,7 @@ impl pb::authorize_server::Authorize for AuthorizeApi {
         );
         // Failed checks count against the connection's peer, unless the caller is a
         // trusted service vouching for its end user's address.
-        let peer = crate::tls::peer_ip(&req);
+        let peer = crate::conn::peer_ip(&req);
         let trusted = req
             .extensions()
             .get::<super::auth::TrustedCaller>()

@@ -38,7 +38,7 @@ impl RedisLimiter {
     /// `url` is `redis://host:port[/db]`; `prefix` namespaces every key Keygate writes.
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self> {
         let client = redis::Client::open(url)
-            .map_err(|e| Error::invalid("redis_url", format!("not a Redis URL: {e}")))?;
+            .map_err(|e| Error::invalid("redis.url", format!("not a Redis URL: {e}")))?;
         Ok(RedisLimiter {
             client,
             conn: RwLock::new(None),

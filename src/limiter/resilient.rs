@@ -1,25 +1,14 @@
-//! What a check does when the shared limiter cannot be reached (`on_limiter_error`).
+//! What a check does when the shared limiter cannot be reached (`[redis] on_error`).
 use super::memory::MemoryLimiter;
 use super::{LimitOutcome, LimitScope, LimitStatus, RateLimiter};
 use crate::domain::UnixMillis;
 use crate::error::Result;
-use serde::Deserialize;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The policy when the shared limiter fails or times out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnLimiterError {
-    /// Refuse the call (RATE_LIMITED, retry after 1 s): no call escapes its limit.
-    Deny,
-    /// Admit the call unlimited: no call fails because of Redis.
-    Allow,
-    /// Count in this replica's memory instead (default): each replica enforces the limit
-    /// on its own share of the traffic, so a key may get up to replicas × limit meanwhile.
-    Local,
-}
+/// The policy, a config value; re-exported here where it is carried out.
+pub use crate::config::OnLimiterError;
 
 /// A shared limiter with a fallback, and an optional local pre-check.
 pub struct Resilient {

@@ -9,6 +9,7 @@
 //! without use. A crash (SIGKILL) keeps them counted as used: the quota may then
 //! under-admit by at most one lease per subject, never over-admit. Redis is not involved,
 //! so losing it cannot reset anyone's quota.
+use crate::config_section::config_section;
 use crate::domain::quota::{self, QuotaOwner, QuotaSpec, Window};
 use crate::domain::UnixMillis;
 use crate::error::{Error, Result};
@@ -19,28 +20,21 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// `[quotas]`: how replicas share quota counters.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct QuotaConfig {
-    /// Most units a replica claims from the database at once. Larger = fewer writes, more
-    /// units stranded on a replica that crashes. Default 50.
-    pub lease_size: u64,
-    /// Unspent units go back to the database after this long without a check. Default 2000.
-    pub idle_release_ms: u64,
-    /// After a claim found the quota exhausted, checks are refused without asking the
-    /// database again for this long (a top-up on another replica shows after at most
-    /// this). Default 1000.
-    pub recheck_ms: u64,
-}
-
-impl Default for QuotaConfig {
-    fn default() -> Self {
-        QuotaConfig {
-            lease_size: 50,
-            idle_release_ms: 2000,
-            recheck_ms: 1000,
-        }
+config_section! {
+    /// `[quotas]`: how replicas share quota counters.
+    #[derive(Debug, Clone, Copy, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct QuotaConfig {
+        /// Most units a replica claims from the database at once. Larger = fewer writes,
+        /// more units stranded on a replica that crashes.
+        pub lease_size: u64 = 50,
+        /// Unspent units go back to the database after this many milliseconds without a
+        /// check.
+        pub idle_release_ms: u64 = 2000,
+        /// After a claim found the quota exhausted, checks are refused without asking the
+        /// database again for this many milliseconds (a top-up on another replica shows
+        /// after at most this).
+        pub recheck_ms: u64 = 1000,
     }
 }
 

@@ -168,3 +168,84 @@ async fn bad_config_names_the_setting_and_hides_secrets() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn logs_to_a_pipe_have_no_colour() {
+    let db = TestDb::new(Db::Sqlite).await.unwrap();
+    // The human format, the one that colours on a terminal; stderr is a pipe here.
+    let env = [
+        ("KEYGATE_ADMIN_TOKEN", TOKEN),
+        ("KEYGATE_LOG__FORMAT", "pretty"),
+    ];
+    let mut child = command(&db.url, &env, &["serve"])
+        .spawn()
+        .expect("spawn keygate");
+    let mut reader = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut lines = Vec::new();
+    let started = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = reader.next_line().await.unwrap() {
+            let serving = line.contains("keygate serving");
+            lines.push(line);
+            if serving {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    child.start_kill().unwrap();
+    let log = lines.join("\n");
+    assert_eq!(started, Ok(true), "keygate did not start:\n{log}");
+    assert!(
+        !log.contains("\x1b["),
+        "ANSI escape sequences in a piped log:\n{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_old_flat_environment_variable_names_its_replacement() {
+    for (old, value, new) in [
+        (
+            "KEYGATE_REDIS_URL",
+            "redis://:hunter2@redis:6379",
+            "KEYGATE_REDIS__URL",
+        ),
+        (
+            "KEYGATE_METRICS_LISTEN",
+            "0.0.0.0:9464",
+            "KEYGATE_METRICS__LISTEN",
+        ),
+        (
+            "KEYGATE_OTLP_ENDPOINT",
+            "http://otel:4317",
+            "KEYGATE_OTLP__ENDPOINT",
+        ),
+    ] {
+        let out = command("sqlite://x.db", &[(old, value)], &["check-config"])
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{old}: {err}");
+        assert!(
+            err.contains("was renamed") && err.contains(new) && err.contains(old),
+            "{old}: {err}"
+        );
+        assert!(!err.contains("hunter2"), "a value was printed: {err}");
+    }
+    // The new names are read.
+    let out = command(
+        "sqlite://x.db",
+        &[
+            ("KEYGATE_RATE_LIMITER", "redis"),
+            ("KEYGATE_REDIS__URL", "http://not-redis"),
+        ],
+        &["check-config"],
+    )
+    .output()
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("redis.url"), "{err}");
+}

@@ -80,7 +80,7 @@ fn the_chart_renders_a_configuration_keygate_accepts() {
         &ha,
         &[
             ("KEYGATE_DATABASE_URL", "postgres://keygate@db/keygate"),
-            ("KEYGATE_REDIS_URL", "redis://redis:6379"),
+            ("KEYGATE_REDIS__URL", "redis://redis:6379"),
         ],
     );
     assert!(ok, "HA values: {err}\n{ha}");

@@ -133,7 +133,7 @@ async fn metrics_count_exactly_what_happened() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_label_is_opt_in() {
-    let s = server_or_skip!(Db::Sqlite, |cfg| cfg.metrics_tenant_label = true);
+    let s = server_or_skip!(Db::Sqlite, |cfg| cfg.metrics.tenant_label = true);
     let a = s.admin().await;
     a.tenant("acme").upsert().await;
     let k = a.create_key(new_key("acme")).await;

@@ -330,8 +330,8 @@ async fn three_replicas_never_exceed_the_quota() {
     let prefix = format!("kgtest-quota-{}", keygate::domain::key::random_base62(8));
     let shared = move |cfg: &mut keygate::config::Config| {
         cfg.rate_limiter = keygate::config::LimiterKind::Redis;
-        cfg.redis_url = REDIS_URL.to_owned().into();
-        cfg.redis_key_prefix = prefix.clone();
+        cfg.redis.url = REDIS_URL.to_owned().into();
+        cfg.redis.key_prefix = prefix.clone();
         cfg.quotas.idle_release_ms = 100;
         cfg.quotas.recheck_ms = 50;
     };

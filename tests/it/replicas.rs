@@ -110,10 +110,10 @@ async fn three_replicas_share_one_budget_on_redis() {
     let prefix = unique_prefix();
     let shared = |cfg: &mut keygate::config::Config| {
         cfg.rate_limiter = LimiterKind::Redis;
-        cfg.redis_url = REDIS_URL.to_owned().into();
-        cfg.redis_key_prefix = prefix.clone();
-        cfg.redis_timeout_ms = 2000;
-        cfg.on_limiter_error = OnLimiterError::Deny;
+        cfg.redis.url = REDIS_URL.to_owned().into();
+        cfg.redis.key_prefix = prefix.clone();
+        cfg.redis.timeout_ms = 2000;
+        cfg.redis.on_error = OnLimiterError::Deny;
     };
     let a = server_or_skip!(Db::Postgres, shared);
     let b = TestServer::start_replica(&a.url, shared).await;
@@ -214,7 +214,7 @@ impl Drop for OwnRedis {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn redis_outage_follows_on_limiter_error_then_recovers() {
+async fn redis_outage_follows_on_error_then_recovers() {
     let port = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap()
@@ -233,10 +233,10 @@ async fn redis_outage_follows_on_limiter_error_then_recovers() {
     ] {
         let s = server_or_skip!(Db::Sqlite, |cfg| {
             cfg.rate_limiter = LimiterKind::Redis;
-            cfg.redis_url = format!("redis://127.0.0.1:{port}").into();
-            cfg.redis_key_prefix = unique_prefix();
-            cfg.redis_timeout_ms = 100;
-            cfg.on_limiter_error = mode;
+            cfg.redis.url = format!("redis://127.0.0.1:{port}").into();
+            cfg.redis.key_prefix = unique_prefix();
+            cfg.redis.timeout_ms = 100;
+            cfg.redis.on_error = mode;
         });
         let admin = s.admin().await;
         admin.tenant("t").upsert().await;

@@ -66,9 +66,9 @@ async fn check_spans_join_the_callers_trace() {
         &db.url,
         &[
             ("KEYGATE_ADMIN_TOKEN", token),
-            ("KEYGATE_OTLP_ENDPOINT", &endpoint),
+            ("KEYGATE_OTLP__ENDPOINT", &endpoint),
             // Root checks are never sampled; callers' decisions are still followed.
-            ("KEYGATE_OTLP_SAMPLE_RATIO", "0"),
+            ("KEYGATE_OTLP__SAMPLE_RATIO", "0"),
         ],
         &[],
     )

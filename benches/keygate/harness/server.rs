@@ -80,15 +80,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Keygate with a Redis limiter on `url` under a prefix of the run's own, refusing calls
-/// when Redis fails (`on_limiter_error = deny`), so that a failure shows up as refused
+/// when Redis fails (`[redis] on_error = deny`), so that a failure shows up as refused
 /// calls instead of silently measuring the in-memory fallback.
 pub fn redis_limiter(url: &str, prefix: &str) -> Vec<(&'static str, String)> {
     vec![
         ("KEYGATE_RATE_LIMITER", "redis".into()),
-        ("KEYGATE_REDIS_URL", url.into()),
-        ("KEYGATE_REDIS_KEY_PREFIX", prefix.into()),
-        ("KEYGATE_REDIS_TIMEOUT_MS", "1000".into()),
-        ("KEYGATE_ON_LIMITER_ERROR", "deny".into()),
+        ("KEYGATE_REDIS__URL", url.into()),
+        ("KEYGATE_REDIS__KEY_PREFIX", prefix.into()),
+        ("KEYGATE_REDIS__TIMEOUT_MS", "1000".into()),
+        ("KEYGATE_REDIS__ON_ERROR", "deny".into()),
     ]
 }
 
@@ -203,7 +203,7 @@ impl Server {
             .env("KEYGATE_DATABASE_URL", database_url)
             .env("KEYGATE_LISTEN", "127.0.0.1:0")
             // No metrics port: several servers would fight over it, and it is not measured.
-            .env("KEYGATE_METRICS_ENABLED", "false")
+            .env("KEYGATE_METRICS__ENABLED", "false")
             .env("KEYGATE_LOG__FORMAT", "json")
             .env("KEYGATE_LOG__FILTER", "warn,keygate=info")
             .env("KEYGATE_ADMIN_TOKEN", token)

@@ -71,7 +71,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
       key: {{ if .Values.externalDatabase.existingSecret }}{{ .Values.externalDatabase.existingSecretKey }}{{ else }}database-url{{ end }}
 {{- end }}
 {{- if or .Values.redis.existingSecret (and .Values.secrets.create .Values.secrets.redisUrl) }}
-- name: KEYGATE_REDIS_URL
+- name: KEYGATE_REDIS__URL
   valueFrom:
     secretKeyRef:
       name: {{ include "keygate.secretName" (list . .Values.redis.existingSecret) }}

@@ -19,7 +19,7 @@ pub fn command(db_url: &str, extra_env: &[(&str, &str)], args: &[&str]) -> Comma
     cmd.env_clear()
         .env("KEYGATE_DATABASE_URL", db_url)
         .env("KEYGATE_LISTEN", "127.0.0.1:0")
-        .env("KEYGATE_METRICS_LISTEN", "127.0.0.1:0")
+        .env("KEYGATE_METRICS__LISTEN", "127.0.0.1:0")
         .env("KEYGATE_LOG__FORMAT", "json")
         .args(args)
         .stdin(std::process::Stdio::null())

@@ -30,10 +30,10 @@ pub fn config_for(url: &str) -> Config {
         admin_token: Some(ADMIN_TOKEN.to_owned().into()),
         auto_migrate: true,
         shutdown_grace_secs: 5,
-        // Tests run in parallel: every server gets its own metrics port.
-        metrics_listen: "127.0.0.1:0".parse().unwrap(),
         ..Default::default()
     };
+    // Tests run in parallel: every server gets its own metrics port.
+    cfg.metrics.listen = "127.0.0.1:0".parse().unwrap();
     cfg.database.max_connections = 8;
     cfg
 }
