@@ -21,6 +21,7 @@ mod plans;
 mod quotas;
 mod readme;
 mod replicas;
+mod store;
 mod timing;
 mod tls;
 mod traces;
