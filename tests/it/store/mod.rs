@@ -19,6 +19,7 @@ mod audit;
 mod imports;
 mod keys;
 mod tenants;
+mod usage;
 
 /// A UTC midnight, so minute and day buckets start here.
 pub const T0: UnixMillis = UnixMillis(1_699_920_000_000);
