@@ -18,6 +18,7 @@ use std::time::Duration;
 mod audit;
 mod imports;
 mod keys;
+mod quotas;
 mod tenants;
 mod usage;
 
