@@ -16,10 +16,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 mod audit;
+mod health;
 mod imports;
 mod keys;
 mod quotas;
 mod tenants;
+mod tokens;
 mod usage;
 
 /// A UTC midnight, so minute and day buckets start here.
