@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 mod audit;
+mod changes;
 mod health;
 mod imports;
 mod keys;
