@@ -22,6 +22,7 @@ mod plans;
 mod quotas;
 mod readme;
 mod replicas;
+mod store;
 mod timing;
 mod tls;
 mod traces;
