@@ -312,9 +312,15 @@ impl LimitsConfig {
             ));
         }
         if self.max_connections == 0 {
-            return Err(Error::invalid("limits.max_connections", "must be at least 1"));
+            return Err(Error::invalid(
+                "limits.max_connections",
+                "must be at least 1",
+            ));
         }
-        if self.handshake_timeout_ms == 0 || self.keepalive_secs == 0 || self.keepalive_timeout_secs == 0 {
+        if self.handshake_timeout_ms == 0
+            || self.keepalive_secs == 0
+            || self.keepalive_timeout_secs == 0
+        {
             return Err(Error::invalid(
                 "limits",
                 "handshake_timeout_ms, keepalive_secs and keepalive_timeout_secs must be positive",

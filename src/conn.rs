@@ -2,6 +2,7 @@
 //! and until its first byte, no more than `limits.handshake_timeout_ms`. Without these,
 //! 20,000 plain TCP connects that send nothing exhausted the file descriptors and the
 //! health checks with them. The probes port is served apart and keeps answering.
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -115,13 +116,17 @@ impl AsyncRead for Guarded {
                 }
                 Poll::Ready(r)
             }
-            Poll::Pending => match &mut me.first_byte {
-                Some(deadline) if deadline.as_mut().poll(cx).is_ready() => {
+            Poll::Pending => {
+                let late = match &mut me.first_byte {
+                    Some(deadline) => deadline.as_mut().poll(cx).is_ready(),
+                    None => false,
+                };
+                if late {
                     tracing::debug!(peer = ?me.info.remote, "connection sent nothing in time; closed");
-                    Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()))
+                    return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
                 }
-                _ => Poll::Pending,
-            },
+                Poll::Pending
+            }
         }
     }
 }

@@ -102,6 +102,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Work still on the blocking pool (an argon2 verify) must not hold the process past
+    // the grace period: dropping a runtime waits for it, `shutdown_timeout` does not.
+    let grace = std::time::Duration::from_secs(config.shutdown_grace_secs);
     let result = rt.block_on(async move {
         // Inside the runtime: the OTLP exporter's channel lives on it.
         let telemetry = keygate::telemetry::init(&config.log, &config.otlp);
@@ -128,6 +131,7 @@ fn main() -> ExitCode {
         telemetry.shutdown();
         result
     });
+    rt.shutdown_timeout(grace);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,8 +1,8 @@
 //! Who may call KeyAdmin (holders of an admin token, never holders of an API key), and
 //! who may call Authorize/ext_authz (anyone, or holders of the `authorize_token`).
+use crate::conn::PeerInfo;
 use crate::domain::key;
 use crate::service::tokens::{digest, AdminTokens};
-use crate::conn::PeerInfo;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tonic::{Request, Status};

@@ -2,6 +2,7 @@
 use crate::support::{check, command, new_key, spawn, CheckClient, Db, TestDb};
 use keygate::grpc::pb;
 use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 const TOKEN: &str = "binary-test-admin-token-0123456789";
 

@@ -140,3 +140,63 @@ on_both_stores!(
     quota_adjustments_near_the_counter_limit_are_refused,
     audit_queries_and_names_are_checked
 );
+
+/// Connections that send nothing cannot exhaust the server: beyond `max_connections` a
+/// connection is closed at once (and counted), a silent one is closed after
+/// `handshake_timeout_ms`, the probes port keeps answering, and service resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_bounded_and_closed() {
+    use tokio::io::AsyncReadExt;
+    let Some(s) = crate::support::TestServer::start_with(Db::Sqlite, |cfg| {
+        cfg.limits.max_connections = 3;
+        cfg.limits.handshake_timeout_ms = 500;
+    })
+    .await
+    else {
+        return;
+    };
+    // Closed by the server (EOF or a reset) within `within`; what it sent before (its
+    // HTTP/2 SETTINGS) is read past.
+    async fn closed(c: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+        let mut buf = [0u8; 256];
+        tokio::time::timeout(within, async {
+            loop {
+                match c.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+    // Slots free up as the readiness probe's connections close.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(tokio::net::TcpStream::connect(s.addr).await.unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut extra = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    assert!(
+        closed(&mut extra, std::time::Duration::from_millis(400)).await,
+        "a connection beyond the limit is closed at once"
+    );
+    let m = s.metrics().await;
+    assert!(
+        crate::support::sample(&m, "keygate_connections_refused_total") >= 1.0,
+        "{m}"
+    );
+    for c in &mut silent {
+        assert!(
+            closed(c, std::time::Duration::from_secs(3)).await,
+            "a connection that sends nothing is closed after handshake_timeout_ms"
+        );
+    }
+    // Slots are free again: a real client gets through.
+    let c = s.authorize().await;
+    assert_eq!(
+        c.reason(crate::support::check("")).await,
+        pb::Reason::MissingCredential
+    );
+}
