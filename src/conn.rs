@@ -85,23 +85,37 @@ impl Admission {
     }
 }
 
-/// A plaintext connection holding its slot, closed if its first byte is late.
-pub struct Guarded {
-    inner: TcpStream,
+/// An accepted connection (plain TCP, or TLS over it) holding its slot; closed if a first
+/// byte is awaited and late.
+pub struct Conn<S> {
+    inner: S,
     info: PeerInfo,
     _slot: Slot,
-    /// Until the first byte arrives.
+    /// Until the first byte arrives (`None`: not awaited, or arrived).
     first_byte: Option<Pin<Box<Sleep>>>,
 }
 
-impl tonic::transport::server::Connected for Guarded {
+impl<S> Conn<S> {
+    /// `inner` from `info`'s peer, holding `slot`; with `first_byte`, closed unless it sends
+    /// something within that time.
+    pub fn new(inner: S, info: PeerInfo, slot: Slot, first_byte: Option<Duration>) -> Self {
+        Conn {
+            inner,
+            info,
+            _slot: slot,
+            first_byte: first_byte.map(|d| Box::pin(tokio::time::sleep(d))),
+        }
+    }
+}
+
+impl<S> tonic::transport::server::Connected for Conn<S> {
     type ConnectInfo = PeerInfo;
     fn connect_info(&self) -> PeerInfo {
         self.info.clone()
     }
 }
 
-impl AsyncRead for Guarded {
+impl<S: AsyncRead + Unpin> AsyncRead for Conn<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -131,7 +145,7 @@ impl AsyncRead for Guarded {
     }
 }
 
-impl AsyncWrite for Guarded {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -164,7 +178,7 @@ pub fn incoming(
     listener: TcpListener,
     admission: Arc<Admission>,
     first_byte_timeout: Duration,
-) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Guarded>> {
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Conn<TcpStream>>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -188,15 +202,11 @@ pub fn incoming(
             // Without TCP_NODELAY, Nagle plus delayed ACK put 40 ms tails on
             // Envoy -> Keygate calls.
             let _ = tcp.set_nodelay(true);
-            let conn = Guarded {
-                inner: tcp,
-                info: PeerInfo {
-                    remote: Some(remote),
-                    client_subject: None,
-                },
-                _slot: slot,
-                first_byte: Some(Box::pin(tokio::time::sleep(first_byte_timeout))),
+            let info = PeerInfo {
+                remote: Some(remote),
+                client_subject: None,
             };
+            let conn = Conn::new(tcp, info, slot, Some(first_byte_timeout));
             if tx.send(Ok(conn)).await.is_err() {
                 return;
             }

@@ -12,15 +12,12 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::ServerConfig;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 pub use crate::conn::PeerInfo;
-use crate::conn::{Admission, Slot};
+use crate::conn::{Admission, Conn};
 
 /// The server's TLS material, swappable at run time.
 pub struct Tls {
@@ -161,55 +158,8 @@ fn build(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<ServerConf
     Ok(config)
 }
 
-/// An accepted TLS connection.
-pub struct TlsConn {
-    inner: tokio_rustls::server::TlsStream<TcpStream>,
-    info: PeerInfo,
-    _slot: Slot,
-}
-
-impl tonic::transport::server::Connected for TlsConn {
-    type ConnectInfo = PeerInfo;
-    fn connect_info(&self) -> PeerInfo {
-        self.info.clone()
-    }
-}
-
-impl AsyncRead for TlsConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TlsConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
+/// An accepted TLS connection (the handshake bounds its own first bytes).
+pub type TlsConn = Conn<tokio_rustls::server::TlsStream<TcpStream>>;
 
 /// The subject CN of a DER certificate.
 fn subject_cn(der: &[u8]) -> Option<String> {
@@ -282,14 +232,11 @@ pub fn incoming(
                     .peer_certificates()
                     .and_then(|c| c.first())
                     .and_then(|c| subject_cn(c));
-                let conn = TlsConn {
-                    _slot: slot,
-                    inner: stream,
-                    info: PeerInfo {
-                        remote: Some(remote),
-                        client_subject,
-                    },
+                let info = PeerInfo {
+                    remote: Some(remote),
+                    client_subject,
                 };
+                let conn = Conn::new(stream, info, slot, None);
                 let _ = conns.send(Ok(conn)).await;
             });
             if tx.is_closed() {
