@@ -1,11 +1,15 @@
-//! The `keygate admin …` and `keygate key inspect` commands: operator tools that work on
-//! the store directly (admin tokens) or on nothing at all (key inspection).
+//! The command line (`run.rs`: flags and dispatch) and the `keygate admin …` and
+//! `keygate key inspect` commands: operator tools that work on the store directly (admin
+//! tokens) or on nothing at all (key inspection).
+mod run;
+
 use crate::config::Config;
 use crate::domain::access::Role;
 use crate::domain::key::{self, MalformedKey};
 use crate::domain::{text, Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::store::{AdminTokenStore, TenantStore};
+pub use run::main;
 
 /// `keygate admin create`: stores a new admin token's digest and returns the token, to
 /// be printed once.
