@@ -204,8 +204,28 @@ impl EnvoyConfig {
                 }
                 "keygate.error_format" => s.error_format = parse_enum(k, v)?,
                 "keygate.reset_format" => s.reset_format = parse_enum(k, v)?,
-                "keygate.forward_metadata" => s.forward_metadata = v == "true",
+                "keygate.forward_metadata" => {
+                    s.forward_metadata = match v.as_str() {
+                        "true" => true,
+                        "false" => false,
+                        _ => {
+                            return Err(Error::invalid(k.as_str(), "must be \"true\" or \"false\""))
+                        }
+                    }
+                }
                 "keygate.route" => s.route = Some(v.clone()).filter(|r| !r.is_empty()),
+                // A misspelt key of ours must not fail open (a read-only key passing a
+                // write route because `keygate.scope` was ignored).
+                other if other.to_ascii_lowercase().starts_with("keygate.") => {
+                    return Err(Error::invalid(
+                        "context_extensions",
+                        format!(
+                            "unknown key {:?}; Keygate's keys are {}",
+                            other.chars().take(64).collect::<String>(),
+                            ROUTE_KEYS.join(", ")
+                        ),
+                    ));
+                }
                 // Other filters' keys share the map: not ours, not an error.
                 _ => {}
             }
@@ -214,6 +234,19 @@ impl EnvoyConfig {
         Ok(s)
     }
 }
+
+/// Every `context_extensions` key Keygate reads.
+pub const ROUTE_KEYS: [&str; 9] = [
+    "keygate.credentials",
+    "keygate.tenant",
+    "keygate.tenant_header",
+    "keygate.scopes",
+    "keygate.cost",
+    "keygate.error_format",
+    "keygate.reset_format",
+    "keygate.forward_metadata",
+    "keygate.route",
+];
 
 fn parse_enum<T: for<'de> Deserialize<'de>>(k: &str, v: &str) -> Result<T> {
     serde_json::from_value(serde_json::Value::String(v.to_owned()))
@@ -224,6 +257,29 @@ fn parse_enum<T: for<'de> Deserialize<'de>>(k: &str, v: &str) -> Result<T> {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn a_misspelt_route_setting_fails_instead_of_being_ignored() {
+        let cfg = EnvoyConfig::default();
+        let route = |k: &str, v: &str| {
+            cfg.for_route(&HashMap::from([(k.to_owned(), v.to_owned())]))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        for typo in ["keygate.scope", "Keygate.Scopes", "KEYGATE.cost"] {
+            let e = route(typo, "write").unwrap_err();
+            assert!(e.starts_with("context_extensions: unknown key"), "{e}");
+            assert!(e.contains("keygate.scopes"), "lists the known keys: {e}");
+        }
+        let e = route("keygate.forward_metadata", "yes").unwrap_err();
+        assert!(e.starts_with("keygate.forward_metadata: must be"), "{e}");
+        assert!(route("keygate.forward_metadata", "false").is_ok());
+        assert!(
+            route("envoy.other_filter", "x").is_ok(),
+            "other filters' keys pass"
+        );
+        assert!(route("keygate.scopes", "read write").is_ok());
+    }
 
     #[test]
     fn a_tenant_header_that_carries_the_key_is_refused() {
