@@ -106,7 +106,29 @@ pub fn validate_metadata(field: &str, metadata: &BTreeMap<String, String>) -> Re
         reject_control(field, k)?;
         validate_text(&format!("{field}[{k}]"), v, MAX_METADATA_VALUE_CHARS)?;
     }
+    // Forwarded upstream as headers, two keys must not share a header.
+    let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+    for k in metadata.keys() {
+        if let Some(other) = seen.insert(metadata_header(k), k) {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "keys {other:?} and {k:?} would both be forwarded as header {:?}",
+                    metadata_header(k)
+                ),
+            ));
+        }
+    }
     Ok(())
+}
+
+/// The header a metadata entry is forwarded upstream as (Envoy, `forward_metadata`):
+/// lower case, anything but letters, digits and `-` turned into `-`.
+pub fn metadata_header(key: &str) -> String {
+    let safe = key
+        .to_ascii_lowercase()
+        .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-");
+    format!("x-keygate-meta-{safe}")
 }
 
 #[cfg(test)]
@@ -126,5 +148,18 @@ mod tests {
         let e = validate_name("name", "\u{200B}\u{200B} ").unwrap_err();
         assert!(e.to_string().contains("invisible"), "{e}");
         assert!(validate_text("reason", "a\u{2067}b", 50).is_err());
+    }
+
+    #[test]
+    fn metadata_keys_that_share_a_forwarded_header_are_refused() {
+        let md = |keys: &[&str]| {
+            keys.iter()
+                .map(|k| (k.to_string(), "v".to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert!(validate_metadata("metadata", &md(&["plan", "team-id"])).is_ok());
+        let e = validate_metadata("metadata", &md(&["A B", "a-b"])).unwrap_err();
+        assert!(e.to_string().contains("x-keygate-meta-a-b"), "{e}");
+        assert_eq!(metadata_header("Team_ID"), "x-keygate-meta-team-id");
     }
 }

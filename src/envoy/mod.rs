@@ -4,6 +4,7 @@
 //! No decision logic lives here.
 pub mod settings;
 
+use crate::domain::text;
 use crate::domain::{Scope, UnixMillis};
 use crate::error::Result;
 use crate::metrics::Source;
@@ -254,11 +255,17 @@ pub fn respond(
                 upstream.push(("x-keygate-environment".into(), k.environment.clone()));
             }
             if settings.forward_metadata {
-                for (name, value) in &k.metadata {
-                    let safe = name
-                        .to_ascii_lowercase()
-                        .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-");
-                    upstream.push((format!("x-keygate-meta-{safe}"), value.clone()));
+                // Keys that collide (stored before writes refused them) are forwarded as
+                // neither: which value the upstream saw must never depend on order.
+                let names: Vec<String> = k
+                    .metadata
+                    .keys()
+                    .map(|n| text::metadata_header(n))
+                    .collect();
+                for (header, value) in names.iter().zip(k.metadata.values()) {
+                    if names.iter().filter(|n| *n == header).count() == 1 {
+                        upstream.push((header.clone(), value.clone()));
+                    }
                 }
             }
             let fields = [

@@ -587,6 +587,16 @@ async fn pagination_walks_every_key_once(db: Db) {
         .unwrap();
     assert_eq!(second.tenants.len(), 2);
     assert!(second.next_page_token.is_empty());
+    // A token is one this server returned, not any tenant id.
+    let (c, m) = code(
+        a.list_tenants(pb::ListTenantsRequest {
+            page_size: 4,
+            page_token: "tenant-1".into(),
+        })
+        .await,
+    );
+    assert_eq!(c, Code::InvalidArgument, "{m}");
+    assert!(m.starts_with("page_token:"), "{m}");
 }
 
 async fn rotation_keeps_settings_and_remaining_expiry(db: Db) {

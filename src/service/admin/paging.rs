@@ -43,6 +43,28 @@ impl Page {
     }
 }
 
+impl Page {
+    /// The id an id-ordered page resumes after (`None` on the first page); the token must
+    /// be `<kind>.<id>` as [`id_token`] wrote it.
+    pub(super) fn id_cursor(&self, kind: &str) -> Result<Option<String>> {
+        if self.token.is_empty() {
+            return Ok(None);
+        }
+        let id = self
+            .token
+            .strip_prefix(kind)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .ok_or_else(bad_token)?;
+        crate::domain::text::validate_tenant_id("page_token", id).map_err(|_| bad_token())?;
+        Ok(Some(id.to_owned()))
+    }
+}
+
+/// The token of an id-ordered item.
+pub(super) fn id_token(kind: &str, id: &str) -> String {
+    format!("{kind}.{id}")
+}
+
 pub(super) fn bad_token() -> Error {
     Error::invalid("page_token", "is not a token this server returned")
 }
@@ -91,6 +113,19 @@ mod tests {
         assert_eq!(page(0, "").time_cursor("key_").unwrap(), None);
         for bad in ["nodot", "x.key_abc", "12.aud_abc", "12", ".key_"] {
             let e = page(0, bad).time_cursor("key_").unwrap_err();
+            assert!(e.to_string().starts_with("page_token: "), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn id_cursor_takes_only_its_own_tokens() {
+        let token = id_token("tenants", "acme");
+        assert_eq!(
+            page(0, &token).id_cursor("tenants").unwrap(),
+            Some("acme".into())
+        );
+        for bad in ["acme", "keys.acme", "tenants.", "tenants.a b", "tenants"] {
+            let e = page(0, bad).id_cursor("tenants").unwrap_err();
             assert!(e.to_string().starts_with("page_token: "), "{bad}: {e}");
         }
     }

@@ -1,5 +1,8 @@
 //! Tenants and their key policy.
-use super::paging::{bad_token, next_token, Page};
+use super::paging::{id_token, next_token, Page};
+
+/// What a ListTenants page token starts with.
+const TENANT_TOKEN: &str = "tenants";
 use super::AdminService;
 use crate::domain::access::Need;
 use crate::domain::{text, Caller, Tenant, TenantPolicy};
@@ -75,21 +78,16 @@ impl AdminService {
     /// Tenants ordered by id; a tenant-limited token sees only its own.
     pub async fn list_tenants(&self, page: Page, caller: &Caller) -> Result<(Vec<Tenant>, String)> {
         let limit = page.limit()?;
+        let after = page.id_cursor(TENANT_TOKEN)?;
         if let Some(own) = &caller.principal.tenant {
-            let tenants = match (page.token.is_empty(), self.tenants.get_tenant(own).await?) {
+            let tenants = match (after.is_none(), self.tenants.get_tenant(own).await?) {
                 (true, Some(t)) => vec![t],
                 _ => vec![],
             };
             return Ok((tenants, String::new()));
         }
-        let after = if page.token.is_empty() {
-            None
-        } else {
-            text::validate_tenant_id("page_token", &page.token).map_err(|_| bad_token())?;
-            Some(page.token.as_str())
-        };
-        let tenants = self.tenants.list_tenants(after, limit).await?;
-        let next = next_token(&tenants, limit, |t| t.id.clone());
+        let tenants = self.tenants.list_tenants(after.as_deref(), limit).await?;
+        let next = next_token(&tenants, limit, |t| id_token(TENANT_TOKEN, &t.id));
         Ok((tenants, next))
     }
 }
