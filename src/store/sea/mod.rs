@@ -270,7 +270,6 @@ impl SeaStore {
 }
 
 #[async_trait::async_trait]
-#[async_trait::async_trait]
 impl StoreHealth for SeaStore {
     async fn ping(&self) -> Result<()> {
         self.db.ping().await.map_err(db_err)
