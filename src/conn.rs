@@ -171,6 +171,30 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
     }
 }
 
+/// The next connection the admission has a slot for (others are closed at once), with
+/// TCP_NODELAY set: without it, Nagle plus delayed ACK put 40 ms tails on Envoy ->
+/// Keygate calls.
+pub async fn accept(
+    listener: &TcpListener,
+    admission: &Admission,
+) -> (TcpStream, SocketAddr, Slot) {
+    loop {
+        let (tcp, remote) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait for some to free.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if let Some(slot) = admission.admit(remote) {
+            let _ = tcp.set_nodelay(true);
+            return (tcp, remote, slot);
+        }
+    }
+}
+
 /// Accepts plaintext connections within the admission's slots, each closed if it sends
 /// nothing for `first_byte_timeout`. Refused connections are closed at once, so the
 /// listen backlog never fills with them.
@@ -182,26 +206,10 @@ pub fn incoming(
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
+            let (tcp, remote, slot) = tokio::select! {
+                a = accept(&listener, &admission) => a,
                 _ = tx.closed() => return,
             };
-            let (tcp, remote) = match accepted {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of file descriptors, most likely: wait for some to free.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Some(slot) = admission.admit(remote) else {
-                drop(tcp);
-                continue;
-            };
-            // Without TCP_NODELAY, Nagle plus delayed ACK put 40 ms tails on
-            // Envoy -> Keygate calls.
-            let _ = tcp.set_nodelay(true);
             let info = PeerInfo {
                 remote: Some(remote),
                 client_subject: None,

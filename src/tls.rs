@@ -197,19 +197,7 @@ pub fn incoming(
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
-            let (tcp, remote) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Some(slot) = admission.admit(remote) else {
-                drop(tcp);
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
+            let (tcp, remote, slot) = crate::conn::accept(&listener, &admission).await;
             let acceptor = tls.acceptor();
             let conns = tx.clone();
             tokio::spawn(async move {
