@@ -222,7 +222,7 @@ impl EnvoyConfig {
                         format!(
                             "unknown key {:?}; Keygate's keys are {}",
                             other.chars().take(64).collect::<String>(),
-                            ROUTE_KEYS.join(", ")
+                            CONTEXT_KEYS.join(", ")
                         ),
                     ));
                 }
@@ -234,19 +234,6 @@ impl EnvoyConfig {
         Ok(s)
     }
 }
-
-/// Every `context_extensions` key Keygate reads.
-pub const ROUTE_KEYS: [&str; 9] = [
-    "keygate.credentials",
-    "keygate.tenant",
-    "keygate.tenant_header",
-    "keygate.scopes",
-    "keygate.cost",
-    "keygate.error_format",
-    "keygate.reset_format",
-    "keygate.forward_metadata",
-    "keygate.route",
-];
 
 fn parse_enum<T: for<'de> Deserialize<'de>>(k: &str, v: &str) -> Result<T> {
     serde_json::from_value(serde_json::Value::String(v.to_owned()))

@@ -30,7 +30,7 @@ pub fn client_ip(field: &str, raw: &str) -> Result<Option<IpAddr>> {
         .map_err(|_| Error::invalid(field, format!("{raw:?} is not an IPv4 or IPv6 address")))
 }
 
-fn input(r: pb::CheckRequest, guess_source: Option<std::net::IpAddr>) -> Result<CheckInput> {
+fn input(r: pb::CheckRequest) -> Result<CheckInput> {
     let required_scopes = r
         .required_scopes
         .iter()
@@ -39,7 +39,7 @@ fn input(r: pb::CheckRequest, guess_source: Option<std::net::IpAddr>) -> Result<
         .collect::<Result<Vec<_>>>()?;
     Ok(CheckInput {
         client_ip: client_ip("client_ip", &r.client_ip)?,
-        guess_source,
+        guess_source: None,
         required_scopes,
         tenant_id: Some(r.tenant_id).filter(|t| !t.is_empty()),
         method: Some(r.method).filter(|m| !m.is_empty()),
@@ -135,9 +135,8 @@ impl pb::authorize_server::Authorize for AuthorizeApi {
             .get::<super::auth::TrustedCaller>()
             .is_some();
         async move {
-            let r = req.into_inner();
-            let vouched = client_ip("client_ip", &r.client_ip)?.filter(|_| trusted);
-            let input = input(r, vouched.or(peer))?;
+            let mut input = input(req.into_inner())?;
+            input.guess_source = input.client_ip.filter(|_| trusted).or(peer);
             let decision = self.svc.check_recorded(Source::Grpc, &input).await?;
             Ok(Response::new(response(decision)))
         }
