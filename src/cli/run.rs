@@ -104,9 +104,12 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Work still on the blocking pool (an argon2 verify) must not hold the process past
-    // the grace period: dropping a runtime waits for it, `shutdown_timeout` does not.
-    let grace = std::time::Duration::from_secs(config.shutdown_grace_secs);
+    // Work still on the blocking pool (an argon2 verify whose caller is gone) must not hold
+    // the process past the grace period: dropping a runtime waits for it,
+    // `shutdown_timeout` does not. By then the server has drained (within the grace
+    // period) and flushed what it buffered, so nothing left there is worth waiting for.
+    let leftover = std::time::Duration::from_secs(config.shutdown_grace_secs)
+        .min(std::time::Duration::from_millis(250));
     let result = rt.block_on(async move {
         // Inside the runtime: the OTLP exporter's channel lives on it.
         let telemetry = crate::telemetry::init(&config.log, &config.otlp);
@@ -133,7 +136,7 @@ pub fn main() -> ExitCode {
         telemetry.shutdown();
         result
     });
-    rt.shutdown_timeout(grace);
+    rt.shutdown_timeout(leftover);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

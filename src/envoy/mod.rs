@@ -127,7 +127,8 @@ pub fn translate(config: &EnvoyConfig, req: &CheckRequest) -> Result<(CheckInput
         required_scopes,
         client_ip,
         // The address Envoy saw (after the configured trusted proxy hops), which the end
-        // user cannot choose; the handler falls back to Envoy's own address.
+        // user cannot choose; the handler keeps it only from a trusted caller, else uses
+        // the connection's peer.
         guess_source: client_ip,
         method: http.map(|h| h.method.clone()).filter(|m| !m.is_empty()),
         path,
@@ -326,7 +327,15 @@ pub fn respond(
 #[tonic::async_trait]
 impl Authorization for ExtAuthz {
     async fn check(&self, req: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        // Envoy's view of the end user's address is believed for the failed-check throttle
+        // only from a caller that proved it is a trusted service (authorize token or client
+        // certificate): anyone else who reaches this port could name any address in the
+        // attributes. Otherwise failures count against the connection's peer.
         let peer = crate::conn::peer_ip(&req);
+        let trusted = req
+            .extensions()
+            .get::<crate::grpc::auth::TrustedCaller>()
+            .is_some();
         let req = req.into_inner();
         let carrier = req
             .get_client_headers()
@@ -334,7 +343,7 @@ impl Authorization for ExtAuthz {
         let span = crate::telemetry::check_span("ext_authz/Check", carrier);
         async move {
             let (mut input, settings) = translate(&self.config, &req)?;
-            input.guess_source = input.guess_source.or(peer);
+            input.guess_source = input.guess_source.filter(|_| trusted).or(peer);
             // A store outage is a gRPC error, not a deny: Envoy's failure_mode_allow and
             // status_on_error decide what the client gets.
             let decision = self.check.check_recorded(Source::ExtAuthz, &input).await?;

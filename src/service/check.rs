@@ -209,14 +209,19 @@ impl CheckService {
             Err(_) => match self.imports.lookup(&input.api_key) {
                 Some((id, prefix)) => (id.into(), prefix.into()),
                 None => {
-                    self.guesses.failed(input.guess_source, now);
+                    self.guesses.failed(input.guess_source, None, now);
                     return Ok(Decision::deny(Reason::MalformedKey));
                 }
             },
         };
-        // An address that keeps failing may only use keys already verified in the cache.
+        // A source that keeps failing gets a verify only for keys already verified in the
+        // cache, or lookup ids that exist and have not failed from there (guessing.rs).
         if let Some(status) = self.guesses.throttled(input.guess_source, now) {
-            if !self.cache.holds_key(&cache::digest(&input.api_key)) {
+            if !self.cache.holds_key(&cache::digest(&input.api_key))
+                && !self
+                    .may_try_throttled(input.guess_source, &lookup_id, now)
+                    .await?
+            {
                 self.guesses.refused();
                 return Ok(Decision {
                     rate_limit: Some(status),
@@ -227,7 +232,8 @@ impl CheckService {
         let key = match self.resolve(&input.api_key, &lookup_id, &head).await? {
             Resolved::Key(k) => k,
             Resolved::Unknown => {
-                self.guesses.failed(input.guess_source, now);
+                self.guesses
+                    .failed(input.guess_source, Some(&lookup_id), now);
                 return Ok(Decision::deny(Reason::KeyNotFound));
             }
         };
@@ -414,6 +420,20 @@ impl CheckService {
 
     /// Cache, else one indexed lookup and one argon2 verify (single-flight). An unknown
     /// lookup id still costs a verify against a dummy hash, so timing reveals nothing.
+    /// From a throttled source: whether `lookup_id` may still be verified — it exists (a
+    /// store lookup, no argon2) and has not failed too often from there.
+    async fn may_try_throttled(
+        &self,
+        source: Option<std::net::IpAddr>,
+        lookup_id: &str,
+        now: crate::domain::UnixMillis,
+    ) -> Result<bool> {
+        if self.guesses.key_exhausted(source, lookup_id, now) {
+            return Ok(false);
+        }
+        Ok(self.keys.find_by_lookup_id(lookup_id).await?.is_some())
+    }
+
     async fn resolve(&self, presented: &str, lookup_id: &str, head: &str) -> Result<Resolved> {
         let digest = cache::digest(presented);
         let loaded = std::sync::atomic::AtomicBool::new(false);

@@ -435,8 +435,10 @@ async fn oversized_messages_are_refused_before_any_work() {
 }
 
 /// Key guessing from one address: after `failed_checks_per_ip` failures, that address may
-/// only use keys already verified in the cache; other addresses are unaffected. The
-/// caller is a trusted service (authorize token), so its `client_ip` is believed.
+/// still use keys verified in the cache and valid keys whose lookup id has not failed from
+/// there, but made-up lookup ids and ones it keeps failing on are refused without a
+/// verify; other addresses are unaffected. The caller is a trusted service (authorize
+/// token), so its `client_ip` is believed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn key_guessing_from_one_address_is_throttled() {
     let Some(s) = TestServer::start_with(Db::Sqlite, |cfg| {
@@ -457,34 +459,57 @@ async fn key_guessing_from_one_address_is_throttled() {
     let ok = c.check(from(&known, guesser)).await;
     assert_eq!(ok.reason, pb::Reason::Ok as i32);
     // Wrong secrets under a real lookup id, with valid checksums: real guesses.
-    let forged = |i: usize| {
-        let head = &known[..known.len() - 30];
-        let secret = format!("{:0>24}", i);
-        keygate::domain::key::assemble(head, "", &secret)
+    let body = known.len() - 42;
+    let forged = |lookup: &str, i: usize| {
+        keygate::domain::key::assemble(&known[..body], lookup, &format!("{:0>24}", i))
     };
+    let known_id = &known[body..body + 12];
+    let fresh_id = &fresh[body..body + 12];
     for i in 0..5 {
-        let r = c.check(from(&forged(i), guesser)).await;
+        let r = c.check(from(&forged(known_id, i), guesser)).await;
         assert_eq!(r.reason, pb::Reason::KeyNotFound as i32);
     }
-    let r = c.check(from(&forged(99), guesser)).await;
-    assert_eq!(r.reason, pb::Reason::RateLimited as i32);
-    assert_eq!(r.http_status, 429);
-    let rl = r.rate_limit.unwrap();
-    assert_eq!(rl.name, "failed_checks");
-    assert!(rl.retry_after.is_some());
-    // The cached key still works from there; an uncached one does not; the neighbour is fine.
+    let verifies = s.verify_count();
+    // Throttled: a made-up lookup id, and the one it failed on, are refused unverified.
+    for key in [forged("ZZZZZZZZZZZZ", 1), forged(known_id, 99)] {
+        let r = c.check(from(&key, guesser)).await;
+        assert_eq!(r.reason, pb::Reason::RateLimited as i32);
+        assert_eq!(r.http_status, 429);
+        let rl = r.rate_limit.unwrap();
+        assert_eq!(rl.name, "failed_checks");
+        assert!(rl.retry_after.is_some());
+    }
+    assert_eq!(
+        s.verify_count(),
+        verifies,
+        "refused without an argon2 verify"
+    );
+    // The cached key still works from there, and so does a valid key not yet verified
+    // (a guesser behind the same address does not lock it out); the neighbour is fine.
     let r = c.check(from(&known, guesser)).await;
     assert_eq!(r.reason, pb::Reason::Ok as i32);
     let r = c.check(from(&fresh, guesser)).await;
+    assert_eq!(
+        r.reason,
+        pb::Reason::Ok as i32,
+        "valid uncached key locked out"
+    );
+    let r = c.check(from(&forged(known_id, 7), neighbour)).await;
+    assert_eq!(r.reason, pb::Reason::KeyNotFound as i32);
+    // Guessing on another real lookup id from the throttled address: a few verifies, then
+    // that id is refused too.
+    for i in 0..3 {
+        let r = c.check(from(&forged(fresh_id, i), guesser)).await;
+        assert_eq!(r.reason, pb::Reason::KeyNotFound as i32);
+    }
+    let r = c.check(from(&forged(fresh_id, 3), guesser)).await;
     assert_eq!(r.reason, pb::Reason::RateLimited as i32);
-    let r = c.check(from(&fresh, neighbour)).await;
-    assert_eq!(r.reason, pb::Reason::Ok as i32);
     let m = s.metrics().await;
-    assert_eq!(sample(&m, "keygate_failed_checks_throttled_total"), 2.0);
-    // A minute later the address may try again.
+    assert_eq!(sample(&m, "keygate_failed_checks_throttled_total"), 3.0);
+    // Two windows later the address may try again.
     s.clock.advance(Duration::from_secs(121));
-    let r = c.check(from(&fresh, guesser)).await;
-    assert_eq!(r.reason, pb::Reason::Ok as i32);
+    let r = c.check(from(&forged("ZZZZZZZZZZZZ", 2), guesser)).await;
+    assert_eq!(r.reason, pb::Reason::KeyNotFound as i32);
 }
 
 const AUTHORIZE_TOKEN: &str = "test-authorize-token-0123456789";
@@ -520,5 +545,78 @@ async fn the_guess_throttle_counts_what_the_caller_cannot_choose() {
     }
     for req in [check(&forged(9)).ip("198.51.100.200"), check(&forged(10))] {
         assert_eq!(c.reason(req).await, pb::Reason::RateLimited);
+    }
+}
+
+/// ext_authz: the source address in Envoy's attributes is believed for the failed-check
+/// throttle only from a trusted caller (authorize token). From anyone else who reaches the
+/// port, naming a new address each time does not escape the throttle: failures count
+/// against the connection's peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ext_authz_source_addresses_are_believed_only_from_a_trusted_caller() {
+    use envoy_types::pb::envoy::config::core::v3 as core;
+    use envoy_types::pb::envoy::service::auth::v3 as ext;
+    for trusted in [false, true] {
+        let Some(s) = TestServer::start_with(Db::Sqlite, |cfg| {
+            cfg.limits.failed_checks_per_ip = 3;
+            if trusted {
+                cfg.authorize_token = Some(AUTHORIZE_TOKEN.to_owned().into());
+            }
+        })
+        .await
+        else {
+            return;
+        };
+        let a = s.admin().await;
+        a.tenant("t").upsert().await;
+        let known = a.create_key(new_key("t")).await.secret;
+        let body = known.len() - 42;
+        let mut e = ext::authorization_client::AuthorizationClient::new(s.channel().await);
+        let mut status_from = async |key: &str, ip: &str| {
+            let mut req = ext_authz(&[("x-api-key", key)]);
+            req.attributes.as_mut().unwrap().source = Some(ext::attribute_context::Peer {
+                address: Some(core::Address {
+                    address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+                        address: ip.into(),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            });
+            let mut req = tonic::Request::new(req);
+            req.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {AUTHORIZE_TOKEN}").parse().unwrap(),
+            );
+            let resp = e.check(req).await.unwrap().into_inner();
+            match resp.http_response {
+                Some(ext::check_response::HttpResponse::DeniedResponse(d)) => {
+                    d.status.map(|s| s.code).unwrap_or_default()
+                }
+                _ => 200,
+            }
+        };
+        for i in 0..3 {
+            let made_up = keygate::domain::key::assemble(
+                &known[..body],
+                &format!("ZZZZZZZZZZZ{i}"),
+                &"0".repeat(24),
+            );
+            assert_eq!(status_from(&made_up, &format!("203.0.113.{i}")).await, 401);
+        }
+        let made_up =
+            keygate::domain::key::assemble(&known[..body], "YYYYYYYYYYYY", &"0".repeat(24));
+        let next = status_from(&made_up, "203.0.113.200").await;
+        if trusted {
+            assert_eq!(
+                next, 401,
+                "a trusted Envoy's addresses are separate sources"
+            );
+        } else {
+            assert_eq!(
+                next, 429,
+                "a new address named by an untrusted caller escaped"
+            );
+        }
     }
 }

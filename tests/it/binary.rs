@@ -109,6 +109,68 @@ async fn sigterm_drains_and_exits_zero() {
     assert!(p.output().contains("keygate stopped"));
 }
 
+/// SIGTERM while argon2 verifies are running (an operator raised the import ceiling, and
+/// a key's stored cost takes minutes): the process still exits within the grace period,
+/// not when the hashing pool is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_within_the_grace_period_during_long_verifies() {
+    let db = TestDb::new(Db::Sqlite).await.unwrap();
+    let mut p = spawn(
+        &db.url,
+        &[
+            ("KEYGATE_ADMIN_TOKEN", TOKEN),
+            ("KEYGATE_SHUTDOWN_GRACE_SECS", "2"),
+            ("KEYGATE_ARGON2__MAX_ITERATIONS", "1000000"),
+        ],
+        &[],
+    )
+    .await;
+    let a = p.admin(TOKEN).await;
+    a.tenant("legacy").upsert().await;
+    // About a minute or more of hashing per verify at 1 MiB: the hash need not match, the
+    // verify pays the stored cost to find out.
+    let slow = "$argon2id$v=19$m=1024,t=1000000,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaA";
+    a.import_keys(pb::ImportKeysRequest {
+        tenant_id: "legacy".into(),
+        key_prefix: "acme-".into(),
+        format: pb::ImportHashFormat::Argon2Phc as i32,
+        lookup_length: 8,
+        keys: vec![pb::ImportedKey {
+            name: "slow".into(),
+            hash: slow.into(),
+            lookup: "acme-SLOW0001".into(),
+            ..Default::default()
+        }],
+    })
+    .await
+    .expect("import within the raised ceiling");
+    for _ in 0..2 {
+        let c = CheckClient::connect(&p.addr).await.unwrap();
+        tokio::spawn(async move { c.try_check(check("acme-SLOW0001.whatever")).await });
+    }
+    // Let both verifies start.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let pid = p.child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let exit = tokio::time::timeout(Duration::from_secs(30), p.child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("still running 30 s after SIGTERM: {}", p.output()))
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "took {took:?} for a 2 s grace period: {}",
+        p.output()
+    );
+    assert!(exit.code().is_some(), "exited by itself: {exit:?}");
+    assert!(p.output().contains("keygate stopped"), "{}", p.output());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_refuses_an_old_schema_until_migrated() {
     let Some(db) = TestDb::new(Db::Postgres).await else {
