@@ -1,5 +1,5 @@
 //! The in-memory limiter: exact for one replica, bounded in memory.
-use super::{LimitOutcome, LimitScope, LimitStatus, RateLimiter, Window};
+use super::{LimitOutcome, LimitScope, LimitStatus, RateLimiter, Window, SLOTS};
 use crate::domain::{RateLimitSpec, UnixMillis};
 use crate::error::Result;
 use std::sync::{Arc, Mutex};
@@ -9,7 +9,9 @@ use std::time::Duration;
 /// decided and spent on all limits atomically.
 #[derive(Default)]
 struct Bucket {
-    windows: Vec<(String, Window)>,
+    /// The limits' names, in the order of `windows`.
+    names: Vec<String>,
+    windows: Vec<Window>,
     /// The longest window among the limits, for expiry.
     longest: Duration,
 }
@@ -69,8 +71,9 @@ impl Default for MemoryLimiter {
     }
 }
 
-/// Decides and (unless `dry_run`) spends on `windows`; shared by every limiter that keeps
-/// its windows in process.
+/// Decides and (unless `dry_run`) spends on `windows`, one per limit of `limits`; shared
+/// by every limiter that decides in process (the Redis one rebuilds its windows from the
+/// script's reply and runs the same arithmetic for the figures).
 pub fn decide<L: std::borrow::Borrow<RateLimitSpec>>(
     windows: &mut [Window],
     limits: &[L],
@@ -79,12 +82,12 @@ pub fn decide<L: std::borrow::Borrow<RateLimitSpec>>(
     dry_run: bool,
 ) -> LimitOutcome {
     for (w, l) in windows.iter_mut().zip(limits.iter().map(|l| l.borrow())) {
-        w.roll(now, l.window.as_millis() as i64);
+        w.expire(now, l.window.as_millis() as i64, SLOTS);
     }
     let refusing = windows
         .iter()
         .zip(limits.iter().map(|l| l.borrow()))
-        .filter(|(w, l)| !w.admits(now, l.limit, cost))
+        .filter(|(w, l)| !w.admits(l.limit, cost))
         .max_by_key(|(w, l)| w.next_admission(now, l.limit, cost).unwrap_or(i64::MAX));
     if let Some((w, l)) = refusing {
         let retry_after = w
@@ -93,7 +96,7 @@ pub fn decide<L: std::borrow::Borrow<RateLimitSpec>>(
         let status = LimitStatus {
             name: l.name.clone(),
             limit: l.limit,
-            remaining: w.remaining(now, l.limit),
+            remaining: w.remaining(l.limit),
             reset: UnixMillis(w.reset(now)),
             retry_after,
         };
@@ -104,17 +107,17 @@ pub fn decide<L: std::borrow::Borrow<RateLimitSpec>>(
     }
     if !dry_run {
         for w in windows.iter_mut() {
-            w.current += cost;
+            w.spend(now, cost);
         }
     }
     let tightest = windows
         .iter()
         .zip(limits.iter().map(|l| l.borrow()))
-        .min_by_key(|(w, l)| w.remaining(now, l.limit));
+        .min_by_key(|(w, l)| w.remaining(l.limit));
     let status = tightest.map(|(w, l)| LimitStatus {
         name: l.name.clone(),
         limit: l.limit,
-        remaining: w.remaining(now, l.limit),
+        remaining: w.remaining(l.limit),
         reset: UnixMillis(w.reset(now)),
         retry_after: None,
     });
@@ -125,24 +128,22 @@ pub fn decide<L: std::borrow::Borrow<RateLimitSpec>>(
 }
 
 /// Lines the stored windows up with the current limits (by name): a limit whose window
-/// length changed starts afresh, one that is unchanged keeps its counts.
+/// length changed starts afresh (in `decide`), one that is unchanged keeps its slots.
 fn align(b: &mut Bucket, limits: &[RateLimitSpec]) {
-    if b.windows.len() != limits.len()
-        || b.windows.iter().zip(limits).any(|((n, _), l)| *n != l.name)
-    {
-        let old = std::mem::take(&mut b.windows);
+    if b.names.len() != limits.len() || b.names.iter().zip(limits).any(|(n, l)| *n != l.name) {
+        let names = std::mem::take(&mut b.names);
+        let mut old = std::mem::take(&mut b.windows);
         b.windows = limits
             .iter()
             .map(|l| {
-                (
-                    l.name.clone(),
-                    old.iter()
-                        .find(|(n, _)| *n == l.name)
-                        .map(|(_, w)| *w)
-                        .unwrap_or_default(),
-                )
+                names
+                    .iter()
+                    .position(|n| *n == l.name)
+                    .map(|i| std::mem::take(&mut old[i]))
+                    .unwrap_or_default()
             })
             .collect();
+        b.names = limits.iter().map(|l| l.name.clone()).collect();
         b.longest = limits.iter().map(|l| l.window).max().unwrap_or_default();
     }
 }
@@ -155,12 +156,7 @@ impl MemoryLimiter {
             .get_with_by_ref(s.bucket, || Arc::new(Mutex::new(Bucket::default())));
         let mut b = entry.lock().unwrap_or_else(|p| p.into_inner());
         align(&mut b, s.limits);
-        let mut windows: Vec<Window> = b.windows.iter().map(|(_, w)| *w).collect();
-        let outcome = decide(&mut windows, s.limits, cost, now.0, dry_run);
-        for ((_, stored), w) in b.windows.iter_mut().zip(windows) {
-            *stored = w;
-        }
-        outcome
+        decide(&mut b.windows, s.limits, cost, now.0, dry_run)
     }
 }
 
@@ -201,21 +197,18 @@ impl RateLimiter for MemoryLimiter {
             .iter()
             .map(|e| e.lock().unwrap_or_else(|p| p.into_inner()))
             .collect();
+        // The windows of every bucket, decided together, then put back.
         let mut windows = Vec::new();
         let mut limits = Vec::new();
         for (b, s) in guards.iter_mut().zip(&scopes) {
             align(b, s.limits);
-            windows.extend(b.windows.iter().map(|(_, w)| *w));
+            windows.append(&mut b.windows);
             limits.extend(s.limits.iter());
         }
         let outcome = decide(&mut windows, &limits, cost, now.0, dry_run);
-        let mut fresh = windows.into_iter();
-        for b in guards.iter_mut() {
-            for (_, stored) in b.windows.iter_mut() {
-                if let Some(w) = fresh.next() {
-                    *stored = w;
-                }
-            }
+        let mut decided = windows.into_iter();
+        for (b, s) in guards.iter_mut().zip(&scopes) {
+            b.windows = decided.by_ref().take(s.limits.len()).collect();
         }
         Ok(outcome)
     }

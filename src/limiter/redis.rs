@@ -1,8 +1,14 @@
-//! The shared limiter: the same sliding-window semantics as the in-memory one, kept in
-//! Redis so every replica spends from one budget. One round trip per check: a Lua script
-//! (`sliding_window.lua`) decides and spends all of a key's limits atomically.
+//! The shared limiter: the same exact sliding window as the in-memory one (its slots kept
+//! in Redis), so every replica spends from one budget. One round trip per check: a Lua
+//! script (`sliding_window.lua`) decides and spends all of a call's limits atomically and
+//! returns the slots that counted, from which [`decide`] computes the figures.
+//!
+//! Every replica passes its own clock's `now`: replicas' clocks must agree (NTP) for the
+//! window to be exact across them; a replica whose clock is δ behind records its calls δ
+//! early, which can let a window of `W` hold `limit` calls spread over `W − δ`.
 use super::memory::decide;
-use super::{LimitOutcome, LimitScope, RateLimiter, Window};
+use super::window::{slot_ms, Slot};
+use super::{LimitOutcome, LimitScope, RateLimiter, Window, SLOTS};
 use crate::domain::{RateLimitSpec, UnixMillis};
 use crate::error::{Error, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -79,10 +85,11 @@ impl RedisLimiter {
     }
 
     /// One hash per limit, all under the key's hash tag.
-    /// `prefix:{group}:bucket:limit`: a group's (a tenant's) counters share one hash tag,
-    /// so one call's keys are in one Redis Cluster slot.
+    /// `prefix:{group}:bucket:limit:sw`: a group's (a tenant's) counters share one hash
+    /// tag, so one call's keys are in one Redis Cluster slot. (`:sw` names the slot format;
+    /// the two-window counters of Keygate ≤ 0.x had no suffix and simply expire.)
     fn key(&self, group: &str, bucket: &str, limit: &str) -> String {
-        format!("{}:{{{group}}}:{bucket}:{limit}", self.prefix)
+        format!("{}:{{{group}}}:{bucket}:{limit}:sw", self.prefix)
     }
 }
 
@@ -110,34 +117,45 @@ impl RateLimiter for RedisLimiter {
         let mut call = self.script.prepare_invoke();
         call.arg(now.0).arg(cost).arg(u8::from(dry_run));
         for (bucket, l) in &limits {
+            let window_ms = l.window.as_millis() as i64;
             call.key(self.key(group, bucket, &l.name))
                 .arg(l.limit)
-                .arg(l.window.as_millis() as u64);
+                .arg(window_ms)
+                .arg(slot_ms(window_ms, SLOTS));
         }
         let reply: Vec<i64> = tokio::time::timeout(self.timeout, call.invoke_async(&mut conn))
             .await
             .map_err(|_| unavailable(TimedOut(self.timeout)))?
             .map_err(unavailable)?;
-        if reply.len() != 1 + 3 * limits.len() {
-            return Err(Error::internal(
-                "unexpected reply from the rate-limit script",
+        let malformed = || Error::internal("unexpected reply from the rate-limit script");
+        let (&allowed, mut rest) = reply.split_first().ok_or_else(malformed)?;
+        let mut windows = Vec::with_capacity(limits.len());
+        for (_, l) in &limits {
+            let (&n, tail) = rest.split_first().ok_or_else(malformed)?;
+            let n = usize::try_from(n).map_err(|_| malformed())?;
+            if tail.len() < 2 * n {
+                return Err(malformed());
+            }
+            let (slots, tail) = tail.split_at(2 * n);
+            rest = tail;
+            let slots = slots.chunks(2).map(|s| Slot {
+                cost: s[0].max(0) as u64,
+                last: s[1],
+            });
+            windows.push(Window::from_slots(
+                l.window.as_millis() as i64,
+                SLOTS,
+                slots,
             ));
         }
-        let mut windows: Vec<Window> = limits
-            .iter()
-            .zip(reply[1..].chunks(3))
-            .map(|((_, l), w)| Window {
-                window_ms: l.window.as_millis() as i64,
-                start: w[0],
-                current: w[1] as u64,
-                previous: w[2] as u64,
-            })
-            .collect();
+        if !rest.is_empty() {
+            return Err(malformed());
+        }
+        let allowed = allowed == 1;
         let specs: Vec<&RateLimitSpec> = limits.iter().map(|(_, l)| *l).collect();
         // The script decided and spent; the same arithmetic here yields the figures. They
         // agree by construction; if they ever did not, Redis (which spent) is the truth.
         let mut outcome = decide(&mut windows, &specs, cost, now.0, dry_run);
-        let allowed = reply[0] == 1;
         if outcome.allowed != allowed {
             tracing::warn!(
                 limits = limits.len(),

@@ -15,6 +15,10 @@
 //! used dropped first).
 use crate::domain::UnixMillis;
 use crate::limiter::{LimitStatus, Window};
+
+/// Slots per throttle window: a precision of a sixth of the window is plenty here, and
+/// keeps each tracked source to at most 7 slots.
+const SLOTS: i64 = 6;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -78,8 +82,8 @@ impl GuessThrottle {
 
     fn count(&self, w: &Mutex<Window>, now: UnixMillis) {
         let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
-        w.roll(now.0, self.window_ms);
-        w.current = w.current.saturating_add(1);
+        w.expire(now.0, self.window_ms, SLOTS);
+        w.spend(now.0, 1);
     }
 
     /// Whether `lookup_id` has failed [`PER_KEY_FAILURES`] times from `ip` in the window.
@@ -95,8 +99,8 @@ impl GuessThrottle {
             return false;
         };
         let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
-        w.roll(now.0, self.window_ms);
-        !w.admits(now.0, PER_KEY_FAILURES, 1)
+        w.expire(now.0, self.window_ms, SLOTS);
+        !w.admits(PER_KEY_FAILURES, 1)
     }
 
     /// Counts a check refused because of [`throttled`](Self::throttled).
@@ -113,8 +117,8 @@ impl GuessThrottle {
         }
         let w = self.sources.get(&ip.unwrap_or(UNKNOWN))?;
         let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
-        w.roll(now.0, self.window_ms);
-        if w.admits(now.0, self.limit, 1) {
+        w.expire(now.0, self.window_ms, SLOTS);
+        if w.admits(self.limit, 1) {
             return None;
         }
         let retry = w

@@ -427,8 +427,8 @@ async fn sliding_window_properties(db: Db) {
     s.clock.set(UnixMillis(start + retry_ms));
     assert_eq!(reason_of(&c, call.clone()).await, Reason::Ok);
 
-    // Budget returns gradually as the window slides: half-way through the next window
-    // about half of it is back, not all of it.
+    // A call's budget comes back one window after it — not all at once at a clock
+    // boundary, and never more than a window later: 5 calls at w0 and 5 at w0 + 30 s.
     let key2 = a
         .create_key(
             new_key("t")
@@ -437,25 +437,43 @@ async fn sliding_window_properties(db: Db) {
         )
         .await;
     let w0 = start - 5_000 + 120_000;
-    s.clock.set(UnixMillis(w0));
-    for _ in 0..10 {
-        assert_eq!(reason_of(&c, check(&key2.secret)).await, Reason::Ok);
+    for at in [w0, w0 + 30_000] {
+        s.clock.set(UnixMillis(at));
+        for _ in 0..5 {
+            assert_eq!(reason_of(&c, check(&key2.secret)).await, Reason::Ok);
+        }
     }
-    s.clock.set(UnixMillis(w0 + 60_000 + 30_000));
-    let mut admitted = 0;
-    while reason_of(&c, check(&key2.secret)).await == Reason::Ok {
-        admitted += 1;
-        assert!(admitted <= 10);
-    }
+    s.clock.set(UnixMillis(w0 + 59_999));
+    let denied = c.check(check(&key2.secret)).await;
+    assert_eq!(denied.reason, Reason::RateLimited as i32);
+    let rl = denied.rate_limit.unwrap();
+    let retry = rl.retry_after.unwrap();
     assert_eq!(
-        admitted, 5,
-        "half the window slid out, half the budget came back"
+        (retry.seconds, retry.nanos),
+        (0, 1_000_000),
+        "back at w0 + 60 s"
     );
-    s.clock.set(UnixMillis(w0 + 60_000 + 45_000));
+    let reset = rl.reset_time.unwrap();
     assert_eq!(
-        reason_of(&c, check(&key2.secret).dry_run()).await,
-        Reason::Ok,
-        "more returns as it slides on"
+        reset.seconds * 1000,
+        w0 + 90_000,
+        "whole budget back at w0 + 90 s"
+    );
+    let count_admitted = || async {
+        let mut admitted = 0;
+        while reason_of(&c, check(&key2.secret)).await == Reason::Ok {
+            admitted += 1;
+            assert!(admitted <= 10);
+        }
+        admitted
+    };
+    s.clock.set(UnixMillis(w0 + 60_000));
+    assert_eq!(count_admitted().await, 5, "the first five are back");
+    s.clock.set(UnixMillis(w0 + 60_000 + 60_000));
+    assert_eq!(
+        count_admitted().await,
+        10,
+        "a window after the last call: all of it"
     );
 }
 

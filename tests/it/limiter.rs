@@ -51,35 +51,149 @@ pub async fn limit_plus_one_is_refused_with_an_exact_retry_after(l: Arc<dyn Rate
     );
 }
 
+/// A call's cost comes back one window after it (within the slot precision, W/60, and
+/// never early); with no call for a window, the whole budget is back.
 pub async fn budget_returns_as_the_window_slides(l: Arc<dyn RateLimiter>) {
     let limits = [lim("m", 100, 60)];
-    assert!(
-        l.check("k2", &limits, 100, at(0), false)
+    let spend = |cost: u64, t: i64| {
+        let (l, limits) = (l.clone(), limits.clone());
+        async move { l.check("k2", &limits, cost, at(t), false).await.unwrap() }
+    };
+    let left = |t: i64| {
+        let (l, limits) = (l.clone(), limits.clone());
+        async move {
+            let o = l.check("k2", &limits, 1, at(t), true).await.unwrap();
+            o.status.unwrap().remaining
+        }
+    };
+    assert!(spend(40, 0).await.allowed);
+    assert!(spend(60, 20_000).await.allowed);
+    assert_eq!(left(59_999).await, 0);
+    assert_eq!(left(60_000).await, 40, "the first call's cost is back at W");
+    assert_eq!(left(79_999).await, 40);
+    let o = spend(40, 79_999).await;
+    assert!(o.allowed);
+    assert_eq!(o.status.unwrap().reset, at(79_999 + 60_000));
+    assert_eq!(
+        left(80_000).await,
+        60,
+        "the second call's cost is back at W"
+    );
+    assert_eq!(left(139_998).await, 60);
+    assert_eq!(
+        left(139_999).await,
+        100,
+        "all back one window after the last call"
+    );
+}
+
+/// 6 per 2 s, spent late in one aligned window: nothing early in the next (the two-window
+/// estimate admitted 9 in 2 s here), everything one window after the last call.
+pub async fn a_boundary_burst_admits_exactly_the_limit(l: Arc<dyn RateLimiter>) {
+    let limits = [lim("b", 6, 2)];
+    let mut admitted = Vec::new();
+    for t in (1_700..2_000).step_by(50).chain((2_000..3_700).step_by(50)) {
+        if l.check("k5", &limits, 1, at(t), false)
             .await
             .unwrap()
             .allowed
+        {
+            admitted.push(t);
+        }
+    }
+    assert_eq!(admitted, vec![1_700, 1_750, 1_800, 1_850, 1_900, 1_950]);
+    let o = l.check("k5", &limits, 1, at(3_650), true).await.unwrap();
+    let st = o.status.unwrap();
+    assert_eq!(
+        st.retry_after,
+        Some(Duration::from_millis(50)),
+        "the first call of the burst leaves the window at 3,700"
     );
-    // A quarter of the next window gone: a quarter of the budget back, not all of it.
+    assert_eq!(st.reset, at(1_950 + 2_000));
     let o = l
-        .check("k2", &limits, 1, at(60_000 + 15_000), true)
+        .check("k5", &limits, 6, at(1_950 + 2_000), false)
         .await
         .unwrap();
-    assert_eq!(o.status.unwrap().remaining, 25);
     assert!(
-        l.check("k2", &limits, 25, at(75_000), false)
-            .await
-            .unwrap()
-            .allowed
+        o.allowed,
+        "whole budget back one window after the last call"
     );
-    assert!(
-        !l.check("k2", &limits, 1, at(75_000), false)
-            .await
-            .unwrap()
-            .allowed
-    );
-    // Two full windows later everything is back.
-    let o = l.check("k2", &limits, 1, at(180_000), true).await.unwrap();
-    assert_eq!(o.status.unwrap().remaining, 100);
+}
+
+/// Random sequences of calls (time, cost, dry run) against a reference sliding log: the
+/// limiter never admits what the exact log would refuse, refuses only what the log would
+/// refuse with costs kept W/60 longer, reports `remaining` between the two, and its
+/// `retry_after` and `reset` are never more than W ahead.
+pub async fn random_calls_match_a_sliding_log(l: Arc<dyn RateLimiter>) {
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    for seed in 0..24u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let limit = rng.gen_range(1..=20u64);
+        let window_ms: i64 = [1_000, 2_000, 7_000, 60_000][rng.gen_range(0..4)];
+        let g = (window_ms + 59) / 60;
+        let limits = [RateLimitSpec {
+            name: "r".into(),
+            limit,
+            window: Duration::from_millis(window_ms as u64),
+        }];
+        let bucket = format!("prop-{seed}");
+        let mut log: Vec<(i64, u64)> = Vec::new();
+        let used = |log: &[(i64, u64)], t: i64, extra: i64| -> u64 {
+            log.iter()
+                .filter(|(at, _)| t < at + window_ms + extra)
+                .map(|(_, c)| c)
+                .sum()
+        };
+        let mut t: i64 = rng.gen_range(0..window_ms);
+        for step in 0..200 {
+            t += match rng.gen_range(0..10) {
+                0 => rng.gen_range(0..2 * window_ms),
+                1..=3 => 0,
+                _ => rng.gen_range(0..window_ms / 8),
+            };
+            let cost = if rng.gen_range(0..20) == 0 {
+                limit + 1
+            } else {
+                rng.gen_range(1..=3u64.min(limit))
+            };
+            let dry = rng.gen_range(0..10) == 0;
+            let o = l.check(&bucket, &limits, cost, at(t), dry).await.unwrap();
+            let st = o.status.clone().unwrap();
+            let (exact, late) = (used(&log, t, 0), used(&log, t, g));
+            let ctx = format!(
+                "seed {seed} step {step} t {t} limit {limit} W {window_ms} cost {cost}: {o:?}"
+            );
+            assert!(st.reset.0 - at(t).0 <= window_ms, "reset too far: {ctx}");
+            if o.allowed {
+                assert!(exact + cost <= limit, "admitted over the limit: {ctx}");
+                let after = if dry { 0 } else { cost };
+                assert!(
+                    limit.saturating_sub(late + after) <= st.remaining
+                        && st.remaining <= limit - exact - after,
+                    "remaining {} outside [{}, {}]: {ctx}",
+                    st.remaining,
+                    limit.saturating_sub(late + after),
+                    limit - exact - after
+                );
+                if !dry {
+                    log.push((t, cost));
+                }
+            } else {
+                assert!(late + cost > limit, "refused what fits: {ctx}");
+                match st.retry_after {
+                    None => assert!(cost > limit, "{ctx}"),
+                    Some(r) => {
+                        let r = r.as_millis() as i64;
+                        assert!(r > 0 && r <= window_ms, "retry_after {r}: {ctx}");
+                        assert!(
+                            used(&log, t + r, 0) + cost <= limit,
+                            "retry_after not enough: {ctx}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
 
 pub async fn all_limits_or_none_are_spent(l: Arc<dyn RateLimiter>) {
@@ -238,16 +352,24 @@ pub async fn shared_limits_are_spent_together_or_not_at_all(l: Arc<dyn RateLimit
 
 /// Each Redis test writes under its own key prefix, so tests run in parallel.
 async fn redis_limiter() -> Option<Arc<dyn RateLimiter>> {
+    redis_limiter_at(&fresh_prefix()).await
+}
+
+fn fresh_prefix() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    let prefix = format!(
+    format!(
         "kgtest:{}:{}",
         std::process::id(),
         N.fetch_add(1, Ordering::SeqCst)
-    );
+    )
+}
+
+/// A Redis limiter writing under `prefix` (replicas of one deployment share it).
+async fn redis_limiter_at(prefix: &str) -> Option<Arc<dyn RateLimiter>> {
     let l = keygate::limiter::redis::RedisLimiter::new(
         crate::support::REDIS_URL,
-        &prefix,
+        prefix,
         Duration::from_secs(2),
     )
     .unwrap();
@@ -272,6 +394,8 @@ macro_rules! limiter_suite {
             limiter_suite!(@tests $make;
                 limit_plus_one_is_refused_with_an_exact_retry_after,
                 budget_returns_as_the_window_slides,
+                a_boundary_burst_admits_exactly_the_limit,
+                random_calls_match_a_sliding_log,
                 all_limits_or_none_are_spent,
                 dry_run_spends_nothing,
                 buckets_are_independent_and_no_limits_admit,
@@ -296,6 +420,52 @@ limiter_suite!(
     Some(Arc::new(keygate::limiter::memory::MemoryLimiter::default()))
 );
 limiter_suite!(redis, redis_limiter().await);
+
+/// Three replicas on one Redis, taking turns through a burst across a window boundary and
+/// then concurrently: together they admit exactly the limit in any window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_on_one_redis_admit_exactly_the_limit_together() {
+    let prefix = fresh_prefix();
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let Some(l) = redis_limiter_at(&prefix).await else {
+            return;
+        };
+        replicas.push(l);
+    }
+    let limits = [lim("b", 6, 2)];
+    let mut admitted = 0;
+    for (i, t) in (1_700..3_700).step_by(25).enumerate() {
+        let l = &replicas[i % 3];
+        if l.check("k", &limits, 1, at(t), false)
+            .await
+            .unwrap()
+            .allowed
+        {
+            admitted += 1;
+        }
+    }
+    assert_eq!(
+        admitted, 6,
+        "6 per 2 s across three replicas and a boundary"
+    );
+    let limits = Arc::new([lim("c", 50, 60)]);
+    let calls = (0..300).map(|i| {
+        let (l, limits) = (replicas[i % 3].clone(), limits.clone());
+        tokio::spawn(async move {
+            l.check("hot", &limits[..], 1, at(10_000), false)
+                .await
+                .unwrap()
+                .allowed
+        })
+    });
+    let admitted = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap())
+        .count();
+    assert_eq!(admitted, 50);
+}
 
 /// Counts the calls that reach the shared limiter.
 struct Counting(
