@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Supply-chain and API-contract checks, run by scripts/test.sh before the Rust suite:
 #   advisories   cargo-audit against the RustSec snapshot in ../shared/advisory-db, fetching
-#                off, over Cargo.lock and fuzz/Cargo.lock; fails on any vulnerability
-#                not ignored (with a reason) in deny.toml's [advisories].
+#                off, over Cargo.lock and fuzz/Cargo.lock; fails on any vulnerability,
+#                unsound or unmaintained advisory (cargo deny's defaults against the live
+#                database) not ignored, with a reason, in deny.toml's [advisories].
 #   cargo deny   licences (an exact allowlist), bans (duplicate versions only from the
 #                skip list), sources (crates.io only): deny.toml. Warnings fail too.
 #   buf          format and lint (buf.yaml), and breaking changes against the released
@@ -78,6 +79,7 @@ audit() {
     echo "!!! supply-chain: WARNING: the advisory snapshot is from $date, over 90 days old;" \
       "advisories published since are not checked. Ask the maintainers to refresh it." >&2
   fi
+  args+=(--deny unmaintained --deny unsound)
   cargo audit --db "$db" --no-fetch "${args[@]}" --file Cargo.lock || return 1
   # The fuzz workspace (nightly only) has its own lock file. Its extra crates are not in
   # the local crates.io index cache until fuzz.sh has built it, so the yanked lookup
