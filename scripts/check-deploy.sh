@@ -27,7 +27,7 @@ echo "== helm template + kubernetes-validate --strict ($k8s_version)"
 "$bin/helm" template kg "$chart" > "$out/default.yaml"
 "$bin/helm" template kg "$chart" -f "$chart/values-ha.yaml" > "$out/ha.yaml"
 "$bin/helm" template kg "$chart" --set serviceMonitor.enabled=true --set networkPolicy.enabled=true \
-  --set podDisruptionBudget.enabled=true --set secrets.create=true --set secrets.adminToken=x > "$out/all.yaml"
+  --set podDisruptionBudget.enabled=true --set secrets.create=true --set secrets.adminToken=0123456789abcdef > "$out/all.yaml"
 # The README's install commands, as written there (minus the cluster).
 readme_flags=(-n keygate --set image.repository=registry.example.com/keygate --set image.tag=0.1.0)
 "$bin/helm" template keygate "$chart" "${readme_flags[@]}" > "$out/readme-default.yaml"
