@@ -72,7 +72,9 @@ cargo_tool() { # crate version
   fi
   echo "install-tools: building $1 $2 from crates.io into $tools (once per machine, minutes)" >&2
   # nice: the build should not starve whatever else shares the machine's cores.
-  nice -n 10 cargo install --quiet --locked --force --version "$2" --root "$tools" "$1" >&2 \
+  # Its own temporary target dir (not the project's CARGO_TARGET_DIR), outside the clone.
+  (cd "${TMPDIR:-/tmp}" && nice -n 10 env -u CARGO_TARGET_DIR \
+    cargo install --quiet --locked --force --version "$2" --root "$tools" "$1") >&2 \
     || echo "install-tools: WARNING: could not install $1 $2" >&2
 }
 cargo_tool cargo-audit 0.22.2
