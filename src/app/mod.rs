@@ -27,7 +27,7 @@ use crate::service::{changes, usage};
 use crate::store::changes::{ChangeFeed, PgChangeFeed};
 use crate::store::Stores;
 use crate::tls::Tls;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -244,8 +244,34 @@ fn build_limiter(config: &Config, metrics: &Metrics) -> Result<Arc<dyn RateLimit
     Ok(match config.rate_limiter {
         config::LimiterKind::Memory => Arc::new(MemoryLimiter::default()),
         config::LimiterKind::Redis => {
-            let redis = limiter::redis::RedisLimiter::new(
-                config.redis.url.expose_secret(),
+            let read = |field: &'static str, path: &std::path::Path| {
+                std::fs::read(path).map_err(|e| {
+                    Error::invalid(field, format!("cannot read {}: {e}", path.display()))
+                })
+            };
+            let ca_pem = match &config.redis.ca_path {
+                Some(p) => Some(read("redis.ca_path", p)?),
+                None => None,
+            };
+            let password = match &config.redis.password_file {
+                Some(p) => {
+                    let bytes = read("redis.password_file", p)?;
+                    let text = String::from_utf8(bytes)
+                        .map_err(|_| Error::invalid("redis.password_file", "is not UTF-8 text"))?;
+                    Some(SecretString::from(
+                        text.trim_end_matches(['\r', '\n']).to_owned(),
+                    ))
+                }
+                None => None,
+            };
+            let target = limiter::redis::RedisTarget {
+                url: config.redis.url.clone(),
+                cluster: config.redis.cluster,
+                ca_pem,
+                password,
+            };
+            let redis = limiter::redis::RedisLimiter::connect_to(
+                target,
                 &config.redis.key_prefix,
                 Duration::from_millis(config.redis.timeout_ms),
             )?;

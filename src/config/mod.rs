@@ -81,9 +81,19 @@ config_section! {
     #[derive(Debug, Deserialize)]
     #[serde(default, deny_unknown_fields)]
     pub struct RedisConfig {
-        /// `redis://[user:password@]host:port[/db]` (`KEYGATE_REDIS__URL`). May hold a
-        /// password: never printed.
+        /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS
+        /// (`KEYGATE_REDIS__URL`); with `cluster`, any one node. May hold a password:
+        /// never printed.
         pub url: SecretString = "redis://127.0.0.1:6379",
+        /// A Redis Cluster (`KEYGATE_REDIS__CLUSTER`): the other nodes are discovered
+        /// from `url`, and each key goes to its slot's master.
+        pub cluster: bool = false,
+        /// PEM CA certificate(s) to verify a `rediss://` server with, instead of the
+        /// system's roots (`KEYGATE_REDIS__CA_PATH`).
+        pub ca_path: Option<PathBuf>,
+        /// A file holding the Redis password (trailing newline ignored), e.g. a mounted
+        /// secret; overrides a password in `url` (`KEYGATE_REDIS__PASSWORD_FILE`).
+        pub password_file: Option<PathBuf>,
         /// Prefix of every Redis key Keygate writes (`KEYGATE_REDIS__KEY_PREFIX`).
         pub key_prefix: String = "keygate",
         /// Longest wait for Redis per check, in milliseconds (`KEYGATE_REDIS__TIMEOUT_MS`).
@@ -579,8 +589,15 @@ impl Config {
             return Err(Error::invalid("redis.timeout_ms", "must be at least 1"));
         }
         if self.rate_limiter == LimiterKind::Redis {
-            redis::Client::open(self.redis.url.expose_secret())
-                .map_err(|_| Error::invalid("redis.url", "is not a redis:// URL"))?;
+            let url = self.redis.url.expose_secret();
+            redis::Client::open(url)
+                .map_err(|_| Error::invalid("redis.url", "is not a redis:// or rediss:// URL"))?;
+            if self.redis.ca_path.is_some() && !url.starts_with("rediss://") {
+                return Err(Error::invalid(
+                    "redis.ca_path",
+                    "is for TLS: redis.url must start with rediss://",
+                ));
+            }
         }
         if !(0.0..=1.0).contains(&self.otlp.sample_ratio) {
             return Err(Error::invalid(

@@ -12,17 +12,58 @@ use super::{LimitOutcome, LimitScope, RateLimiter, Window, SLOTS};
 use crate::domain::{RateLimitSpec, UnixMillis};
 use crate::error::{Error, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::IntoConnectionInfo;
+use secrecy::{ExposeSecret, SecretString};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 const SCRIPT: &str = include_str!("sliding_window.lua");
 
+/// Where the shared limiter's Redis is and how to reach it.
+pub struct RedisTarget {
+    /// `redis://` or `rediss://` (TLS), `[user:password@]host:port[/db]`; for a cluster,
+    /// any one node (the others are discovered).
+    pub url: SecretString,
+    /// A Redis Cluster: keys are routed to their slot's master.
+    pub cluster: bool,
+    /// PEM CA certificates to verify a `rediss://` server with (else the system's roots).
+    pub ca_pem: Option<Vec<u8>>,
+    /// The password, when not in the URL (from `redis.password_file`).
+    pub password: Option<SecretString>,
+}
+
+impl RedisTarget {
+    /// One plain Redis at `url`.
+    pub fn single(url: &str) -> Self {
+        RedisTarget {
+            url: url.to_owned().into(),
+            cluster: false,
+            ca_pem: None,
+            password: None,
+        }
+    }
+}
+
+// One per process: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Client {
+    Single(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
 /// The Redis limiter. Connects lazily and reconnects on its own: a Redis that is down at
 /// start-up or later makes checks fail fast with `Unavailable` (see the fallback modes in
 /// `limiter::resilient`), never hang.
 pub struct RedisLimiter {
-    client: redis::Client,
-    conn: RwLock<Option<ConnectionManager>>,
+    client: Client,
+    conn: RwLock<Option<Conn>>,
     connecting: tokio::sync::Mutex<Option<Instant>>,
     script: redis::Script,
     prefix: String,
@@ -40,11 +81,71 @@ fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> Error {
 #[error("redis did not answer within {0:?}")]
 struct TimedOut(Duration);
 
+/// A Redis client error as a config error of `field`; the message never holds the URL.
+fn bad(field: &'static str) -> impl Fn(redis::RedisError) -> Error {
+    move |e| {
+        Error::invalid(
+            field,
+            format!("{:?}: {}", e.kind(), e.detail().unwrap_or("")),
+        )
+    }
+}
+
 impl RedisLimiter {
-    /// `url` is `redis://host:port[/db]`; `prefix` namespaces every key Keygate writes.
+    /// One plain Redis at `url` (`redis://host:port[/db]`); `prefix` namespaces every key
+    /// Keygate writes.
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|e| Error::invalid("redis.url", format!("not a Redis URL: {e}")))?;
+        Self::connect_to(RedisTarget::single(url), prefix, timeout)
+    }
+
+    /// The Redis (or Redis Cluster) of `target`.
+    pub fn connect_to(target: RedisTarget, prefix: &str, timeout: Duration) -> Result<Self> {
+        let url = target.url.expose_secret();
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(Error::invalid(
+                "redis.url",
+                "must start with redis:// or rediss:// (TLS)",
+            ));
+        }
+        if target.ca_pem.is_some() && !url.starts_with("rediss://") {
+            return Err(Error::invalid(
+                "redis.ca_path",
+                "is for TLS: the url must start with rediss://",
+            ));
+        }
+        let mut info = url.into_connection_info().map_err(bad("redis.url"))?;
+        if let Some(pw) = &target.password {
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_password(pw.expose_secret());
+            info = info.set_redis_settings(settings);
+        }
+        let certs = target.ca_pem.map(|ca| redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca),
+        });
+        let client = if target.cluster {
+            let mut b = redis::cluster::ClusterClientBuilder::new(vec![info])
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .retries(1);
+            if let Some(pw) = &target.password {
+                b = b.password(pw.expose_secret());
+            }
+            if let Some(c) = certs {
+                b = b.certs(c);
+            }
+            Client::Cluster(b.build().map_err(bad("redis.url"))?)
+        } else {
+            Client::Single(
+                match certs {
+                    Some(c) => redis::Client::build_with_tls(info, c),
+                    None => redis::Client::open(info),
+                }
+                .map_err(bad("redis.url"))?,
+            )
+        };
         Ok(RedisLimiter {
             client,
             conn: RwLock::new(None),
@@ -57,7 +158,7 @@ impl RedisLimiter {
 
     /// The shared connection, connecting at most once per timeout period while Redis is
     /// unreachable so a dead Redis costs each check one failed read, not a connect.
-    async fn connection(&self) -> Result<ConnectionManager> {
+    async fn connection(&self) -> Result<Conn> {
         if let Some(c) = self.conn.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
             return Ok(c.clone());
         }
@@ -69,17 +170,25 @@ impl RedisLimiter {
             return Err(unavailable(TimedOut(self.timeout)));
         }
         *last_try = Some(Instant::now());
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1);
-        let conn = tokio::time::timeout(
-            self.timeout * 2,
-            self.client.get_connection_manager_with_config(config),
-        )
-        .await
-        .map_err(|_| unavailable(TimedOut(self.timeout * 2)))?
-        .map_err(unavailable)?;
+        let connect = async {
+            match &self.client {
+                Client::Single(client) => {
+                    let config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(self.timeout))
+                        .set_response_timeout(Some(self.timeout))
+                        .set_number_of_retries(1);
+                    client
+                        .get_connection_manager_with_config(config)
+                        .await
+                        .map(Conn::Single)
+                }
+                Client::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+            }
+        };
+        let conn = tokio::time::timeout(self.timeout * 2, connect)
+            .await
+            .map_err(|_| unavailable(TimedOut(self.timeout * 2)))?
+            .map_err(unavailable)?;
         *self.conn.write().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
         Ok(conn)
     }
@@ -123,7 +232,13 @@ impl RateLimiter for RedisLimiter {
                 .arg(window_ms)
                 .arg(slot_ms(window_ms, SLOTS));
         }
-        let reply: Vec<i64> = tokio::time::timeout(self.timeout, call.invoke_async(&mut conn))
+        let invoke = async {
+            match &mut conn {
+                Conn::Single(c) => call.invoke_async::<Vec<i64>>(c).await,
+                Conn::Cluster(c) => call.invoke_async::<Vec<i64>>(c).await,
+            }
+        };
+        let reply: Vec<i64> = tokio::time::timeout(self.timeout, invoke)
             .await
             .map_err(|_| unavailable(TimedOut(self.timeout)))?
             .map_err(unavailable)?;

@@ -21,6 +21,7 @@ mod outage;
 mod plans;
 mod quotas;
 mod readme;
+mod redis_cluster;
 mod replicas;
 mod store;
 mod timing;

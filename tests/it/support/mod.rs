@@ -8,6 +8,7 @@ mod fixtures;
 mod http;
 mod process;
 mod proxy;
+pub mod redis_server;
 mod server;
 
 pub use client::{Admin, CheckClient};
