@@ -193,10 +193,11 @@ impl RedisLimiter {
         Ok(conn)
     }
 
-    /// One hash per limit, all under the key's hash tag.
-    /// `prefix:{group}:bucket:limit:sw`: a group's (a tenant's) counters share one hash
-    /// tag, so one call's keys are in one Redis Cluster slot. (`:sw` names the slot format;
-    /// the two-window counters of Keygate ≤ 0.x had no suffix and simply expire.)
+    /// The keys of one limit, all under the key's hash tag:
+    /// `prefix:{group}:bucket:limit:sw` + `:h` (its sum and lengths) and `:l` (its
+    /// slots). A group's (a tenant's) counters share one hash tag, so one call's keys are
+    /// in one Redis Cluster slot. (`:sw` names the slot format; the two-window counters
+    /// of earlier releases had no suffix and simply expire.)
     fn key(&self, group: &str, bucket: &str, limit: &str) -> String {
         format!("{}:{{{group}}}:{bucket}:{limit}:sw", self.prefix)
     }
@@ -227,7 +228,9 @@ impl RateLimiter for RedisLimiter {
         call.arg(now.0).arg(cost).arg(u8::from(dry_run));
         for (bucket, l) in &limits {
             let window_ms = l.window.as_millis() as i64;
-            call.key(self.key(group, bucket, &l.name))
+            let key = self.key(group, bucket, &l.name);
+            call.key(format!("{key}:h"))
+                .key(format!("{key}:l"))
                 .arg(l.limit)
                 .arg(window_ms)
                 .arg(slot_ms(window_ms, SLOTS));

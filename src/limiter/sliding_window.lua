@@ -1,76 +1,111 @@
 -- Keygate's exact sliding window in sub-window slots (see src/limiter/window.rs), for every
 -- limit of one call, decided and spent atomically: either every limit has room for the
--- cost and all are charged, or none is (a refused call writes nothing).
+-- cost and all are charged, or none is (a refused call spends nothing; it may drop slots
+-- that have already left the window).
 --
--- KEYS[i]  one hash per limit: fields w (window ms) and g (slot ms), and one field per
---          slot holding cost, named by the slot's index (now // g), valued
+-- KEYS     two per limit: KEYS[2i-1] a hash with u (the cost its slots hold), w (window
+--          ms) and g (slot ms); KEYS[2i] a list of its slots, oldest first, each
 --          "<cost>:<last admitted ms>". All keys of a call share one {hash tag}, so one
---          Redis Cluster slot.
--- ARGV     now_ms, cost, dry_run (1/0), then limit_i, window_ms_i, slot_ms_i per KEYS[i].
+--          Redis Cluster slot. Amortised O(1) per call: slots leave from the front, and
+--          a call adds to the back.
+-- ARGV     now_ms, cost, dry_run (1/0), then limit_i, window_ms_i, slot_ms_i per limit.
 -- Returns  {allowed (1/0), then per limit: n, cost_1, last_1, ..., cost_n, last_n}: the
---          slots that count at now, before this call's spend.
+--          state at now before this call's spend. For a limit that refuses, its slots;
+--          otherwise one summary slot (the cost that counts, and the newest slot's last),
+--          which is all the figures need.
 -- Exact while costs and instants stay below 2^53 (Lua numbers are doubles).
 local now = tonumber(ARGV[1])
 local cost = tonumber(ARGV[2])
 local dry = ARGV[3] == '1'
-local out = {1}
-local todo = {}
-for i = 1, #KEYS do
+local function parse(s)
+  local c, last = string.match(s, '^(%d+):(%-?%d+)$')
+  return tonumber(c), tonumber(last)
+end
+local function fmt(n)
+  return string.format('%.0f', n)
+end
+local allowed = 1
+local st = {}
+for i = 1, #KEYS / 2 do
+  local h, l = KEYS[2 * i - 1], KEYS[2 * i]
   local limit = tonumber(ARGV[1 + 3 * i])
   local w = tonumber(ARGV[2 + 3 * i])
   local g = tonumber(ARGV[3 + 3 * i])
-  local h = redis.call('HGETALL', KEYS[i])
-  local hw, hg = nil, nil
-  for j = 1, #h, 2 do
-    if h[j] == 'w' then hw = tonumber(h[j + 1]) elseif h[j] == 'g' then hg = tonumber(h[j + 1]) end
+  local m = redis.call('HMGET', h, 'u', 'w', 'g')
+  local used = tonumber(m[1]) or 0
+  local dirty = false
+  if tonumber(m[2]) ~= w or tonumber(m[3]) ~= g then
+    -- New, or another window or slot length (a changed limit): start afresh.
+    redis.call('DEL', l)
+    used, dirty = 0, true
   end
-  -- Another window or slot length (a changed limit): every slot is stale.
-  local stale = hw ~= w or hg ~= g
-  local used, dead, live = 0, {}, {}
-  local newest, newest_c, newest_last = nil, 0, nil
-  for j = 1, #h, 2 do
-    local f = h[j]
-    if f ~= 'w' and f ~= 'g' then
-      local c, last = string.match(h[j + 1], '^(%d+):(%-?%d+)$')
-      c, last = tonumber(c), tonumber(last)
-      if stale or c == nil or last + w <= now then
-        dead[#dead + 1] = f
-      else
-        used = used + c
-        live[#live + 1] = c
-        live[#live + 1] = last
-        if newest_last == nil or last > newest_last then
-          newest, newest_c, newest_last = f, c, last
-        end
-      end
+  while used > 0 do
+    local front = redis.call('LINDEX', l, 0)
+    if not front then
+      used = 0
+      break
     end
+    local c, last = parse(front)
+    if c ~= nil and last + w > now then
+      break
+    end
+    redis.call('LPOP', l)
+    used, dirty = used - (c or 0), true
   end
-  if used + cost > limit then
-    out[1] = 0
+  if used <= 0 then
+    used = 0
   end
-  out[#out + 1] = #live / 2
-  for j = 1, #live do
-    out[#out + 1] = live[j]
+  local refuses = used + cost > limit
+  if refuses then
+    allowed = 0
   end
-  todo[i] = {w, g, dead, newest, newest_c, newest_last}
+  st[i] = {h, l, w, g, used, dirty, refuses}
 end
-if out[1] == 1 and not dry then
-  for i = 1, #KEYS do
-    local t = todo[i]
-    local w, g, dead = t[1], t[2], t[3]
-    if #dead > 0 then
-      redis.call('HDEL', KEYS[i], unpack(dead))
+local out = {allowed}
+for i = 1, #st do
+  local h, l, w, g, used, dirty, refuses = unpack(st[i])
+  local back = nil
+  if used > 0 then
+    back = redis.call('LINDEX', l, -1)
+  end
+  if refuses then
+    local slots = redis.call('LRANGE', l, 0, -1)
+    out[#out + 1] = #slots
+    for j = 1, #slots do
+      local c, last = parse(slots[j])
+      out[#out + 1] = c or 0
+      out[#out + 1] = last or 0
     end
-    local slot = math.floor(now / g)
-    local field, c, last = string.format('%.0f', slot), cost, now
+  elseif back then
+    local _, last = parse(back)
+    out[#out + 1] = 1
+    out[#out + 1] = used
+    out[#out + 1] = last or now
+  else
+    out[#out + 1] = 0
+  end
+  if allowed == 1 and not dry then
+    local slot, newest = math.floor(now / g), now
+    local bc, blast = nil, nil
+    if back then
+      bc, blast = parse(back)
+    end
     -- The same slot, or a clock that stepped back: fold into the newest slot.
-    if t[4] ~= nil and math.floor(t[6] / g) >= slot then
-      field, c, last = t[4], t[5] + cost, math.max(t[6], now)
+    if blast ~= nil and math.floor(blast / g) >= slot then
+      newest = math.max(blast, now)
+      redis.call('LSET', l, -1, fmt(bc + cost) .. ':' .. fmt(newest))
+    else
+      redis.call('RPUSH', l, fmt(cost) .. ':' .. fmt(now))
     end
-    redis.call('HSET', KEYS[i], 'w', string.format('%.0f', w), 'g', string.format('%.0f', g),
-      field, string.format('%.0f:%.0f', c, last))
+    redis.call('HSET', h, 'u', fmt(used + cost), 'w', fmt(w), 'g', fmt(g))
     -- Every slot is gone one window after the newest.
-    redis.call('PEXPIRE', KEYS[i], string.format('%.0f', last - now + w + 1000))
+    local ttl = fmt(newest - now + w + 1000)
+    redis.call('PEXPIRE', h, ttl)
+    redis.call('PEXPIRE', l, ttl)
+  elseif dirty and used > 0 then
+    redis.call('HSET', h, 'u', fmt(used), 'w', fmt(w), 'g', fmt(g))
+  elseif dirty then
+    redis.call('DEL', h, l)
   end
 end
 return out
