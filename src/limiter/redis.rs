@@ -15,8 +15,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::IntoConnectionInfo;
 use secrecy::{ExposeSecret, SecretString};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
 
 const SCRIPT: &str = include_str!("sliding_window.lua");
 
@@ -61,14 +62,47 @@ enum Conn {
 /// The Redis limiter. Connects lazily and reconnects on its own: a Redis that is down at
 /// start-up or later makes checks fail fast with `Unavailable` (see the fallback modes in
 /// `limiter::resilient`), never hang.
+///
+/// Concurrent checks against one plain Redis are coalesced: while a script run is in
+/// flight, the calls that arrive meanwhile queue up and go together in the next one (each
+/// still decided atomically, one after the other, by the same script), so a busy replica
+/// makes a few round trips for many checks and an idle one adds no wait. On a Redis
+/// Cluster each call goes alone: one script's keys must share a slot.
 pub struct RedisLimiter {
+    link: Arc<Link>,
+    prefix: String,
+    batches: std::sync::OnceLock<mpsc::Sender<Job>>,
+}
+
+/// The connection and the script, shared with the batching task.
+struct Link {
     client: Client,
     conn: RwLock<Option<Conn>>,
     connecting: tokio::sync::Mutex<Option<Instant>>,
     script: redis::Script,
-    prefix: String,
     timeout: Duration,
 }
+
+/// One call's keys and script arguments (see `sliding_window.lua`).
+struct Call {
+    keys: Vec<String>,
+    args: Vec<i64>,
+}
+
+/// A call waiting for a batch, and where its reply goes.
+struct Job {
+    call: Call,
+    done: oneshot::Sender<std::result::Result<Vec<i64>, String>>,
+}
+
+/// Calls in one script run at most.
+const MAX_BATCH: usize = 128;
+/// Script runs in flight at once (pipelined on the one connection).
+const MAX_IN_FLIGHT: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+#[error("rate-limit batch failed: {0}")]
+struct BatchFailed(String);
 
 fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::Unavailable {
@@ -147,13 +181,111 @@ impl RedisLimiter {
             )
         };
         Ok(RedisLimiter {
-            client,
-            conn: RwLock::new(None),
-            connecting: tokio::sync::Mutex::new(None),
-            script: redis::Script::new(SCRIPT),
+            link: Arc::new(Link {
+                client,
+                conn: RwLock::new(None),
+                connecting: tokio::sync::Mutex::new(None),
+                script: redis::Script::new(SCRIPT),
+                timeout,
+            }),
             prefix: prefix.to_owned(),
-            timeout,
+            batches: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The queue of the batching task (started on first use, inside the runtime); `None`
+    /// on a cluster.
+    fn batches(&self) -> Option<&mpsc::Sender<Job>> {
+        if matches!(self.link.client, Client::Cluster(_)) {
+            return None;
+        }
+        Some(self.batches.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(MAX_BATCH * MAX_IN_FLIGHT * 4);
+            tokio::spawn(run_batches(self.link.clone(), rx));
+            tx
+        }))
+    }
+
+    /// The keys of one limit, all under the key's hash tag:
+    /// `prefix:{group}:bucket:limit:sw` + `:h` (its sum and lengths) and `:l` (its
+    /// slots). A group's (a tenant's) counters share one hash tag, so one call's keys are
+    /// in one Redis Cluster slot. (`:sw` names the slot format; the two-window counters
+    /// of earlier releases had no suffix and simply expire.)
+    fn key(&self, group: &str, bucket: &str, limit: &str) -> String {
+        format!("{}:{{{group}}}:{bucket}:{limit}:sw", self.prefix)
+    }
+}
+
+/// Takes the queued calls in batches of up to [`MAX_BATCH`], at most [`MAX_IN_FLIGHT`]
+/// script runs at once; ends when the limiter is dropped.
+async fn run_batches(link: Arc<Link>, mut queue: mpsc::Receiver<Job>) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        // Waiting for a free run first lets the calls arriving meanwhile join this batch.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let link = link.clone();
+        tokio::spawn(async move {
+            let calls: Vec<&Call> = jobs.iter().map(|j| &j.call).collect();
+            match link.invoke(&calls).await {
+                Ok(replies) => {
+                    let mut rest = replies.as_slice();
+                    for job in jobs {
+                        let reply = rest.split_first().and_then(|(&n, tail)| {
+                            let n = usize::try_from(n).ok().filter(|&n| n <= tail.len())?;
+                            let (mine, tail) = tail.split_at(n);
+                            rest = tail;
+                            Some(mine.to_vec())
+                        });
+                        let _ = job
+                            .done
+                            .send(reply.ok_or_else(|| "a short reply".to_owned()));
+                    }
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    for job in jobs {
+                        let _ = job.done.send(Err(why.clone()));
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+impl Link {
+    /// Runs the script once for `calls`: each call's reply, prefixed by its length.
+    async fn invoke(&self, calls: &[&Call]) -> Result<Vec<i64>> {
+        let mut conn = self.connection().await?;
+        let mut inv = self.script.prepare_invoke();
+        inv.arg(calls.len());
+        for c in calls {
+            for k in &c.keys {
+                inv.key(k);
+            }
+            for a in &c.args {
+                inv.arg(a);
+            }
+        }
+        let run = async {
+            match &mut conn {
+                Conn::Single(c) => inv.invoke_async::<Vec<i64>>(c).await,
+                Conn::Cluster(c) => inv.invoke_async::<Vec<i64>>(c).await,
+            }
+        };
+        tokio::time::timeout(self.timeout, run)
+            .await
+            .map_err(|_| unavailable(TimedOut(self.timeout)))?
+            .map_err(unavailable)
     }
 
     /// The shared connection, connecting at most once per timeout period while Redis is
@@ -192,15 +324,6 @@ impl RedisLimiter {
         *self.conn.write().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
         Ok(conn)
     }
-
-    /// The keys of one limit, all under the key's hash tag:
-    /// `prefix:{group}:bucket:limit:sw` + `:h` (its sum and lengths) and `:l` (its
-    /// slots). A group's (a tenant's) counters share one hash tag, so one call's keys are
-    /// in one Redis Cluster slot. (`:sw` names the slot format; the two-window counters
-    /// of earlier releases had no suffix and simply expire.)
-    fn key(&self, group: &str, bucket: &str, limit: &str) -> String {
-        format!("{}:{{{group}}}:{bucket}:{limit}:sw", self.prefix)
-    }
 }
 
 #[async_trait::async_trait]
@@ -223,28 +346,55 @@ impl RateLimiter for RedisLimiter {
                 status: None,
             });
         }
-        let mut conn = self.connection().await?;
-        let mut call = self.script.prepare_invoke();
-        call.arg(now.0).arg(cost).arg(u8::from(dry_run));
+        let mut call = Call {
+            keys: Vec::with_capacity(2 * limits.len()),
+            args: Vec::with_capacity(4 + 3 * limits.len()),
+        };
+        call.args.extend([
+            limits.len() as i64,
+            now.0,
+            i64::try_from(cost).unwrap_or(i64::MAX),
+            i64::from(dry_run),
+        ]);
         for (bucket, l) in &limits {
             let window_ms = l.window.as_millis() as i64;
             let key = self.key(group, bucket, &l.name);
-            call.key(format!("{key}:h"))
-                .key(format!("{key}:l"))
-                .arg(l.limit)
-                .arg(window_ms)
-                .arg(slot_ms(window_ms, SLOTS));
+            call.keys.push(format!("{key}:h"));
+            call.keys.push(format!("{key}:l"));
+            call.args.extend([
+                i64::try_from(l.limit).unwrap_or(i64::MAX),
+                window_ms,
+                slot_ms(window_ms, SLOTS),
+            ]);
         }
-        let invoke = async {
-            match &mut conn {
-                Conn::Single(c) => call.invoke_async::<Vec<i64>>(c).await,
-                Conn::Cluster(c) => call.invoke_async::<Vec<i64>>(c).await,
+        let timeout = self.link.timeout;
+        let reply: Vec<i64> = match self.batches() {
+            Some(queue) => {
+                let (done, answer) = oneshot::channel();
+                let waited = tokio::time::timeout(timeout, async {
+                    queue
+                        .send(Job { call, done })
+                        .await
+                        .map_err(|_| BatchFailed("the batching task ended".into()))?;
+                    answer
+                        .await
+                        .map_err(|_| BatchFailed("no answer".into()))?
+                        .map_err(BatchFailed)
+                })
+                .await;
+                waited
+                    .map_err(|_| unavailable(TimedOut(timeout)))?
+                    .map_err(unavailable)?
+            }
+            None => {
+                let mut r = self.link.invoke(&[&call]).await?;
+                if r.is_empty() {
+                    return Err(Error::internal("empty reply from the rate-limit script"));
+                }
+                r.remove(0);
+                r
             }
         };
-        let reply: Vec<i64> = tokio::time::timeout(self.timeout, invoke)
-            .await
-            .map_err(|_| unavailable(TimedOut(self.timeout)))?
-            .map_err(unavailable)?;
         let malformed = || Error::internal("unexpected reply from the rate-limit script");
         let (&allowed, mut rest) = reply.split_first().ok_or_else(malformed)?;
         let mut windows = Vec::with_capacity(limits.len());

@@ -355,7 +355,8 @@ async fn redis_limiter() -> Option<Arc<dyn RateLimiter>> {
     redis_limiter_at(&fresh_prefix()).await
 }
 
-fn fresh_prefix() -> String {
+/// A Redis key prefix no other test uses.
+pub fn fresh_prefix() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
     format!(

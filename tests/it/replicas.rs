@@ -1,9 +1,8 @@
 //! Several replicas on one PostgreSQL database and one Redis: one shared rate budget, and
 //! KeyAdmin changes on one replica reaching the others' caches within a second.
 use crate::server_or_skip;
-use crate::support::{
-    check, in_ci, limit, new_key, CheckClient, CheckSpec, Db, TestServer, REDIS_URL,
-};
+use crate::support::redis_server::RedisServer;
+use crate::support::{check, limit, new_key, CheckClient, CheckSpec, Db, TestServer, REDIS_URL};
 use keygate::config::LimiterKind;
 use keygate::grpc::pb::{self, Reason};
 use keygate::limiter::resilient::OnLimiterError;
@@ -152,67 +151,6 @@ async fn three_replicas_share_one_budget_on_redis() {
     );
 }
 
-/// A Redis server this test owns, on a free port, to kill and bring back.
-struct OwnRedis {
-    port: u16,
-    child: Option<std::process::Child>,
-}
-
-impl OwnRedis {
-    fn start(port: u16) -> Option<OwnRedis> {
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn();
-        match child {
-            Ok(c) => Some(OwnRedis {
-                port,
-                child: Some(c),
-            }),
-            Err(e) if !in_ci() => {
-                eprintln!("\n!!! SKIPPING a Redis outage test: cannot run redis-server ({e})\n");
-                None
-            }
-            Err(e) => panic!("redis-server is required under CI=true: {e}"),
-        }
-    }
-
-    async fn wait_up(&self) {
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("own redis did not start");
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_outage_follows_on_error_then_recovers() {
     let port = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -221,7 +159,7 @@ async fn redis_outage_follows_on_error_then_recovers() {
         .local_addr()
         .unwrap()
         .port();
-    let Some(mut redis) = OwnRedis::start(port) else {
+    let Some(mut redis) = RedisServer::plain(port) else {
         return;
     };
     redis.wait_up().await;
@@ -275,7 +213,7 @@ async fn redis_outage_follows_on_error_then_recovers() {
     }
 
     // Redis returns (empty: it keeps nothing on disk): shared counting resumes.
-    let _redis = OwnRedis::start(port).unwrap();
+    let _redis = RedisServer::plain(port).unwrap();
     _redis.wait_up().await;
     for (mode, _, c, key) in servers.iter() {
         let deadline = Instant::now() + Duration::from_secs(10);

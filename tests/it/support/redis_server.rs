@@ -53,6 +53,17 @@ impl RedisServer {
         }
     }
 
+    /// A plain Redis on `port`.
+    pub fn plain(port: u16) -> Option<RedisServer> {
+        RedisServer::spawn(port, &["--port", &port.to_string()])
+    }
+
+    /// Waits until a plain Redis answers.
+    pub async fn wait_up(&self) {
+        self.wait_ping(&["-p".to_owned(), self.port.to_string()])
+            .await
+    }
+
     pub fn dir(&self) -> &Path {
         self._dir.path()
     }
