@@ -113,11 +113,12 @@
 //!   counts by endpoint and reason), neither exporting traces. Target: B/A ≥ 0.95.
 //! - `redis_vs_memory` (`replicas.json`, `limiter`) — the in-memory limiter (A) against
 //!   the Redis limiter (B) on `KG_BENCH_REDIS_URL` with a prefix of the run's own
-//!   (`kgbench:<pid>:<nanos>`), `[redis] timeout_ms = 1000`, `[redis] on_error = deny`: every
-//!   check is one `EVALSHA` round trip. The keys under the prefix are deleted at the end
-//!   (SCAN + DEL); had the run died first, they expire on their own (PEXPIRE of two windows
-//!   plus 1 s, here 121 s). The target (≥ 0.5) is Redis vs the no-op ceiling: the
-//!   suite's `check_redis` row.
+//!   (`kgbench:<pid>:<nanos>`), `[redis] timeout_ms = 1000`, `[redis] on_error = deny`:
+//!   concurrent checks share `EVALSHA` round trips (the limiter batches them). The keys
+//!   under the prefix are deleted at the end (SCAN + DEL); had the run died first, they
+//!   expire on their own (PEXPIRE of a window and a slot plus 1 s, here 62 s). The issue's
+//!   targets are Redis ≥ 0.8 × memory here and ≥ 0.6 × the no-op ceiling in the suite's
+//!   `check_redis` row.
 //! - `revocation` (`replicas.json`, `propagation`) — a fresh PostgreSQL database on
 //!   `127.0.0.1:5432` (user `postgres`; `CREATE DATABASE kgbench_<pid>_<nanos>`, dropped at
 //!   the end `WITH (FORCE)`) and two replicas A and B on it. Then `--revocations` times:
