@@ -59,6 +59,15 @@ enum Conn {
     Cluster(ClusterConnection),
 }
 
+impl Conn {
+    async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        match self {
+            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+}
+
 /// The Redis limiter. Connects lazily and reconnects on its own: a Redis that is down at
 /// start-up or later makes checks fail fast with `Unavailable` (see the fallback modes in
 /// `limiter::resilient`), never hang.
@@ -98,7 +107,7 @@ struct Job {
 /// Calls in one script run at most.
 const MAX_BATCH: usize = 128;
 /// Script runs in flight at once (pipelined on the one connection).
-const MAX_IN_FLIGHT: usize = 4;
+const MAX_IN_FLIGHT: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 #[error("rate-limit batch failed: {0}")]
@@ -263,23 +272,45 @@ async fn run_batches(link: Arc<Link>, mut queue: mpsc::Receiver<Job>) {
 }
 
 impl Link {
-    /// Runs the script once for `calls`: each call's reply, prefixed by its length.
+    /// Runs the script once for `calls`: each call's reply, prefixed by its length. The
+    /// `EVALSHA` command is built in one buffer (a `ScriptInvocation` would allocate per
+    /// argument and then copy them); a Redis that lost the script gets it loaded again.
     async fn invoke(&self, calls: &[&Call]) -> Result<Vec<i64>> {
         let mut conn = self.connection().await?;
-        let mut inv = self.script.prepare_invoke();
-        inv.arg(calls.len());
+        let keys: usize = calls.iter().map(|c| c.keys.len()).sum();
+        let args: usize = calls.iter().map(|c| c.args.len()).sum();
+        let bytes: usize = calls
+            .iter()
+            .flat_map(|c| c.keys.iter())
+            .map(|k| k.len())
+            .sum::<usize>()
+            + args * 14
+            + 64;
+        let mut cmd = redis::Cmd::with_capacity(4 + keys + args, bytes);
+        cmd.arg("EVALSHA").arg(self.script.get_hash()).arg(keys);
         for c in calls {
             for k in &c.keys {
-                inv.key(k);
+                cmd.arg(k.as_str());
             }
+        }
+        cmd.arg(calls.len());
+        for c in calls {
             for a in &c.args {
-                inv.arg(a);
+                cmd.arg(*a);
             }
         }
         let run = async {
-            match &mut conn {
-                Conn::Single(c) => inv.invoke_async::<Vec<i64>>(c).await,
-                Conn::Cluster(c) => inv.invoke_async::<Vec<i64>>(c).await,
+            let first = conn.query(&cmd).await;
+            match first {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    let mut load = redis::cmd("SCRIPT");
+                    load.arg("LOAD").arg(SCRIPT);
+                    conn.query::<String>(&load).await?;
+                    conn.query(&cmd).await
+                }
+                other => other,
             }
         };
         tokio::time::timeout(self.timeout, run)
