@@ -529,3 +529,48 @@ async fn local_precheck_refuses_without_a_round_trip_until_retry_after() {
     plain.check("k2", &limits, 1, at(2), false).await.unwrap();
     assert_eq!(shared.1.load(SeqCst), 6);
 }
+
+/// Concurrent checks share round trips: 500 calls at once, on a Redis of this test's own,
+/// reach it in far fewer script runs, and each of five keys still admits exactly its limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_checks_share_script_runs() {
+    use crate::support::redis_server::{cli, free_port_pair, RedisServer};
+    let port = free_port_pair();
+    let Some(server) = RedisServer::plain(port) else {
+        return;
+    };
+    server.wait_up().await;
+    let l: Arc<dyn RateLimiter> = Arc::new(
+        keygate::limiter::redis::RedisLimiter::new(
+            &format!("redis://127.0.0.1:{port}"),
+            "kgbatch",
+            Duration::from_secs(2),
+        )
+        .unwrap(),
+    );
+    let limits = Arc::new([lim("m", 60, 60)]);
+    let calls = (0..500).map(|i| {
+        let (l, limits) = (l.clone(), limits.clone());
+        tokio::spawn(async move {
+            let bucket = format!("k{}", i % 5);
+            l.check(&bucket, &limits[..], 1, at(0), false)
+                .await
+                .unwrap()
+                .allowed
+        })
+    });
+    let admitted = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap())
+        .count();
+    assert_eq!(admitted, 5 * 60);
+    let stats = cli(port, &["INFO", "commandstats"]);
+    let runs: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no EVALSHA in {stats}"));
+    assert!(runs <= 100, "{runs} script runs for 500 concurrent checks");
+}
