@@ -127,9 +127,22 @@ pub fn decide<L: std::borrow::Borrow<RateLimitSpec>>(
     }
 }
 
-/// Lines the stored windows up with the current limits (by name): a limit whose window
-/// length changed starts afresh (in `decide`), one that is unchanged keeps its slots.
-fn align(b: &mut Bucket, limits: &[RateLimitSpec]) {
+impl Bucket {
+    /// A bucket for `limits`, so its first expiry already knows its longest window.
+    fn for_limits(limits: &[RateLimitSpec]) -> Arc<Mutex<Bucket>> {
+        let mut b = Bucket::default();
+        align(&mut b, limits);
+        Arc::new(Mutex::new(b))
+    }
+}
+
+/// Lines the stored windows up with the current limits (by name): a limit keeps its slots
+/// (also when its window length changed: see `Window::expire`). Returns whether the
+/// longest window changed, so the caller can renew the bucket's expiry.
+fn align(b: &mut Bucket, limits: &[RateLimitSpec]) -> bool {
+    let longest = limits.iter().map(|l| l.window).max().unwrap_or_default();
+    let renewed = longest != b.longest;
+    b.longest = longest;
     if b.names.len() != limits.len() || b.names.iter().zip(limits).any(|(n, l)| *n != l.name) {
         let names = std::mem::take(&mut b.names);
         let mut old = std::mem::take(&mut b.windows);
@@ -144,8 +157,8 @@ fn align(b: &mut Bucket, limits: &[RateLimitSpec]) {
             })
             .collect();
         b.names = limits.iter().map(|l| l.name.clone()).collect();
-        b.longest = limits.iter().map(|l| l.window).max().unwrap_or_default();
     }
+    renewed
 }
 
 impl MemoryLimiter {
@@ -153,10 +166,21 @@ impl MemoryLimiter {
     fn one(&self, s: &LimitScope<'_>, cost: u64, now: UnixMillis, dry_run: bool) -> LimitOutcome {
         let entry = self
             .buckets
-            .get_with_by_ref(s.bucket, || Arc::new(Mutex::new(Bucket::default())));
+            .get_with_by_ref(s.bucket, || Bucket::for_limits(s.limits));
         let mut b = entry.lock().unwrap_or_else(|p| p.into_inner());
-        align(&mut b, s.limits);
-        decide(&mut b.windows, s.limits, cost, now.0, dry_run)
+        let renew = align(&mut b, s.limits);
+        let outcome = decide(&mut b.windows, s.limits, cost, now.0, dry_run);
+        drop(b);
+        if renew {
+            self.renew(s.bucket, entry);
+        }
+        outcome
+    }
+
+    /// Sets a bucket's expiry again after its longest window changed (moka computes it on
+    /// insert and read, from the bucket as it was then).
+    fn renew(&self, bucket: &str, entry: Arc<Mutex<Bucket>>) {
+        self.buckets.insert(bucket.to_owned(), entry);
     }
 }
 
@@ -190,7 +214,7 @@ impl RateLimiter for MemoryLimiter {
             .iter()
             .map(|s| {
                 self.buckets
-                    .get_with_by_ref(s.bucket, || Arc::new(Mutex::new(Bucket::default())))
+                    .get_with_by_ref(s.bucket, || Bucket::for_limits(s.limits))
             })
             .collect();
         let mut guards: Vec<_> = entries
@@ -200,8 +224,11 @@ impl RateLimiter for MemoryLimiter {
         // The windows of every bucket, decided together, then put back.
         let mut windows = Vec::new();
         let mut limits = Vec::new();
-        for (b, s) in guards.iter_mut().zip(&scopes) {
-            align(b, s.limits);
+        let mut renew = Vec::new();
+        for (i, (b, s)) in guards.iter_mut().zip(&scopes).enumerate() {
+            if align(b, s.limits) {
+                renew.push(i);
+            }
             windows.append(&mut b.windows);
             limits.extend(s.limits.iter());
         }
@@ -210,6 +237,27 @@ impl RateLimiter for MemoryLimiter {
         for (b, s) in guards.iter_mut().zip(&scopes) {
             b.windows = decided.by_ref().take(s.limits.len()).collect();
         }
+        drop(guards);
+        for i in renew {
+            self.renew(scopes[i].bucket, entries[i].clone());
+        }
         Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_bucket_lives_for_two_of_its_longest_windows() {
+        let hour = RateLimitSpec {
+            name: "h".into(),
+            limit: 10,
+            window: Duration::from_secs(3600),
+        };
+        // moka takes a new entry's expiry from the bucket as created: it must already
+        // know its window, or a one-call key would be forgotten after a minute.
+        assert_eq!(ttl(&Bucket::for_limits(&[hour])), Duration::from_secs(7200));
     }
 }

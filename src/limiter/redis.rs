@@ -1,7 +1,8 @@
 //! The shared limiter: the same exact sliding window as the in-memory one (its slots kept
-//! in Redis), so every replica spends from one budget. One round trip per check: a Lua
-//! script (`sliding_window.lua`) decides and spends all of a call's limits atomically and
-//! returns the slots that counted, from which [`decide`] computes the figures.
+//! in Redis), so every replica spends from one budget. A Lua script
+//! (`sliding_window.lua`) decides and spends all of a call's limits atomically and returns
+//! the slots that counted, from which [`decide`] computes the figures; concurrent calls
+//! share script runs (see [`RedisLimiter`]).
 //!
 //! Every replica passes its own clock's `now`: replicas' clocks must agree (NTP) for the
 //! window to be exact across them; a replica whose clock is δ behind records its calls δ
@@ -234,12 +235,21 @@ async fn run_batches(link: Arc<Link>, mut queue: mpsc::Receiver<Job>) {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let mut jobs = vec![first];
+        // A call whose caller stopped waiting (its timeout ran out in the queue) is not
+        // sent: it must not spend what the caller was told was not decided.
+        let mut jobs: Vec<Job> = Some(first)
+            .into_iter()
+            .filter(|j| !j.done.is_closed())
+            .collect();
         while jobs.len() < MAX_BATCH {
             match queue.try_recv() {
+                Ok(j) if j.done.is_closed() => {}
                 Ok(j) => jobs.push(j),
                 Err(_) => break,
             }
+        }
+        if jobs.is_empty() {
+            continue;
         }
         let link = link.clone();
         tokio::spawn(async move {
@@ -273,8 +283,8 @@ async fn run_batches(link: Arc<Link>, mut queue: mpsc::Receiver<Job>) {
 
 impl Link {
     /// Runs the script once for `calls`: each call's reply, prefixed by its length. The
-    /// `EVALSHA` command is built in one buffer (a `ScriptInvocation` would allocate per
-    /// argument and then copy them); a Redis that lost the script gets it loaded again.
+    /// command is built in one buffer (a `ScriptInvocation` would allocate per argument
+    /// and then copy them).
     async fn invoke(&self, calls: &[&Call]) -> Result<Vec<i64>> {
         let mut conn = self.connection().await?;
         let keys: usize = calls.iter().map(|c| c.keys.len()).sum();
@@ -286,29 +296,35 @@ impl Link {
             .sum::<usize>()
             + args * 14
             + 64;
-        let mut cmd = redis::Cmd::with_capacity(4 + keys + args, bytes);
-        cmd.arg("EVALSHA").arg(self.script.get_hash()).arg(keys);
-        for c in calls {
-            for k in &c.keys {
-                cmd.arg(k.as_str());
+        // `EVALSHA <sha>`, or `EVAL <body>` for a Redis that lost the script (which also
+        // caches it there; on a cluster, on the node that owns the slot).
+        let build = |load: bool| {
+            let mut cmd = redis::Cmd::with_capacity(4 + keys + args, bytes);
+            if load {
+                cmd.arg("EVAL").arg(SCRIPT);
+            } else {
+                cmd.arg("EVALSHA").arg(self.script.get_hash());
             }
-        }
-        cmd.arg(calls.len());
-        for c in calls {
-            for a in &c.args {
-                cmd.arg(*a);
+            cmd.arg(keys);
+            for c in calls {
+                for k in &c.keys {
+                    cmd.arg(k.as_str());
+                }
             }
-        }
+            cmd.arg(calls.len());
+            for c in calls {
+                for a in &c.args {
+                    cmd.arg(*a);
+                }
+            }
+            cmd
+        };
         let run = async {
-            let first = conn.query(&cmd).await;
-            match first {
+            match conn.query(&build(false)).await {
                 Err(e)
                     if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                 {
-                    let mut load = redis::cmd("SCRIPT");
-                    load.arg("LOAD").arg(SCRIPT);
-                    conn.query::<String>(&load).await?;
-                    conn.query(&cmd).await
+                    conn.query(&build(true)).await
                 }
                 other => other,
             }
@@ -428,6 +444,11 @@ impl RateLimiter for RedisLimiter {
         };
         let malformed = || Error::internal("unexpected reply from the rate-limit script");
         let (&allowed, mut rest) = reply.split_first().ok_or_else(malformed)?;
+        if allowed == -1 {
+            return Err(unavailable(BatchFailed(
+                "the script failed on this call's keys (are they Keygate's?)".into(),
+            )));
+        }
         let mut windows = Vec::with_capacity(limits.len());
         for (_, l) in &limits {
             let (&n, tail) = rest.split_first().ok_or_else(malformed)?;
@@ -461,6 +482,14 @@ impl RateLimiter for RedisLimiter {
                 "rate-limit script and local arithmetic disagree"
             );
             outcome.allowed = allowed;
+            if !allowed {
+                // Refused by Redis, which is the truth: nothing left now, and a wait that is
+                // surely enough (every slot leaves within the longest window).
+                if let Some(st) = outcome.status.as_mut() {
+                    st.remaining = 0;
+                    st.retry_after = specs.iter().map(|l| l.window).max();
+                }
+            }
         }
         Ok(outcome)
     }

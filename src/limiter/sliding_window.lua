@@ -15,7 +15,7 @@
 -- ARGV     the number of calls; then per call: its number of limits, now_ms, cost,
 --          dry_run (1/0), then limit_i, window_ms_i, slot_ms_i per limit. KEYS: every
 --          call's keys, in order.
--- Returns  per call: the length of its reply, then {allowed (1/0), then per limit: n,
+-- Returns  per call: the length of its reply, then {-1} if it failed, else {allowed (1/0), then per limit: n,
 --          cost_1, last_1, ..., cost_n, last_n}: the state at now before this call's
 --          spend. For a limit that refuses, its slots; otherwise one summary slot (the cost
 --          that counts, and the newest slot's last), which is all the figures need.
@@ -33,18 +33,26 @@ local function load(h, l, w, g, now)
   local m = redis.call('HMGET', h, 'u', 'w', 'g', 'bc', 'bl', 'e')
   local s = {h = h, l = l, w = w, g = g, u = tonumber(m[1]) or 0,
              bc = tonumber(m[4]), bl = tonumber(m[5]), e = tonumber(m[6]) or 0, dirty = false}
-  if tonumber(m[2]) ~= w or tonumber(m[3]) ~= g or s.bc == nil or s.bl == nil then
-    -- New, or another window or slot length (a changed limit): start afresh.
+  if s.bc == nil or s.bl == nil then
+    -- New (or not ours): start afresh.
     redis.call('DEL', h, l)
     s.u, s.bc, s.bl, s.e = 0, nil, nil, 0
     return s
+  end
+  if tonumber(m[2]) ~= w or tonumber(m[3]) ~= g then
+    -- Another window or slot length (a changed limit, or replicas that have not all seen
+    -- the change yet): a slot's last call is as true under any window, so the slots stay;
+    -- they are rescanned against this window now.
+    s.e, s.dirty = 0, true
   end
   if s.u > 0 and now >= s.e then
     s.dirty = true
     while true do
       local front = redis.call('LINDEX', l, 0)
       if not front then
-        -- Only the open slot is left.
+        -- Only the open slot is left (its cost is then all of u, even had the list been
+        -- lost).
+        s.u = s.bc
         if s.bl + w <= now then
           s.u, s.bc, s.bl, s.e = 0, nil, nil, 0
         else
@@ -104,12 +112,12 @@ local function call(ko, ao)
     else
       out[#out + 1] = 0
     end
-    if allowed == 1 and not dry then
+    if allowed == 1 and not dry and cost > 0 then
       local slot = math.floor(now / s.g)
       if s.bc ~= nil and math.floor(s.bl / s.g) >= slot then
         -- The open slot (or a clock that stepped back): add to it.
         redis.call('HSET', s.h, 'u', fmt(s.u + cost), 'bc', fmt(s.bc + cost),
-          'bl', fmt(math.max(s.bl, now)))
+          'bl', fmt(math.max(s.bl, now)), 'e', fmt(s.e), 'w', fmt(s.w), 'g', fmt(s.g))
       else
         if s.bc ~= nil then
           redis.call('RPUSH', s.l, fmt(s.bc) .. ':' .. fmt(s.bl))
@@ -125,23 +133,29 @@ local function call(ko, ao)
       end
     elseif s.dirty then
       if s.u > 0 then
-        redis.call('HSET', s.h, 'u', fmt(s.u), 'e', fmt(s.e))
+        redis.call('HSET', s.h, 'u', fmt(s.u), 'e', fmt(s.e), 'w', fmt(s.w), 'g', fmt(s.g))
       else
         redis.call('DEL', s.h, s.l)
       end
     end
   end
-  return out, 2 * n, 4 + 3 * n
+  return out
 end
 
+-- A call that fails (a key of another type, written by someone else) answers {-1} and
+-- leaves the other calls of the batch decided.
 local replies = {}
 local ko, ao = 0, 1
 for _ = 1, tonumber(ARGV[1]) do
-  local out, keys, args = call(ko, ao)
+  local n = tonumber(ARGV[ao + 1])
+  local ok, out = pcall(call, ko, ao)
+  if not ok then
+    out = {-1}
+  end
   replies[#replies + 1] = #out
   for j = 1, #out do
     replies[#replies + 1] = out[j]
   end
-  ko, ao = ko + keys, ao + args
+  ko, ao = ko + 2 * n, ao + 4 + 3 * n
 end
 return replies

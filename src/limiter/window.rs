@@ -84,12 +84,16 @@ impl Window {
         self.slots.iter()
     }
 
-    /// Drops the slots that no longer count at `now`; a window of another length (the
-    /// limit was changed) starts afresh.
+    /// Drops the slots that no longer count at `now`. A window of another length (the
+    /// limit was changed) keeps its slots: a slot's last call is as true under any window,
+    /// so they count on against the new length.
     pub fn expire(&mut self, now: i64, window_ms: i64, slots: i64) {
-        if self.window_ms != window_ms.max(1) || self.slot_ms != slot_ms(window_ms, slots) {
-            *self = Window::new(window_ms, slots);
-            return;
+        let window_ms = window_ms.max(1);
+        if self.window_ms != window_ms || self.slot_ms != slot_ms(window_ms, slots.max(1)) {
+            self.window_ms = window_ms;
+            self.slot_ms = slot_ms(window_ms, slots.max(1));
+            // Slots of another length may now be out of order by slot; by `last` they are
+            // not, which is all expiry needs.
         }
         while let Some(front) = self.slots.front() {
             if front.last + self.window_ms > now {
@@ -243,13 +247,21 @@ mod tests {
     }
 
     #[test]
-    fn a_changed_window_starts_afresh_and_stored_slots_round_trip() {
+    fn a_changed_window_keeps_its_slots_and_stored_slots_round_trip() {
         let mut w = window();
         w.spend(10, 4);
         w.spend(5_000, 2);
         let back = Window::from_slots(W, SLOTS, w.slots().copied().rev());
         assert_eq!(back, w);
+        // Longer: both calls still count; shorter: only what is within the new window.
         w.expire(6_000, 2 * W, SLOTS);
+        assert_eq!(w.used(), 6);
+        w.expire(65_000, W / 6, SLOTS);
         assert_eq!(w.used(), 0);
+        let mut w = window();
+        w.spend(10, 4);
+        w.spend(5_000, 2);
+        w.expire(10_000, 8_000, SLOTS);
+        assert_eq!(w.used(), 2, "the call at 10 left the 8 s window at 8,010");
     }
 }

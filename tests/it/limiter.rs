@@ -120,6 +120,37 @@ pub async fn a_boundary_burst_admits_exactly_the_limit(l: Arc<dyn RateLimiter>) 
     );
 }
 
+/// A limit whose window changes (an admin edited it; replicas see the change at different
+/// moments) keeps what was spent: alternating windows never reopen the budget.
+pub async fn a_changed_window_keeps_what_was_spent(l: Arc<dyn RateLimiter>) {
+    let (short, long) = ([lim("w", 1, 60)], [lim("w", 1, 120)]);
+    let mut admitted = 0;
+    for i in 0..6 {
+        let limits = if i % 2 == 0 { &short } else { &long };
+        if l.check("k6", limits, 1, at(i * 1_000), false)
+            .await
+            .unwrap()
+            .allowed
+        {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 1);
+    // Under the longer window the call at 0 still counts after the shorter one has passed.
+    assert!(
+        !l.check("k6", &long, 1, at(90_000), true)
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        l.check("k6", &short, 1, at(90_000), true)
+            .await
+            .unwrap()
+            .allowed
+    );
+}
+
 /// Random sequences of calls (time, cost, dry run) against a reference sliding log: the
 /// limiter never admits what the exact log would refuse, refuses only what the log would
 /// refuse with costs kept W/60 longer, reports `remaining` between the two, and its
@@ -396,6 +427,7 @@ macro_rules! limiter_suite {
                 limit_plus_one_is_refused_with_an_exact_retry_after,
                 budget_returns_as_the_window_slides,
                 a_boundary_burst_admits_exactly_the_limit,
+                a_changed_window_keeps_what_was_spent,
                 random_calls_match_a_sliding_log,
                 all_limits_or_none_are_spent,
                 dry_run_spends_nothing,
@@ -573,4 +605,78 @@ async fn concurrent_checks_share_script_runs() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no EVALSHA in {stats}"));
     assert!(runs <= 100, "{runs} script runs for 500 concurrent checks");
+}
+
+/// Redis lost a limit's list of older slots (an eviction policy took one key and not the
+/// other): the sum is corrected from what is left once the oldest slot's time has passed,
+/// not kept for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_slot_list_does_not_keep_its_cost() {
+    let prefix = fresh_prefix();
+    let Some(l) = redis_limiter_at(&prefix).await else {
+        return;
+    };
+    let limits = [lim("m", 5, 60)];
+    for t in [0, 1_000, 2_000, 3_000] {
+        assert!(
+            l.check("lost", &limits, 1, at(t), false)
+                .await
+                .unwrap()
+                .allowed
+        );
+    }
+    let list = format!("{prefix}:{{lost}}:lost:m:sw:l");
+    let client = ::redis::Client::open(crate::support::REDIS_URL).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let removed: u64 = ::redis::cmd("DEL")
+        .arg(&list)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1, "the list {list} exists");
+    // At 61 s the calls at 0..2 s have left; only the open slot (3 s) is left to count.
+    let o = l.check("lost", &limits, 1, at(61_000), true).await.unwrap();
+    assert_eq!(o.status.unwrap().remaining, 4);
+}
+
+/// A key of another type under one call's name fails that call only, not the calls batched
+/// with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_foreign_key_fails_only_its_own_call() {
+    let prefix = fresh_prefix();
+    let Some(l) = redis_limiter_at(&prefix).await else {
+        return;
+    };
+    let client = ::redis::Client::open(crate::support::REDIS_URL).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = ::redis::cmd("SET")
+        .arg(format!("{prefix}:{{bad}}:bad:m:sw:h"))
+        .arg("not a hash")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let limits = Arc::new([lim("m", 1000, 60)]);
+    let calls = (0..60).map(|i| {
+        let (l, limits) = (l.clone(), limits.clone());
+        tokio::spawn(async move {
+            let bucket = if i == 30 { "bad" } else { "good" };
+            (bucket, l.check(bucket, &limits[..], 1, at(0), false).await)
+        })
+    });
+    for r in futures::future::join_all(calls).await {
+        let (bucket, r) = r.unwrap();
+        match bucket {
+            "bad" => assert!(
+                matches!(r, Err(keygate::error::Error::Unavailable { .. })),
+                "{r:?}"
+            ),
+            _ => assert!(r.unwrap().allowed),
+        }
+    }
+    let o = l.check("good", &limits[..], 1, at(0), true).await.unwrap();
+    assert_eq!(
+        o.status.unwrap().remaining,
+        1000 - 59,
+        "every good call counted once"
+    );
 }
