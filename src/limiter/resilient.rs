@@ -13,9 +13,10 @@ pub use crate::config::OnLimiterError;
 /// A shared limiter with a fallback, and an optional local pre-check.
 pub struct Resilient {
     primary: Arc<dyn RateLimiter>,
-    /// With the pre-check on: buckets the shared limiter refused, until when, and the
-    /// figures it gave. A call in that time is refused here without a round trip.
-    refused: Option<moka::sync::Cache<String, (UnixMillis, LimitOutcome)>>,
+    /// With the pre-check on: buckets the shared limiter refused, until when, the cost it
+    /// refused, and the figures it gave. A call of at least that cost in that time is
+    /// refused here without a round trip (a cheaper one may fit, so it asks).
+    refused: Option<moka::sync::Cache<String, (UnixMillis, u64, LimitOutcome)>>,
     local: MemoryLimiter,
     mode: OnLimiterError,
     failures: AtomicU64,
@@ -69,15 +70,17 @@ impl RateLimiter for Resilient {
         // The pre-check remembers refusals by the call's first bucket (the key).
         let bucket = scopes.first().map_or(group, |s| s.bucket);
         if let Some(refused) = &self.refused {
-            if let Some((until, outcome)) = refused.get(bucket) {
-                if now < until {
+            if let Some((until, refused_cost, outcome)) = refused.get(bucket) {
+                if now < until && cost >= refused_cost {
                     let mut outcome = outcome;
                     if let Some(st) = outcome.status.as_mut() {
                         st.retry_after = Some(now.until(until));
                     }
                     return Ok(outcome);
                 }
-                refused.invalidate(bucket);
+                if now >= until {
+                    refused.invalidate(bucket);
+                }
             }
         }
         let err = match self
@@ -88,7 +91,7 @@ impl RateLimiter for Resilient {
             Ok(o) => {
                 if let (Some(refused), false) = (&self.refused, o.allowed) {
                     if let Some(after) = o.status.as_ref().and_then(|s| s.retry_after) {
-                        refused.insert(bucket.to_owned(), (now.plus(after), o.clone()));
+                        refused.insert(bucket.to_owned(), (now.plus(after), cost, o.clone()));
                     }
                 }
                 return Ok(o);

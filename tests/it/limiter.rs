@@ -554,12 +554,34 @@ async fn local_precheck_refuses_without_a_round_trip_until_retry_after() {
         "at retry_after the shared limiter decides again"
     );
     assert_eq!(shared.1.load(SeqCst), 3);
+    // A refusal of a costlier call does not refuse a cheaper one that may fit.
+    assert!(
+        l.check("k3", &limits, 1, at(0), false)
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        !l.check("k3", &limits, 2, at(10), false)
+            .await
+            .unwrap()
+            .allowed
+    );
+    let before = shared.1.load(SeqCst);
+    assert!(
+        l.check("k3", &limits, 1, at(20), false)
+            .await
+            .unwrap()
+            .allowed,
+        "one unit is left: the cheaper call asks and is admitted"
+    );
+    assert_eq!(shared.1.load(SeqCst), before + 1);
     // Off by default: every call goes to the shared limiter.
     let plain = Resilient::new(shared.clone(), OnLimiterError::Deny, false);
     plain.check("k2", &limits, 2, at(0), false).await.unwrap();
     plain.check("k2", &limits, 1, at(1), false).await.unwrap();
     plain.check("k2", &limits, 1, at(2), false).await.unwrap();
-    assert_eq!(shared.1.load(SeqCst), 6);
+    assert_eq!(shared.1.load(SeqCst), 9);
 }
 
 /// Concurrent checks share round trips: 500 calls at once, on a Redis of this test's own,
