@@ -589,15 +589,10 @@ impl Config {
             return Err(Error::invalid("redis.timeout_ms", "must be at least 1"));
         }
         if self.rate_limiter == LimiterKind::Redis {
-            let url = self.redis.url.expose_secret();
-            redis::Client::open(url)
-                .map_err(|_| Error::invalid("redis.url", "is not a redis:// or rediss:// URL"))?;
-            if self.redis.ca_path.is_some() && !url.starts_with("rediss://") {
-                return Err(Error::invalid(
-                    "redis.ca_path",
-                    "is for TLS: redis.url must start with rediss://",
-                ));
-            }
+            crate::limiter::redis::check_url(
+                self.redis.url.expose_secret(),
+                self.redis.ca_path.is_some(),
+            )?;
         }
         if !(0.0..=1.0).contains(&self.otlp.sample_ratio) {
             return Err(Error::invalid(

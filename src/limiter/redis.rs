@@ -135,6 +135,26 @@ fn bad(field: &'static str) -> impl Fn(redis::RedisError) -> Error {
     }
 }
 
+/// Whether `url` is a Redis URL Keygate can use, with a CA only for TLS (`rediss://`):
+/// the configuration check and the limiter both ask here.
+pub fn check_url(url: &str, with_ca: bool) -> Result<()> {
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err(Error::invalid(
+            "redis.url",
+            "must start with redis:// or rediss:// (TLS)",
+        ));
+    }
+    if with_ca && !url.starts_with("rediss://") {
+        return Err(Error::invalid(
+            "redis.ca_path",
+            "is for TLS: redis.url must start with rediss://",
+        ));
+    }
+    url.into_connection_info()
+        .map(|_| ())
+        .map_err(bad("redis.url"))
+}
+
 impl RedisLimiter {
     /// One plain Redis at `url` (`redis://host:port[/db]`); `prefix` namespaces every key
     /// Keygate writes.
@@ -145,18 +165,7 @@ impl RedisLimiter {
     /// The Redis (or Redis Cluster) of `target`.
     pub fn connect_to(target: RedisTarget, prefix: &str, timeout: Duration) -> Result<Self> {
         let url = target.url.expose_secret();
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-            return Err(Error::invalid(
-                "redis.url",
-                "must start with redis:// or rediss:// (TLS)",
-            ));
-        }
-        if target.ca_pem.is_some() && !url.starts_with("rediss://") {
-            return Err(Error::invalid(
-                "redis.ca_path",
-                "is for TLS: the url must start with rediss://",
-            ));
-        }
+        check_url(url, target.ca_pem.is_some())?;
         let mut info = url.into_connection_info().map_err(bad("redis.url"))?;
         if let Some(pw) = &target.password {
             let settings = info

@@ -418,8 +418,6 @@ impl CheckService {
         }
     }
 
-    /// Cache, else one indexed lookup and one argon2 verify (single-flight). An unknown
-    /// lookup id still costs a verify against a dummy hash, so timing reveals nothing.
     /// From a throttled source: whether `lookup_id` may still be verified — it exists (a
     /// store lookup, no argon2) and has not failed too often from there.
     async fn may_try_throttled(
@@ -434,6 +432,8 @@ impl CheckService {
         Ok(self.keys.find_by_lookup_id(lookup_id).await?.is_some())
     }
 
+    /// Cache, else one indexed lookup and one argon2 verify (single-flight). An unknown
+    /// lookup id still costs a verify against a dummy hash, so timing reveals nothing.
     async fn resolve(&self, presented: &str, lookup_id: &str, head: &str) -> Result<Resolved> {
         let digest = cache::digest(presented);
         let loaded = std::sync::atomic::AtomicBool::new(false);

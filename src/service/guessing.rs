@@ -15,13 +15,13 @@
 //! used dropped first).
 use crate::domain::UnixMillis;
 use crate::limiter::{LimitStatus, Window};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Slots per throttle window: a precision of a sixth of the window is plenty here, and
 /// keeps each tracked source to at most 7 slots.
 const SLOTS: i64 = 6;
-use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 /// Where checks without a source address are counted: together.
 const UNKNOWN: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);

@@ -303,22 +303,38 @@ pub async fn buckets_are_independent_and_no_limits_admit(l: Arc<dyn RateLimiter>
     assert!(o.allowed && o.status.is_none());
 }
 
-pub async fn concurrent_calls_admit_exactly_the_limit(l: Arc<dyn RateLimiter>) {
-    let limits = Arc::new([lim("m", 100, 60)]);
-    let calls = (0..1000).map(|_| {
-        let (l, limits) = (l.clone(), limits.clone());
+/// `n` checks of cost 1 at `t`, all at once: call `i` goes to `limiters[i % len]` on
+/// `bucket(i)`. How many were admitted.
+async fn admitted_concurrently(
+    limiters: &[Arc<dyn RateLimiter>],
+    limit: RateLimitSpec,
+    n: usize,
+    t: i64,
+    bucket: impl Fn(usize) -> String,
+) -> usize {
+    let limits = Arc::new([limit]);
+    let calls = (0..n).map(|i| {
+        let (l, limits, b) = (
+            limiters[i % limiters.len()].clone(),
+            limits.clone(),
+            bucket(i),
+        );
         tokio::spawn(async move {
-            l.check("hot", &limits[..], 1, at(0), false)
+            l.check(&b, &limits[..], 1, at(t), false)
                 .await
                 .unwrap()
                 .allowed
         })
     });
-    let admitted = futures::future::join_all(calls)
+    futures::future::join_all(calls)
         .await
         .into_iter()
         .filter(|r| *r.as_ref().unwrap())
-        .count();
+        .count()
+}
+
+pub async fn concurrent_calls_admit_exactly_the_limit(l: Arc<dyn RateLimiter>) {
+    let admitted = admitted_concurrently(&[l], lim("m", 100, 60), 1000, 0, |_| "hot".into()).await;
     assert_eq!(admitted, 100);
 }
 
@@ -482,21 +498,8 @@ async fn replicas_on_one_redis_admit_exactly_the_limit_together() {
         admitted, 6,
         "6 per 2 s across three replicas and a boundary"
     );
-    let limits = Arc::new([lim("c", 50, 60)]);
-    let calls = (0..300).map(|i| {
-        let (l, limits) = (replicas[i % 3].clone(), limits.clone());
-        tokio::spawn(async move {
-            l.check("hot", &limits[..], 1, at(10_000), false)
-                .await
-                .unwrap()
-                .allowed
-        })
-    });
-    let admitted = futures::future::join_all(calls)
-        .await
-        .into_iter()
-        .filter(|r| *r.as_ref().unwrap())
-        .count();
+    let admitted =
+        admitted_concurrently(&replicas, lim("c", 50, 60), 300, 10_000, |_| "hot".into()).await;
     assert_eq!(admitted, 50);
 }
 
@@ -602,22 +605,8 @@ async fn concurrent_checks_share_script_runs() {
         )
         .unwrap(),
     );
-    let limits = Arc::new([lim("m", 60, 60)]);
-    let calls = (0..500).map(|i| {
-        let (l, limits) = (l.clone(), limits.clone());
-        tokio::spawn(async move {
-            let bucket = format!("k{}", i % 5);
-            l.check(&bucket, &limits[..], 1, at(0), false)
-                .await
-                .unwrap()
-                .allowed
-        })
-    });
-    let admitted = futures::future::join_all(calls)
-        .await
-        .into_iter()
-        .filter(|r| *r.as_ref().unwrap())
-        .count();
+    let admitted =
+        admitted_concurrently(&[l], lim("m", 60, 60), 500, 0, |i| format!("k{}", i % 5)).await;
     assert_eq!(admitted, 5 * 60);
     let stats = cli(port, &["INFO", "commandstats"]);
     let runs: u64 = stats
