@@ -21,6 +21,13 @@ pub enum Error {
     Unauthenticated(String),
     #[error("{0}")]
     PermissionDenied(String),
+    /// The caller has used up a budget of its own (leak reports per minute); `retry_after`
+    /// says when it may try again.
+    #[error("{message}")]
+    ResourceExhausted {
+        message: String,
+        retry_after: Option<std::time::Duration>,
+    },
     /// A dependency (database, Redis) could not be reached or timed out: retrying may help,
     /// and gateways apply their failure mode.
     #[error("{what} unavailable")]
@@ -81,6 +88,7 @@ impl Error {
             Error::NotFound { .. } => "NotFound",
             Error::Unauthenticated(_) => "Unauthenticated",
             Error::PermissionDenied(_) => "PermissionDenied",
+            Error::ResourceExhausted { .. } => "ResourceExhausted",
             Error::Unavailable { .. } => "Unavailable",
             Error::Internal { .. } => "Internal",
         }

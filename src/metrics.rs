@@ -70,6 +70,12 @@ pub struct Metrics {
     pub connections_refused: IntCounter,
     /// Connections to the gRPC port open now.
     pub connections_open: IntGauge,
+    /// Reported tokens by channel (`github`, `admin`) and finding (`found`, `not_a_key`,
+    /// `unknown`); found keys by what was done (`leaked_keys_total`).
+    leak_reports: IntCounterVec,
+    leaked_keys: IntCounterVec,
+    /// Leak-report requests refused before any work (bad signature, over budget), by reason.
+    leak_refusals: IntCounterVec,
     tenant_label: bool,
     /// Children of `checks` (without the tenant label) resolved once, by source and
     /// decision, then reason: the hot path must not hash label values (prometheus'
@@ -205,6 +211,30 @@ impl Metrics {
             "Checks refused because their client IP made too many failed checks (key guessing)",
         ));
         must(registry.register(Box::new(guess_throttled.clone())));
+        let leak_reports = must(IntCounterVec::new(
+            Opts::new(
+                "leak_reports_total",
+                "Reported leaked tokens by channel and finding",
+            ),
+            &["channel", "finding"],
+        ));
+        let leaked_keys = must(IntCounterVec::new(
+            Opts::new(
+                "leaked_keys_total",
+                "Keys reported leaked, by what was done (revoked, disabled, notified, already_revoked)",
+            ),
+            &["action"],
+        ));
+        let leak_refusals = must(IntCounterVec::new(
+            Opts::new(
+                "leak_report_refusals_total",
+                "Leak-report requests refused before any work, by reason",
+            ),
+            &["reason"],
+        ));
+        for c in [&leak_reports, &leaked_keys, &leak_refusals] {
+            must(registry.register(Box::new(c.clone())));
+        }
         must(registry.register(Box::new(usage.dropped.clone())));
         must(registry.register(Box::new(usage.flush_failures.clone())));
         must(registry.register(Box::new(usage.buffered.clone())));
@@ -230,6 +260,9 @@ impl Metrics {
             guess_throttled,
             connections_refused,
             connections_open,
+            leak_reports,
+            leaked_keys,
+            leak_refusals,
             propagation_seconds,
             ready: Arc::new(AtomicBool::new(true)),
             tenant_label,
@@ -286,6 +319,22 @@ impl Metrics {
         self.check_errors
             .with_label_values(&[source.label(), error.kind()])
             .inc();
+    }
+
+    /// Records one reported token: `channel` it came by, `finding` (`found`, `not_a_key`,
+    /// `unknown`) and, when found, what was done.
+    pub fn leak_report(&self, channel: &str, finding: &str, action: Option<&str>) {
+        self.leak_reports
+            .with_label_values(&[channel, finding])
+            .inc();
+        if let Some(a) = action {
+            self.leaked_keys.with_label_values(&[a]).inc();
+        }
+    }
+
+    /// Records a leak-report request refused before any work.
+    pub fn leak_refused(&self, reason: &str) {
+        self.leak_refusals.with_label_values(&[reason]).inc();
     }
 
     /// Records one KeyAdmin call.

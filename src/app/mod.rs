@@ -20,6 +20,7 @@ use crate::service::admin::AdminService;
 use crate::service::check::CheckService;
 use crate::service::guessing::GuessThrottle;
 use crate::service::imports::ImportRegistry;
+use crate::service::leaks::LeakResponder;
 use crate::service::quota::QuotaLedger;
 use crate::service::tokens::{self, AdminTokens};
 use crate::service::usage::UsageRecorder;
@@ -68,6 +69,10 @@ pub struct App {
     origin: String,
     metrics: Arc<Metrics>,
     metrics_listener: Option<TcpListener>,
+    /// Leak reports from admins and secret scanners.
+    leaks: Arc<LeakResponder>,
+    /// The secret scanning partner endpoint, when `[leaks] listen` is set.
+    partner: Option<(TcpListener, Arc<crate::scanning::Partner>)>,
 }
 
 /// A narrow window into a built server for tests and embedders: the figures worth
@@ -159,6 +164,30 @@ impl App {
             imports.clone(),
             quotas.clone(),
         );
+        let leaks = Arc::new(LeakResponder::new(
+            stores.keys.clone(),
+            hasher.clone(),
+            imports.clone(),
+            admin.clone(),
+            clock.clone(),
+            metrics.clone(),
+            config.leaks.tokens_per_minute,
+        ));
+        let partner = match (config.leaks.listen, &config.leaks.public_keys_path) {
+            (Some(addr), Some(path)) => {
+                let keys = crate::scanning::PartnerKeys::load(path)?;
+                let partner = crate::scanning::Partner::new(
+                    keys,
+                    leaks.clone(),
+                    metrics.clone(),
+                    clock.clone(),
+                    config.leaks.max_body_bytes,
+                    config.leaks.bad_signatures_per_minute,
+                );
+                Some((bind("leaks.listen", addr).await?, Arc::new(partner)))
+            }
+            _ => None,
+        };
         let check = Arc::new(CheckService {
             keys: stores.keys.clone(),
             tenants: stores.tenants.clone(),
@@ -194,7 +223,14 @@ impl App {
             origin,
             metrics,
             metrics_listener,
+            leaks,
+            partner,
         })
+    }
+
+    /// Where the secret scanning partner endpoint is served, if it is.
+    pub fn leaks_addr(&self) -> Option<std::net::SocketAddr> {
+        self.partner.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// Where `/metrics`, `/healthz` and `/readyz` are served, if they are.

@@ -65,8 +65,12 @@ impl App {
         let max_message = self.config.limits.max_message_bytes;
         let admin_auth = AdminAuth(self.tokens.clone());
         let key_admin = InterceptedService::new(
-            KeyAdminServer::new(KeyAdminApi::new(self.admin, self.metrics.clone()))
-                .max_decoding_message_size(max_message),
+            KeyAdminServer::new(KeyAdminApi::new(
+                self.admin,
+                self.leaks,
+                self.metrics.clone(),
+            ))
+            .max_decoding_message_size(max_message),
             move |req| admin_auth.check(req),
         );
         let callers = AuthorizeCallers::new(
@@ -99,6 +103,9 @@ impl App {
                 self.hasher,
                 stop_rx.clone(),
             ));
+        }
+        if let Some((listener, partner)) = self.partner {
+            tokio::spawn(crate::scanning::serve(listener, partner, stop_rx.clone()));
         }
         tokio::spawn(tasks::refresh_tokens_and_imports(
             self.tokens,

@@ -72,6 +72,65 @@ config_section! {
         /// Longest a graceful shutdown waits for in-flight calls, in seconds
         /// (`KEYGATE_SHUTDOWN_GRACE_SECS`).
         pub shutdown_grace_secs: u64 = 30,
+        /// Leaked-key reports (`[leaks]`): the secret scanning partner endpoint and the
+        /// budget of every reporter.
+        pub leaks: LeaksConfig,
+    }
+}
+
+config_section! {
+    /// Leaked-key reports (`[leaks]`): a secret scanning partner's signed POSTs on a
+    /// listener of their own (off while `listen` is unset), and `KeyAdmin/ReportLeakedKeys`.
+    #[derive(Debug, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct LeaksConfig {
+        /// Address of the partner endpoint's HTTP listener, e.g. `0.0.0.0:9465`
+        /// (`KEYGATE_LEAKS__LISTEN`). Unset: no listener.
+        pub listen: Option<SocketAddr>,
+        /// The partner's public keys, as GitHub serves them at
+        /// `https://api.github.com/meta/public_keys/secret_scanning`
+        /// (`KEYGATE_LEAKS__PUBLIC_KEYS_PATH`); required with `listen`. Re-read when it
+        /// changes.
+        pub public_keys_path: Option<PathBuf>,
+        /// Tokens one reporter (a partner's signing key, an admin token) may report per
+        /// minute; each may cost an argon2 verify (`KEYGATE_LEAKS__TOKENS_PER_MINUTE`).
+        pub tokens_per_minute: u64 = 1000,
+        /// Largest request body the partner endpoint reads, in bytes
+        /// (`KEYGATE_LEAKS__MAX_BODY_BYTES`).
+        pub max_body_bytes: usize = 1048576,
+        /// Badly signed requests one peer address may send per minute before it is
+        /// refused with 429 unchecked (`KEYGATE_LEAKS__BAD_SIGNATURES_PER_MINUTE`).
+        pub bad_signatures_per_minute: u64 = 60,
+    }
+}
+
+impl LeaksConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.listen.is_some() && self.public_keys_path.is_none() {
+            return Err(Error::invalid(
+                "leaks.public_keys_path",
+                "is required when leaks.listen is set: the endpoint accepts only signed reports",
+            ));
+        }
+        if self.tokens_per_minute == 0 {
+            return Err(Error::invalid(
+                "leaks.tokens_per_minute",
+                "must be at least 1",
+            ));
+        }
+        if self.bad_signatures_per_minute == 0 {
+            return Err(Error::invalid(
+                "leaks.bad_signatures_per_minute",
+                "must be at least 1",
+            ));
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(Error::invalid(
+                "leaks.max_body_bytes",
+                "must be at least 1024",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -605,6 +664,7 @@ impl Config {
         }
         self.usage.validate()?;
         self.quotas.validate()?;
+        self.leaks.validate()?;
         crate::hashing::SecretHasher::new(self.argon2).map(|_| ())
     }
 

@@ -5,6 +5,7 @@ pub mod change;
 pub mod import;
 pub mod ip;
 pub mod key;
+pub mod leak;
 pub mod policy;
 pub mod quota;
 pub mod reason;

@@ -168,6 +168,8 @@ pub struct TenantPolicy {
     pub time_zone: String,
     /// HTTP status of a `QUOTA_EXCEEDED` denial: 429 (default, also for 0), 402 or 403.
     pub quota_exceeded_status: u16,
+    /// What a leak report of one of the tenant's keys does (revoke by default).
+    pub on_leak: super::leak::LeakAction,
 }
 
 /// Statuses a tenant may choose for an exhausted quota.

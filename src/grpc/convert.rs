@@ -2,6 +2,7 @@
 //! `InvalidArgument` naming its field.
 use super::pb;
 use crate::domain::import::ImportFormat;
+use crate::domain::leak::{LeakAction, LeakReport, LeakVerdict};
 use crate::domain::policy::{ExpiryPolicy, ExpiryRequest, RateLimitSpec};
 use crate::domain::quota::{QuotaPeriod, QuotaSpec, QuotaStatus};
 use crate::domain::usage::{Counts, Granularity, Report};
@@ -172,7 +173,62 @@ pub fn policy_from(p: Option<pb::TenantPolicy>) -> Result<TenantPolicy> {
                 "must be 429 (the default), 402 or 403",
             )
         })?,
+        on_leak: leak_action_from(p.on_leak)?,
     })
+}
+
+fn leak_action_from(a: i32) -> Result<LeakAction> {
+    use pb::LeakAction as A;
+    match A::try_from(a) {
+        Ok(A::Unspecified | A::Revoke) => Ok(LeakAction::Revoke),
+        Ok(A::Disable) => Ok(LeakAction::Disable),
+        Ok(A::Notify) => Ok(LeakAction::Notify),
+        Err(_) => Err(Error::invalid(
+            "tenant.policy.on_leak",
+            "unknown value: use LEAK_ACTION_REVOKE, LEAK_ACTION_DISABLE or LEAK_ACTION_NOTIFY",
+        )),
+    }
+}
+
+fn leak_action(a: LeakAction) -> pb::LeakAction {
+    match a {
+        LeakAction::Revoke => pb::LeakAction::Revoke,
+        LeakAction::Disable => pb::LeakAction::Disable,
+        LeakAction::Notify => pb::LeakAction::Notify,
+    }
+}
+
+/// One reported key; its text goes nowhere but the responder.
+pub fn leak_report(k: pb::LeakedKey) -> LeakReport {
+    LeakReport {
+        token: k.key.into(),
+        kind: String::new(),
+        url: k.url,
+        source: k.source,
+    }
+}
+
+pub fn leak_result(v: LeakVerdict) -> pb::LeakResult {
+    match v {
+        LeakVerdict::Found {
+            key_id,
+            tenant_id,
+            action,
+        } => pb::LeakResult {
+            finding: pb::LeakFinding::LeakedKeyFound as i32,
+            key_id,
+            tenant_id,
+            action: action.as_str().to_owned(),
+        },
+        LeakVerdict::NotAKey => pb::LeakResult {
+            finding: pb::LeakFinding::NotAKey as i32,
+            ..Default::default()
+        },
+        LeakVerdict::Unknown => pb::LeakResult {
+            finding: pb::LeakFinding::Unknown as i32,
+            ..Default::default()
+        },
+    }
 }
 
 pub fn plan_from(p: pb::Plan) -> Result<Plan> {
@@ -236,6 +292,7 @@ pub fn tenant(t: Tenant, quota_now: Option<&QuotaStatus>) -> pb::Tenant {
             default_key_quota: p.default_key_quota.as_ref().map(quota),
             time_zone: p.time_zone,
             quota_exceeded_status: u32::from(p.quota_exceeded_status),
+            on_leak: leak_action(p.on_leak) as i32,
         }),
         create_time: Some(timestamp(t.create_time)),
         update_time: Some(timestamp(t.update_time)),

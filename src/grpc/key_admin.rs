@@ -4,6 +4,7 @@ use crate::domain::access::Principal;
 use crate::domain::Caller;
 use crate::metrics::Metrics;
 use crate::service::admin::{AdminService, Page};
+use crate::service::leaks::{Channel, LeakResponder};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,12 +12,17 @@ use tonic::{Request, Response, Status};
 
 pub struct KeyAdminApi {
     svc: AdminService,
+    leaks: Arc<LeakResponder>,
     metrics: Arc<Metrics>,
 }
 
 impl KeyAdminApi {
-    pub fn new(svc: AdminService, metrics: Arc<Metrics>) -> Self {
-        KeyAdminApi { svc, metrics }
+    pub fn new(svc: AdminService, leaks: Arc<LeakResponder>, metrics: Arc<Metrics>) -> Self {
+        KeyAdminApi {
+            svc,
+            leaks,
+            metrics,
+        }
     }
 
     /// A key with its count of today's uses and its quota's figures.
@@ -405,6 +411,26 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
                 .adjust_quota(target, change, &r.reason, &caller)
                 .await?;
             Ok(convert::quota_status(&status, None))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(keys))]
+    async fn report_leaked_keys(
+        &self,
+        req: Request<pb::ReportLeakedKeysRequest>,
+    ) -> Reply<pb::ReportLeakedKeysResponse> {
+        self.call("ReportLeakedKeys", req, |caller, r| async move {
+            tracing::Span::current().record("keys", r.keys.len());
+            let reports: Vec<_> = r.keys.into_iter().map(convert::leak_report).collect();
+            let reporter = format!("admin:{}", caller.principal.id);
+            let verdicts = self
+                .leaks
+                .report(&reports, &caller, &reporter, Channel::Admin)
+                .await?;
+            Ok(pb::ReportLeakedKeysResponse {
+                results: verdicts.into_iter().map(convert::leak_result).collect(),
+            })
         })
         .await
     }

@@ -35,6 +35,7 @@ impl From<Error> for Status {
             }),
             Error::Unauthenticated(m) => Status::unauthenticated(m),
             Error::PermissionDenied(m) => Status::permission_denied(m),
+            Error::ResourceExhausted { message, .. } => Status::resource_exhausted(message),
             Error::Unavailable { what, ref source } => {
                 tracing::warn!(dependency = what, error = %chain(source.as_ref()), "dependency unavailable");
                 Status::unavailable(format!("{what} unavailable; retry later"))

@@ -5,6 +5,7 @@ pub mod changes;
 pub mod check;
 pub mod guessing;
 pub mod imports;
+pub mod leaks;
 pub mod quota;
 pub mod tokens;
 pub mod usage;

@@ -216,6 +216,9 @@ pub trait ImportStore: Send + Sync + 'static {
 pub trait AuditLog: Send + Sync + 'static {
     /// The audit trail, newest first.
     async fn list_audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>>;
+    /// Appends an event that changes nothing else: a report acted on by recording it
+    /// (a leaked key under `on_leak = notify`, or one already revoked).
+    async fn record_audit_event(&self, event: &AuditEvent) -> Result<()>;
 }
 
 /// Usage counts per key, minute and day.

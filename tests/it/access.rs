@@ -46,6 +46,9 @@ const MATRIX: &[(&str, [Code; 7])] = &[
     // A key's quota is its tenant admins' to manage; a tenant's (what it pays for) is not.
     ("AdjustQuota", [UA, UA, PD, PD, OK, PD, OK]),
     ("AdjustQuota(tenant)", [UA, UA, PD, PD, PD, PD, OK]),
+    // Acting on a leaked key is a write; a tenant admin reporting another tenant's key is
+    // answered (so it learns nothing) but acts on nothing: the harness checks the key.
+    ("ReportLeakedKeys", [UA, UA, PD, PD, OK, OK, OK]),
 ];
 
 /// The RPC a matrix row is about: `AdjustQuota(tenant)` is a second row for `AdjustQuota`.
@@ -224,6 +227,26 @@ async fn call(rpc: &str, who: &Admin, platform: &Admin, target: &Target) -> Code
                 })
                 .await,
             )
+        }
+        "ReportLeakedKeys" => {
+            let k = platform.create_key(new_key(&t).name("leaked")).await;
+            let key_id = k.key.unwrap().id;
+            let r = who
+                .report_leaked_keys(&[&k.secret], "https://example.test/leak", "matrix")
+                .await;
+            let code = r.as_ref().map_or_else(|s| s.code(), |_| OK);
+            let state = platform.get_key(&key_id).await.unwrap().state;
+            let revoked = state == pb::KeyState::Revoked as i32;
+            if let Ok(r) = r {
+                let found = r.results[0].finding == pb::LeakFinding::LeakedKeyFound as i32;
+                assert_eq!(
+                    found, revoked,
+                    "a found key is revoked, an unknown one untouched"
+                );
+            } else {
+                assert!(!revoked, "a refused report changes nothing");
+            }
+            code
         }
         other => panic!("the matrix has a row for {other} but this harness cannot call it"),
     }

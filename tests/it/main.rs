@@ -15,6 +15,7 @@ mod hardening;
 mod hygiene;
 mod import;
 mod key_admin;
+mod leaks;
 mod limiter;
 mod observability;
 mod outage;

@@ -5,6 +5,7 @@
 mod audit;
 mod imports;
 mod keys;
+mod leaks;
 mod paging;
 mod plans;
 mod quotas;

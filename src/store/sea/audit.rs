@@ -3,6 +3,14 @@ use super::*;
 
 #[async_trait::async_trait]
 impl AuditLog for SeaStore {
+    async fn record_audit_event(&self, event: &AuditEvent) -> Result<()> {
+        audit_events::Entity::insert(audit_row(event)?)
+            .exec(&self.db)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
     async fn list_audit_events(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>> {
         use audit_events::Column as C;
         let mut s = audit_events::Entity::find()

@@ -121,7 +121,18 @@ async fn events_filter_by_tenant_key_and_time(db: Db) {
     assert!(list(&s, &q(&|q| q.end = Some(at(10)))).await.is_empty());
 }
 
+async fn an_event_that_changes_nothing_is_recorded_and_read_back(db: Db) {
+    let (_db, s) = stores_or_skip!(db);
+    let mut e = audit_at(at(70), "report_leak", "acme", "k9");
+    e.detail = "on_leak=notify; source=commit".into();
+    s.audit.record_audit_event(&e).await.unwrap();
+    assert_eq!(list(&s, &all(10)).await, vec![e.clone()]);
+    // Ids are unique: the same event twice is an error, not a silent duplicate.
+    assert!(s.audit.record_audit_event(&e).await.is_err());
+}
+
 on_both_stores!(
     events_list_newest_first_and_page_by_before,
     events_filter_by_tenant_key_and_time,
+    an_event_that_changes_nothing_is_recorded_and_read_back,
 );

@@ -36,6 +36,7 @@ fn rich_policy() -> TenantPolicy {
         }),
         time_zone: "Europe/Paris".into(),
         quota_exceeded_status: 402,
+        on_leak: keygate::domain::leak::LeakAction::Notify,
     }
 }
 

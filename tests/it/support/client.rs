@@ -221,6 +221,26 @@ impl Admin {
     pub async fn adjust_quota(&self, r: pb::AdjustQuotaRequest) -> Reply<pb::QuotaStatus> {
         call!(self, adjust_quota, r)
     }
+
+    /// ReportLeakedKeys for `keys` (found at `url` by `source`).
+    pub async fn report_leaked_keys(
+        &self,
+        keys: &[&str],
+        url: &str,
+        source: &str,
+    ) -> Reply<pb::ReportLeakedKeysResponse> {
+        let r = pb::ReportLeakedKeysRequest {
+            keys: keys
+                .iter()
+                .map(|k| pb::LeakedKey {
+                    key: k.to_string(),
+                    url: url.into(),
+                    source: source.into(),
+                })
+                .collect(),
+        };
+        call!(self, report_leaked_keys, r)
+    }
 }
 
 /// A tenant about to be upserted; see `Admin::tenant`.

@@ -32,19 +32,38 @@ pub async fn http(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Resp {
+    request(to, source_ip, method, path, headers, b"").await
+}
+
+/// One HTTP/1.1 POST of `body` from 127.0.0.1, `Connection: close`.
+pub async fn post(to: SocketAddr, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+    request(to, "127.0.0.1", "POST", path, headers, body).await
+}
+
+async fn request(
+    to: SocketAddr,
+    source_ip: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Resp {
     let socket = TcpSocket::new_v4().unwrap();
     socket
         .bind(format!("{source_ip}:0").parse().unwrap())
         .unwrap();
     let mut stream: TcpStream = socket.connect(to).await.unwrap();
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nhost: api.test\r\nconnection: close\r\ncontent-length: 0\r\n"
+        "{method} {path} HTTP/1.1\r\nhost: api.test\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
     );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    stream.write_all(&bytes).await.unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.unwrap();
     let raw = String::from_utf8_lossy(&raw).into_owned();

@@ -14,7 +14,7 @@ mod server;
 pub use client::{Admin, CheckClient};
 pub use db::{Db, TestDb};
 pub use fixtures::*;
-pub use http::{http, sample, Resp};
+pub use http::{http, post, sample, Resp};
 pub use process::{command, spawn};
 pub use proxy::Proxy;
 pub use server::{config_for, TestServer};

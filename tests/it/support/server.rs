@@ -13,6 +13,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub metrics_addr: SocketAddr,
+    /// The secret scanning partner endpoint, when `[leaks] listen` is configured.
+    pub leaks_addr: Option<SocketAddr>,
     pub clock: Arc<ManualClock>,
     /// The database URL (shared by replicas).
     pub url: String,
@@ -99,12 +101,14 @@ impl TestServer {
         let app = keygate::App::build(cfg, opts).await.expect("server builds");
         let inside = app.handles();
         let metrics_addr = app.metrics_addr().expect("metrics enabled in tests");
+        let leaks_addr = app.leaks_addr();
         let handle = tokio::spawn(app.serve(listener, async move {
             let _ = rx.await;
         }));
         let server = TestServer {
             addr,
             metrics_addr,
+            leaks_addr,
             clock,
             url,
             db,
