@@ -108,6 +108,12 @@ async fn readme_grpcurl_walkthrough_works_as_written() {
         "{\"decision\":\"ALLOW\",\"reason\":\"OK\"}",
         "ticket 4711",
         "adjust_quota",
+        // Leaked keys.
+        "LEAK_FINDING_LEAKED_KEY_FOUND",
+        "LEAK_FINDING_NOT_A_KEY",
+        "\"action\": \"revoked\"",
+        "{\"decision\":\"DENY\",\"reason\":\"KEY_REVOKED\"}",
+        "done=revoked; source=gitleaks; url=https://gist.github.com/someone/0123abcd",
     ] {
         assert!(
             stdout.contains(want),
