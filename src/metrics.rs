@@ -70,7 +70,7 @@ pub struct Metrics {
     pub connections_refused: IntCounter,
     /// Connections to the gRPC port open now.
     pub connections_open: IntGauge,
-    /// Reported tokens by channel (`github`, `admin`) and finding (`found`, `not_a_key`,
+    /// Reported tokens by channel (`partner`, `admin`) and finding (`found`, `not_a_key`,
     /// `unknown`); found keys by what was done (`leaked_keys_total`).
     leak_reports: IntCounterVec,
     leaked_keys: IntCounterVec,

@@ -180,9 +180,7 @@ impl App {
                     keys,
                     leaks.clone(),
                     metrics.clone(),
-                    clock.clone(),
                     config.leaks.max_body_bytes,
-                    config.leaks.bad_signatures_per_minute,
                 );
                 Some((bind("leaks.listen", addr).await?, Arc::new(partner)))
             }

@@ -93,14 +93,12 @@ config_section! {
         /// changes.
         pub public_keys_path: Option<PathBuf>,
         /// Tokens one reporter (a partner's signing key, an admin token) may report per
-        /// minute; each may cost an argon2 verify (`KEYGATE_LEAKS__TOKENS_PER_MINUTE`).
+        /// minute; each may cost an argon2 verify. At least 1000, a full report
+        /// (`KEYGATE_LEAKS__TOKENS_PER_MINUTE`).
         pub tokens_per_minute: u64 = 1000,
         /// Largest request body the partner endpoint reads, in bytes
         /// (`KEYGATE_LEAKS__MAX_BODY_BYTES`).
         pub max_body_bytes: usize = 1048576,
-        /// Badly signed requests one peer address may send per minute before it is
-        /// refused with 429 unchecked (`KEYGATE_LEAKS__BAD_SIGNATURES_PER_MINUTE`).
-        pub bad_signatures_per_minute: u64 = 60,
     }
 }
 
@@ -112,16 +110,10 @@ impl LeaksConfig {
                 "is required when leaks.listen is set: the endpoint accepts only signed reports",
             ));
         }
-        if self.tokens_per_minute == 0 {
+        if self.tokens_per_minute < crate::domain::leak::MAX_TOKENS_PER_REPORT as u64 {
             return Err(Error::invalid(
                 "leaks.tokens_per_minute",
-                "must be at least 1",
-            ));
-        }
-        if self.bad_signatures_per_minute == 0 {
-            return Err(Error::invalid(
-                "leaks.bad_signatures_per_minute",
-                "must be at least 1",
+                "must be at least 1000, so that a full report (1000 tokens) fits in a minute",
             ));
         }
         if self.max_body_bytes < 1024 {

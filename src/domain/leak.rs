@@ -3,8 +3,11 @@
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-/// Longest reported URL or source kept in the audit trail (longer ones are cut).
-pub const MAX_REPORT_TEXT: usize = 400;
+/// Longest reported URL kept in the audit trail (longer ones are cut).
+pub const MAX_REPORT_URL: usize = 300;
+/// Longest reported source kept in the audit trail. With the URL and the rest of the
+/// event's detail this stays within the trail's 600 characters on every store.
+pub const MAX_REPORT_SOURCE: usize = 100;
 /// Most tokens one report may carry.
 pub const MAX_TOKENS_PER_REPORT: usize = 1000;
 
@@ -56,25 +59,47 @@ impl std::fmt::Debug for LeakReport {
 }
 
 impl LeakReport {
-    /// `url` and `source` fit for the audit trail: control characters dropped, cut to
-    /// [`MAX_REPORT_TEXT`] characters, and the token itself blanked out should the
-    /// reporter have put it there (a URL like `…?key=<token>`): nothing Keygate stores
-    /// holds a raw key.
+    /// `url` and `source` fit for the audit trail: control characters dropped, then the
+    /// token blanked out should the reporter have put it there, as it is or
+    /// percent-encoded (a URL like `…?key=<token>`), then cut to length
+    /// ([`MAX_REPORT_URL`], [`MAX_REPORT_SOURCE`]): nothing Keygate stores holds a raw key.
     pub fn scrubbed(&self) -> (String, String) {
         let token = self.token.expose_secret();
-        let clean = |text: &str| -> String {
-            let text = if token.is_empty() {
-                text.to_owned()
-            } else {
-                text.replace(token, "[token]")
-            };
-            text.chars()
-                .filter(|c| !c.is_control())
-                .take(MAX_REPORT_TEXT)
-                .collect()
+        let forms = [
+            token.to_owned(),
+            percent_encoded(token, false),
+            percent_encoded(token, true),
+        ];
+        let clean = |text: &str, max: usize| -> String {
+            let mut text: String = text.chars().filter(|c| !c.is_control()).collect();
+            if !token.is_empty() {
+                for form in &forms {
+                    text = text.replace(form.as_str(), "[token]");
+                }
+            }
+            text.chars().take(max).collect()
         };
-        (clean(&self.url), clean(&self.source))
+        (
+            clean(&self.url, MAX_REPORT_URL),
+            clean(&self.source, MAX_REPORT_SOURCE),
+        )
     }
+}
+
+/// `text` with every byte but unreserved URL characters as `%XX` (hex digits in lower
+/// case when `lower`).
+fn percent_encoded(text: &str, lower: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else if lower {
+            out.push_str(&format!("%{b:02x}"));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// What a report found for one token.
@@ -136,8 +161,17 @@ mod tests {
         let (url, source) = r.scrubbed();
         assert_eq!(url, "https://paste.example/raw?k=[token]&x=1");
         assert_eq!(source, "content");
+        // A control character inside the token does not hide it from the scrub.
+        let r = report("kg_secret123", "https://x.example/?k=kg_sec\u{7}ret123");
+        assert_eq!(r.scrubbed().0, "https://x.example/?k=[token]");
+        // Nor does percent-encoding (imported keys may hold + / =).
+        let r = report(
+            "sk_a+b/c=",
+            "https://x.example/?k=sk_a%2Bb%2Fc%3D&l=sk_a%2bb%2fc%3d",
+        );
+        assert_eq!(r.scrubbed().0, "https://x.example/?k=[token]&l=[token]");
         let long = report("t", &"a".repeat(5000));
-        assert_eq!(long.scrubbed().0.chars().count(), MAX_REPORT_TEXT);
+        assert_eq!(long.scrubbed().0.chars().count(), MAX_REPORT_URL);
     }
 
     #[test]

@@ -9,34 +9,40 @@
 //!   SHA-256 (hex) of the token, so no token is ever sent back;
 //! - 401 unsigned, signed by an unknown key, or a signature that does not match the body
 //!   (nothing is read or changed); 429 over budget (`Retry-After`); 400 a body that is not
-//!   such an array; 413 a body over `max_body_bytes`; 503 the store is unreachable
-//!   (the partner retries).
+//!   such an array; 413 a body over `max_body_bytes`; 408 a body not sent within
+//!   [`BODY_TIMEOUT`]; 503 the store is unreachable, or [`MAX_IN_FLIGHT`] requests are
+//!   being handled already (the partner retries).
+//!
+//! Every request's signature is checked (ECDSA verification costs microseconds): there is
+//! no per-address throttle, which behind a TLS proxy would let anyone lock the partner out.
+//! What bounds a flood is the in-flight cap and the body timeout.
 mod signature;
 
 pub use signature::PartnerKeys;
 
 use crate::domain::access::Principal;
 use crate::domain::leak::{LeakReport, LeakVerdict};
-use crate::domain::{Caller, Clock, RateLimitSpec};
+use crate::domain::Caller;
 use crate::error::Error;
-use crate::limiter::memory::MemoryLimiter;
-use crate::limiter::RateLimiter;
 use crate::metrics::Metrics;
 use crate::service::leaks::{Channel, LeakResponder};
-use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub const PATH: &str = "/github/secret-scanning";
+/// Requests handled at once; more get 503 at once (a slow sender holds one for at most
+/// [`BODY_TIMEOUT`]).
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Longest wait for a request's body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 const KEY_ID_HEADER: &str = "github-public-key-identifier";
 const SIGNATURE_HEADER: &str = "github-public-key-signature";
 
@@ -45,12 +51,8 @@ pub struct Partner {
     pub keys: PartnerKeys,
     pub responder: Arc<LeakResponder>,
     pub metrics: Arc<Metrics>,
-    pub clock: Arc<dyn Clock>,
     pub max_body_bytes: usize,
-    /// Requests with a bad signature allowed per peer address per minute; past that a
-    /// peer gets 429 without a signature check.
-    pub bad_signatures: Vec<RateLimitSpec>,
-    pub bad_signature_counts: MemoryLimiter,
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl Partner {
@@ -58,22 +60,14 @@ impl Partner {
         keys: PartnerKeys,
         responder: Arc<LeakResponder>,
         metrics: Arc<Metrics>,
-        clock: Arc<dyn Clock>,
         max_body_bytes: usize,
-        bad_signatures_per_minute: u64,
     ) -> Partner {
         Partner {
             keys,
             responder,
             metrics,
-            clock,
             max_body_bytes,
-            bad_signatures: vec![RateLimitSpec {
-                name: "bad_signatures".into(),
-                limit: bad_signatures_per_minute.max(1),
-                window: Duration::from_secs(60),
-            }],
-            bad_signature_counts: MemoryLimiter::default(),
+            in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
         }
     }
 }
@@ -123,32 +117,43 @@ fn describe_json_error(e: &serde_json::Error) -> String {
     format!("body {what} (line {}, column {})", e.line(), e.column())
 }
 
-async fn report(
-    State(p): State<Arc<Partner>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let now = p.clock.now();
-    let peer_bucket = peer.ip().to_string();
-    // A peer that keeps sending bad signatures is refused without a signature check.
-    let budget = p
-        .bad_signature_counts
-        .check(&peer_bucket, &p.bad_signatures, 1, now, true)
-        .await;
-    if budget.as_ref().is_ok_and(|o| !o.allowed) {
-        p.metrics.leak_refused("bad_signature_flood");
-        return too_many(budget.ok().and_then(|o| o.status?.retry_after));
-    }
+async fn report(State(p): State<Arc<Partner>>, request: Request) -> Response {
+    let Ok(_permit) = p.in_flight.try_acquire() else {
+        p.metrics.leak_refused("busy");
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many reports in progress; retry later",
+        );
+    };
+    let (parts, body) = request.into_parts();
+    let body = match tokio::time::timeout(
+        BODY_TIMEOUT,
+        axum::body::to_bytes(body, p.max_body_bytes),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
+            p.metrics.leak_refused("too_large");
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the body is over {} bytes", p.max_body_bytes),
+            );
+        }
+        Err(_) => {
+            p.metrics.leak_refused("slow_body");
+            return json_error(StatusCode::REQUEST_TIMEOUT, "the body was not sent in time");
+        }
+    };
+    let headers = &parts.headers;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let key_id = header(KEY_ID_HEADER);
     if let Err(why) = p.keys.verify(key_id, header(SIGNATURE_HEADER), &body) {
         p.metrics.leak_refused(why.label());
-        let _ = p
-            .bad_signature_counts
-            .check(&peer_bucket, &p.bad_signatures, 1, now, false)
-            .await;
-        tracing::warn!(peer = %peer.ip(), reason = why.label(), "secret scanning report refused: not signed by a known key");
+        tracing::warn!(
+            reason = why.label(),
+            "secret scanning report refused: not signed by a known key"
+        );
         return json_error(
             StatusCode::UNAUTHORIZED,
             "the request is not signed by a known secret scanning public key",
@@ -240,10 +245,10 @@ fn too_many(retry_after: Option<Duration>) -> Response {
 }
 
 fn router(partner: Arc<Partner>) -> axum::Router {
-    let limit = partner.max_body_bytes;
     axum::Router::new()
         .route(PATH, post(report))
-        .layer(DefaultBodyLimit::max(limit))
+        // The handler reads the body itself, under its own limit and timeout.
+        .layer(DefaultBodyLimit::disable())
         .with_state(partner)
 }
 
@@ -252,8 +257,7 @@ pub async fn serve(listener: TcpListener, partner: Arc<Partner>, mut stop: watch
     let stopped = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
-    let app = router(partner).into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, app)
+    if let Err(e) = axum::serve(listener, router(partner))
         .with_graceful_shutdown(stopped)
         .await
     {

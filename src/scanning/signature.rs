@@ -61,7 +61,8 @@ impl Rejected {
 /// The partner's public keys, from their file.
 pub struct PartnerKeys {
     path: PathBuf,
-    loaded: RwLock<(Option<SystemTime>, Arc<Keys>)>,
+    /// The stamp of the file as last read (or last found unreadable), and its keys.
+    loaded: RwLock<(Stamp, Arc<Keys>)>,
 }
 
 fn parse_file(path: &Path) -> Result<Keys> {
@@ -114,17 +115,26 @@ fn p256_point(pem: &str) -> std::result::Result<Vec<u8>, String> {
         .subject_public_key
         .as_bytes()
         .ok_or("key has a malformed public point")?;
+    // ring verifies with uncompressed points only: refuse others here, not at every request.
+    if point.len() != 65 || point[0] != 4 {
+        return Err("key's public point is not an uncompressed P-256 point".into());
+    }
     Ok(point.to_vec())
 }
 
-fn mtime(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+/// What tells a changed file: its modification time and length.
+type Stamp = Option<(SystemTime, u64)>;
+
+fn stamp(path: &Path) -> Stamp {
+    std::fs::metadata(path)
+        .and_then(|m| Ok((m.modified()?, m.len())))
+        .ok()
 }
 
 impl PartnerKeys {
     /// Reads the file; a missing or malformed file is a configuration error.
     pub fn load(path: &Path) -> Result<PartnerKeys> {
-        let stamp = mtime(path);
+        let stamp = stamp(path);
         let keys = parse_file(path)?;
         Ok(PartnerKeys {
             path: path.to_owned(),
@@ -132,27 +142,29 @@ impl PartnerKeys {
         })
     }
 
-    /// The keys, re-read first if the file changed since the last read.
+    /// The keys, re-read first if the file changed since the last read. A file that does
+    /// not parse (half written, say) keeps the previous keys and is tried again on the next
+    /// request, until it parses.
     fn current(&self) -> Arc<Keys> {
-        let stamp = mtime(&self.path);
+        let now = stamp(&self.path);
         {
             let loaded = self.loaded.read().unwrap_or_else(|e| e.into_inner());
-            if loaded.0 == stamp {
+            if loaded.0 == now {
                 return loaded.1.clone();
             }
         }
         let mut loaded = self.loaded.write().unwrap_or_else(|e| e.into_inner());
-        if loaded.0 != stamp {
+        if loaded.0 != now {
             match parse_file(&self.path) {
                 Ok(keys) => {
                     tracing::info!(keys = keys.len(), "secret scanning public keys reloaded");
                     loaded.1 = Arc::new(keys);
+                    loaded.0 = now;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "secret scanning public keys not reloaded; keeping the previous ones");
                 }
             }
-            loaded.0 = stamp;
         }
         loaded.1.clone()
     }

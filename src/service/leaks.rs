@@ -5,7 +5,9 @@
 //! What a reporter learns: only whether a token is a key of this Keygate. An unknown
 //! lookup id costs a verify against a dummy hash, as in a check, so timing does not tell
 //! a made-up id from a wrong secret. Every reporter has a budget of tokens per minute
-//! (each token may cost an argon2 verify).
+//! (each token may cost an argon2 verify); a token repeated in one report is looked at
+//! once; and reports verify one token at a time, so they never hold more than one of the
+//! verifier's permits that checks need.
 use super::admin::AdminService;
 use super::imports::ImportRegistry;
 use crate::domain::access::{self, Need, Role};
@@ -50,6 +52,8 @@ pub struct LeakResponder {
     /// Tokens per minute per reporter.
     budget: Vec<RateLimitSpec>,
     spent: MemoryLimiter,
+    /// One verify at a time for all reports together.
+    verifying: tokio::sync::Semaphore,
 }
 
 impl LeakResponder {
@@ -71,18 +75,13 @@ impl LeakResponder {
             metrics,
             budget: vec![RateLimitSpec {
                 name: "leak_tokens".into(),
-                limit: tokens_per_minute.max(1),
+                // Config validation keeps it at least a full report.
+                limit: tokens_per_minute.max(MAX_TOKENS_PER_REPORT as u64),
                 window: Duration::from_secs(60),
             }],
-            spent: MemoryLimiter::default(),
+            spent: MemoryLimiter::new(100_000),
+            verifying: tokio::sync::Semaphore::new(1),
         }
-    }
-
-    /// Most tokens one report may carry: the per-report cap, or the per-minute budget
-    /// when that is smaller.
-    pub fn max_tokens(&self) -> usize {
-        let budget = usize::try_from(self.budget[0].limit).unwrap_or(usize::MAX);
-        MAX_TOKENS_PER_REPORT.min(budget)
     }
 
     /// One verdict per report, in order. `caller` is who acts (an admin, or the partner
@@ -102,13 +101,12 @@ impl LeakResponder {
         if reports.is_empty() {
             return Err(Error::invalid("keys", "at least one key is required"));
         }
-        if reports.len() > self.max_tokens() {
+        if reports.len() > MAX_TOKENS_PER_REPORT {
             return Err(Error::invalid(
                 "keys",
                 format!(
-                    "has {} keys; at most {} per report",
-                    reports.len(),
-                    self.max_tokens()
+                    "has {} keys; at most {MAX_TOKENS_PER_REPORT} per report",
+                    reports.len()
                 ),
             ));
         }
@@ -133,8 +131,17 @@ impl LeakResponder {
                 retry_after,
             });
         }
-        let mut verdicts = Vec::with_capacity(reports.len());
-        for r in reports {
+        let mut verdicts: Vec<LeakVerdict> = Vec::with_capacity(reports.len());
+        for (i, r) in reports.iter().enumerate() {
+            let token = r.token.expose_secret();
+            let seen = reports[..i]
+                .iter()
+                .position(|o| o.token.expose_secret() == token);
+            if let Some(j) = seen {
+                // The same token twice: one look, one action, the same answer.
+                verdicts.push(verdicts[j].clone());
+                continue;
+            }
             let v = self.verdict(r, caller).await?;
             let (finding, action) = match &v {
                 LeakVerdict::Found { action, .. } => ("found", Some(action.as_str())),
@@ -161,10 +168,16 @@ impl LeakResponder {
             None => (None, None),
         };
         // Always one verify (a dummy hash for an unknown id), as a check does.
+        let permit = self
+            .verifying
+            .acquire()
+            .await
+            .map_err(|_| Error::internal("leak verifier closed"))?;
         let verified = self
             .hasher
             .verify(SecretString::from(token.to_owned()), hash)
             .await?;
+        drop(permit);
         let Some(record) = record.filter(|r| verified && r.key_prefix == head) else {
             return Ok(LeakVerdict::Unknown);
         };

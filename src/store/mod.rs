@@ -175,6 +175,10 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn update_key_settings(&self, key: &KeyRecord, audit: AuditEvent) -> Result<()>;
     /// Sets the revocation time unless the key is already revoked at or before `at`
     /// (then nothing changes and nothing is audited). Returns the key as stored afterwards.
+    /// Disables the key if it is enabled, touching nothing else (a concurrent update of
+    /// other fields is not overwritten), with its audit event when it changed; whether it
+    /// did.
+    async fn disable_key(&self, id: &str, now: UnixMillis, audit: AuditEvent) -> Result<bool>;
     async fn revoke_key(
         &self,
         id: &str,

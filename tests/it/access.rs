@@ -252,6 +252,54 @@ async fn call(rpc: &str, who: &Admin, platform: &Admin, target: &Target) -> Code
     }
 }
 
+/// A tenant admin's leak report acts on its own tenant's keys and on nothing else, and
+/// learns no more about another tenant's key than about a made-up one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn report_leaked_keys_acts_only_on_keys_the_caller_may_write() {
+    let Some(s) = TestServer::start(Db::Sqlite).await else {
+        return;
+    };
+    let platform = s.admin().await;
+    platform.tenant("own").upsert().await;
+    platform.tenant("other").upsert().await;
+    let (token, _) = admin_cli(
+        &s.url,
+        &["admin", "create", "--role", "admin", "--tenant", "own"],
+    );
+    let tenant_admin = platform.with_token(token.trim());
+    let mine = platform.create_key(new_key("own").name("mine")).await;
+    let theirs = platform.create_key(new_key("other").name("theirs")).await;
+    let mut r = None;
+    for _ in 0..80 {
+        // The server picks up the new token within seconds.
+        match tenant_admin
+            .report_leaked_keys(&[&mine.secret, &theirs.secret], "https://x.test/1", "ci")
+            .await
+        {
+            Ok(ok) => {
+                r = Some(ok);
+                break;
+            }
+            Err(e) if e.code() == Code::Unauthenticated => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    let r = r.expect("the tenant admin's token was picked up");
+    assert_eq!(r.results[0].finding, pb::LeakFinding::LeakedKeyFound as i32);
+    assert_eq!(r.results[0].action, "revoked");
+    assert_eq!(r.results[1].finding, pb::LeakFinding::Unknown as i32);
+    assert!(r.results[1].key_id.is_empty() && r.results[1].tenant_id.is_empty());
+    let state = |k: &pb::CreateKeyResponse| {
+        let id = k.key.as_ref().unwrap().id.clone();
+        let platform = &platform;
+        async move { platform.get_key(&id).await.unwrap().state }
+    };
+    assert_eq!(state(&mine).await, pb::KeyState::Revoked as i32);
+    assert_eq!(state(&theirs).await, pb::KeyState::Active as i32);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn key_admin_authorization_matrix() {
     let rpcs = key_admin_rpcs();

@@ -10,7 +10,7 @@ impl AdminService {
     /// secret and may act on its tenant). Returns what was done.
     pub async fn respond_to_leak(
         &self,
-        mut key: KeyRecord,
+        key: KeyRecord,
         report: &LeakReport,
         caller: &Caller,
     ) -> Result<LeakOutcome> {
@@ -27,57 +27,63 @@ impl AdminService {
                 LeakAction::Disable | LeakAction::Notify => LeakOutcome::Notified,
             }
         };
-        let detail = format!(
-            "on_leak={}; done={}; source={source}; url={url}",
-            policy.as_str(),
-            outcome.as_str()
-        );
-        match outcome {
+        let detail = leak_detail(policy, outcome, &source, &url);
+        let event = |changed: Vec<String>, detail: String| {
+            self.event(
+                caller,
+                "report_leak",
+                &key.tenant_id,
+                &key.id,
+                changed,
+                detail,
+            )
+        };
+        let outcome = match outcome {
             LeakOutcome::Revoked => {
-                let audit = self.event(
-                    caller,
-                    "report_leak",
-                    &key.tenant_id,
-                    &key.id,
-                    vec!["revoke_time".into()],
-                    detail,
-                );
                 let reason = if source.is_empty() {
                     "leaked: reported by a secret scanner".to_owned()
                 } else {
                     format!("leaked: reported by a secret scanner ({source})")
                 };
                 let reason: String = reason.chars().take(super::MAX_REASON_CHARS).collect();
-                key = self
+                let audit = event(vec!["revoke_time".into()], detail);
+                let after = self
                     .keys
                     .revoke_key(&key.id, now, &reason, now, audit)
                     .await?;
+                // Revoked by someone else meanwhile: the store wrote nothing (no event).
+                if after.revoke_time == Some(now) && after.revoke_reason.as_deref() == Some(&reason)
+                {
+                    LeakOutcome::Revoked
+                } else {
+                    self.record_leak(
+                        caller,
+                        &key,
+                        policy,
+                        LeakOutcome::AlreadyRevoked,
+                        &source,
+                        &url,
+                    )
+                    .await?
+                }
             }
             LeakOutcome::Disabled => {
-                key.enabled = false;
-                key.update_time = now;
-                let audit = self.event(
-                    caller,
-                    "report_leak",
-                    &key.tenant_id,
-                    &key.id,
-                    vec!["enabled".into()],
-                    detail,
-                );
-                self.keys.update_key_settings(&key, audit).await?;
+                let audit = event(vec!["enabled".into()], detail);
+                if self.keys.disable_key(&key.id, now, audit).await? {
+                    LeakOutcome::Disabled
+                } else {
+                    // Disabled meanwhile: nothing more to do than record the report.
+                    self.record_leak(caller, &key, policy, LeakOutcome::Notified, &source, &url)
+                        .await?
+                }
             }
-            LeakOutcome::Notified | LeakOutcome::AlreadyRevoked => {
-                let audit = self.event(
-                    caller,
-                    "report_leak",
-                    &key.tenant_id,
-                    &key.id,
-                    vec![],
-                    detail,
-                );
-                self.audit.record_audit_event(&audit).await?;
+            other => {
+                self.audit
+                    .record_audit_event(&event(vec![], detail))
+                    .await?;
+                other
             }
-        }
+        };
         if matches!(outcome, LeakOutcome::Revoked | LeakOutcome::Disabled) {
             self.listener.key_changed(&key.id, &key.lookup_id);
         }
@@ -89,4 +95,34 @@ impl AdminService {
         );
         Ok(outcome)
     }
+
+    /// Records a report that changed nothing.
+    async fn record_leak(
+        &self,
+        caller: &Caller,
+        key: &KeyRecord,
+        policy: LeakAction,
+        outcome: LeakOutcome,
+        source: &str,
+        url: &str,
+    ) -> Result<LeakOutcome> {
+        let audit = self.event(
+            caller,
+            "report_leak",
+            &key.tenant_id,
+            &key.id,
+            vec![],
+            leak_detail(policy, outcome, source, url),
+        );
+        self.audit.record_audit_event(&audit).await?;
+        Ok(outcome)
+    }
+}
+
+fn leak_detail(policy: LeakAction, outcome: LeakOutcome, source: &str, url: &str) -> String {
+    format!(
+        "on_leak={}; done={}; source={source}; url={url}",
+        policy.as_str(),
+        outcome.as_str()
+    )
 }

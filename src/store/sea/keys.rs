@@ -112,6 +112,25 @@ impl KeyStore for SeaStore {
         commit_audited(txn, &audit).await
     }
 
+    async fn disable_key(&self, id: &str, now: UnixMillis, audit: AuditEvent) -> Result<bool> {
+        use api_keys::Column as C;
+        let txn = self.db.begin().await.map_err(db_err)?;
+        let res = api_keys::Entity::update_many()
+            .col_expr(C::Enabled, Expr::value(false))
+            .col_expr(C::UpdateTime, Expr::value(now.0))
+            .filter(C::Id.eq(id))
+            .filter(C::Enabled.eq(true))
+            .exec(&txn)
+            .await
+            .map_err(db_err)?;
+        if res.rows_affected == 0 {
+            txn.rollback().await.map_err(db_err)?;
+            return Ok(false);
+        }
+        commit_audited(txn, &audit).await?;
+        Ok(true)
+    }
+
     async fn revoke_key(
         &self,
         id: &str,

@@ -671,7 +671,51 @@ async fn a_key_write_whose_event_fails_changes_nothing(db: Db) {
     assert_eq!(actions(&s, "acme").await, ["upsert_tenant", "create_key"]);
 }
 
+async fn disable_key_changes_only_enabled_and_only_once(db: Db) {
+    let (_db, s) = stores_or_skip!(db);
+    seed_tenant(&s, "acme").await;
+    let stored = insert(&s, key("acme", "k1"), 0, T0).await.unwrap();
+    // A concurrent settings update lands between a reader's read and its disable.
+    let mut renamed = stored.clone();
+    renamed.name = "renamed meanwhile".into();
+    s.keys
+        .update_key_settings(&renamed, audit("update_key", "acme", "k1"))
+        .await
+        .unwrap();
+    assert!(s
+        .keys
+        .disable_key("k1", at(50), audit("report_leak", "acme", "k1"))
+        .await
+        .unwrap());
+    let after = s.keys.get_key("k1").await.unwrap().unwrap();
+    assert!(!after.enabled);
+    assert_eq!(after.name, "renamed meanwhile", "the other update survives");
+    assert_eq!(after.update_time, at(50));
+    // Already disabled: nothing written, no second event.
+    let again = audit("report_leak", "acme", "k1");
+    assert!(!s
+        .keys
+        .disable_key("k1", at(60), again.clone())
+        .await
+        .unwrap());
+    let events = s
+        .audit
+        .list_audit_events(&AuditQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(events.iter().all(|e| e.id != again.id));
+    assert!(!s
+        .keys
+        .disable_key("nope", at(60), audit("report_leak", "acme", "nope"))
+        .await
+        .unwrap());
+}
+
 on_both_stores!(
+    disable_key_changes_only_enabled_and_only_once,
     insert_then_read_back_every_field,
     insert_refuses_a_key_over_the_cap,
     revoked_and_expired_keys_do_not_count_against_the_cap,
