@@ -230,6 +230,7 @@ pub fn ext_authz(data: &[u8]) {
             scopes: ScopeSet::default(),
             rate_limit: None,
             quota: None,
+            reservation_id: None,
         };
         let shown = format!(
             "{:?}",

@@ -9,6 +9,7 @@ mod m0004_admin_roles;
 mod m0005_imports;
 mod m0006_plans;
 mod m0007_quotas;
+mod m0008_reservations;
 
 /// Every migration, oldest first. Never edit one that has shipped: add a new one.
 pub struct Migrator;
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0005_imports::Migration),
             Box::new(m0006_plans::Migration),
             Box::new(m0007_quotas::Migration),
+            Box::new(m0008_reservations::Migration),
         ]
     }
 }

@@ -22,6 +22,7 @@ use crate::service::guessing::GuessThrottle;
 use crate::service::imports::ImportRegistry;
 use crate::service::leaks::LeakResponder;
 use crate::service::quota::QuotaLedger;
+use crate::service::reservations::Reservations;
 use crate::service::tokens::{self, AdminTokens};
 use crate::service::usage::UsageRecorder;
 use crate::service::{changes, usage};
@@ -71,6 +72,8 @@ pub struct App {
     metrics_listener: Option<TcpListener>,
     /// Leak reports from admins and secret scanners.
     leaks: Arc<LeakResponder>,
+    /// Reservations of metered calls (their expiry sweep runs with the server).
+    reservations: Arc<Reservations>,
     /// The secret scanning partner endpoint, when `[leaks] listen` is set.
     partner: Option<(TcpListener, Arc<crate::scanning::Partner>)>,
 }
@@ -186,12 +189,22 @@ impl App {
             }
             _ => None,
         };
+        let limiter = build_limiter(&config, &metrics)?;
+        let reservations = Arc::new(Reservations {
+            store: stores.reservations.clone(),
+            quota_store: stores.quotas.clone(),
+            shared_limiter: limiter.shared(),
+            limiter: limiter.clone(),
+            clock: clock.clone(),
+            origin: origin.clone(),
+            ledger: quotas.clone(),
+        });
         let check = Arc::new(CheckService {
             keys: stores.keys.clone(),
             tenants: stores.tenants.clone(),
             hasher: hasher.clone(),
             cache: cache.clone(),
-            limiter: build_limiter(&config, &metrics)?,
+            limiter,
             clock: clock.clone(),
             usage: usage.clone(),
             guesses: Arc::new(GuessThrottle::new(
@@ -202,6 +215,7 @@ impl App {
             )),
             imports: imports.clone(),
             quotas: quotas.clone(),
+            reservations: reservations.clone(),
             metrics: metrics.clone(),
         });
         Ok(App {
@@ -222,6 +236,7 @@ impl App {
             metrics,
             metrics_listener,
             leaks,
+            reservations,
             partner,
         })
     }

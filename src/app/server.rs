@@ -104,6 +104,7 @@ impl App {
                 stop_rx.clone(),
             ));
         }
+        tokio::spawn(self.reservations.clone().sweep(stop_rx.clone()));
         if let Some((listener, partner)) = self.partner {
             tokio::spawn(crate::scanning::serve(listener, partner, stop_rx.clone()));
         }

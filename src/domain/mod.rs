@@ -10,6 +10,7 @@ pub mod policy;
 pub mod quota;
 pub mod reason;
 pub mod record;
+pub mod reservation;
 pub mod scope;
 pub mod text;
 pub mod time;

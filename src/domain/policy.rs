@@ -170,6 +170,13 @@ pub struct TenantPolicy {
     pub quota_exceeded_status: u16,
     /// What a leak report of one of the tenant's keys does (revoke by default).
     pub on_leak: super::leak::LeakAction,
+    /// Units a settled reservation may charge beyond what remains of a quota or limit
+    /// (0: the excess is recorded as overage, never charged past the limit).
+    pub max_overdraft: u64,
+    /// How long a reservation waits for `Settle` before it settles at the reserved amount;
+    /// zero = [`super::reservation::DEFAULT_TTL`].
+    #[serde(with = "secs")]
+    pub reservation_ttl: Duration,
 }
 
 /// Statuses a tenant may choose for an exhausted quota.
@@ -260,6 +267,15 @@ impl TenantPolicy {
         }
     }
 
+    /// How long a reservation of this tenant's keys waits for `Settle`.
+    pub fn reservation_ttl(&self) -> Duration {
+        if self.reservation_ttl.is_zero() {
+            super::reservation::DEFAULT_TTL
+        } else {
+            self.reservation_ttl
+        }
+    }
+
     /// The prefix keys actually get.
     pub fn effective_prefix(&self) -> &str {
         if self.key_prefix.is_empty() {
@@ -312,6 +328,10 @@ impl TenantPolicy {
         validate_limit_sets(field, &self.default_rate_limits, &self.shared_rate_limits)?;
         validate_quotas(field, self.quota.as_ref(), self.default_key_quota.as_ref())?;
         quota::time_zone(&format!("{field}.time_zone"), &self.time_zone)?;
+        super::reservation::validate_ttl(
+            &format!("{field}.reservation_ttl"),
+            self.reservation_ttl,
+        )?;
         if self.quota_exceeded_status != 0 && !QUOTA_STATUSES.contains(&self.quota_exceeded_status)
         {
             return Err(Error::invalid(

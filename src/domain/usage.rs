@@ -363,6 +363,8 @@ pub struct Report {
     pub end: UnixMillis,
     pub points: Vec<Point>,
     pub totals: Counts,
+    /// The reservations made in the range (filled by the service from the store).
+    pub reservations: super::reservation::ReservationTotals,
 }
 
 /// One stored (bucket, endpoint, reason) sum, as the store returns it.
@@ -411,6 +413,7 @@ impl Report {
                 })
                 .collect(),
             totals,
+            reservations: Default::default(),
         }
     }
 }

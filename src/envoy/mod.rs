@@ -135,6 +135,7 @@ pub fn translate(config: &EnvoyConfig, req: &CheckRequest) -> Result<(CheckInput
         route: settings.route.clone(),
         cost: u64::from(settings.cost.max(1)),
         dry_run: false,
+        reserve: settings.reserve,
     };
     Ok((input, settings))
 }
@@ -254,6 +255,9 @@ pub fn respond(
             upstream.push(("x-keygate-scopes".into(), d.scopes.to_strings().join(" ")));
             if !k.environment.is_empty() {
                 upstream.push(("x-keygate-environment".into(), k.environment.clone()));
+            }
+            if let Some(id) = &d.reservation_id {
+                upstream.push(("x-keygate-reservation-id".into(), id.clone()));
             }
             if settings.forward_metadata {
                 // Keys that collide (stored before writes refused them) are forwarded as
@@ -451,6 +455,7 @@ mod tests {
                 http_status: 402,
                 retry_after: Some(std::time::Duration::from_millis(1500)),
             }),
+            reservation_id: None,
         };
         let body: serde_json::Value =
             serde_json::from_str(&deny_body(&d, ErrorFormat::Default)).unwrap();

@@ -100,6 +100,9 @@ pub struct RouteSettings {
     /// Required scopes from `keygate.scopes` (space-separated).
     pub scopes: Vec<String>,
     pub cost: u32,
+    /// Units to reserve (`keygate.reserve`; 0 = spend `cost`): the upstream gets the
+    /// reservation id in `x-keygate-reservation-id` and settles the real cost.
+    pub reserve: u64,
     pub error_format: ErrorFormat,
     pub reset_format: ResetFormat,
     pub forward_metadata: bool,
@@ -136,6 +139,7 @@ pub const CONTEXT_KEYS: &[&str] = &[
     "keygate.tenant_header",
     "keygate.scopes",
     "keygate.cost",
+    "keygate.reserve",
     "keygate.error_format",
     "keygate.reset_format",
     "keygate.forward_metadata",
@@ -166,6 +170,7 @@ impl EnvoyConfig {
             tenant: None,
             scopes: vec![],
             cost: 1,
+            reserve: 0,
             error_format: self.error_format,
             reset_format: self.reset_format,
             forward_metadata: self.forward_metadata,
@@ -199,6 +204,11 @@ impl EnvoyConfig {
                 "keygate.scopes" => s.scopes = v.split_whitespace().map(str::to_owned).collect(),
                 "keygate.cost" => {
                     s.cost = v
+                        .parse()
+                        .map_err(|_| Error::invalid(k.as_str(), "must be a whole number"))?
+                }
+                "keygate.reserve" => {
+                    s.reserve = v
                         .parse()
                         .map_err(|_| Error::invalid(k.as_str(), "must be a whole number"))?
                 }

@@ -31,6 +31,12 @@ pub fn client_ip(field: &str, raw: &str) -> Result<Option<IpAddr>> {
 }
 
 fn input(r: pb::CheckRequest) -> Result<CheckInput> {
+    if r.reserve > 0 && r.dry_run {
+        return Err(Error::invalid(
+            "reserve",
+            "cannot be combined with dry_run (a dry run holds nothing)",
+        ));
+    }
     let required_scopes = r
         .required_scopes
         .iter()
@@ -47,6 +53,7 @@ fn input(r: pb::CheckRequest) -> Result<CheckInput> {
         route: Some(r.route).filter(|p| !p.is_empty()),
         cost: u64::from(r.cost.max(1)),
         dry_run: r.dry_run,
+        reserve: r.reserve,
         api_key: r.api_key,
     })
 }
@@ -101,6 +108,7 @@ pub fn response(d: Decision) -> pb::CheckResponse {
             retry_after: l.retry_after.map(convert::duration),
             name: l.name,
         }),
+        reservation_id: d.reservation_id.unwrap_or_default(),
         ..Default::default()
     };
     if let Some(k) = d.key {
@@ -142,5 +150,14 @@ impl pb::authorize_server::Authorize for AuthorizeApi {
         }
         .instrument(span)
         .await
+    }
+
+    async fn settle(
+        &self,
+        req: Request<pb::SettleRequest>,
+    ) -> Result<Response<pb::SettleResponse>, Status> {
+        let r = req.into_inner();
+        let settled = self.svc.settle(&r.reservation_id, r.actual_cost).await?;
+        Ok(Response::new(convert::settled(&settled)))
     }
 }

@@ -174,6 +174,11 @@ pub fn policy_from(p: Option<pb::TenantPolicy>) -> Result<TenantPolicy> {
             )
         })?,
         on_leak: leak_action_from(p.on_leak)?,
+        max_overdraft: p.max_overdraft,
+        reservation_ttl: match &p.reservation_ttl {
+            Some(d) => from_duration(&format!("{F}.reservation_ttl"), d)?,
+            None => Duration::ZERO,
+        },
     })
 }
 
@@ -271,6 +276,7 @@ pub fn plan(p: Plan) -> pb::Plan {
 
 pub fn tenant(t: Tenant, quota_now: Option<&QuotaStatus>) -> pb::Tenant {
     let p = t.policy;
+    let reservation_ttl = p.reservation_ttl();
     pb::Tenant {
         id: t.id,
         display_name: t.display_name,
@@ -293,6 +299,8 @@ pub fn tenant(t: Tenant, quota_now: Option<&QuotaStatus>) -> pb::Tenant {
             time_zone: p.time_zone,
             quota_exceeded_status: u32::from(p.quota_exceeded_status),
             on_leak: leak_action(p.on_leak) as i32,
+            max_overdraft: p.max_overdraft,
+            reservation_ttl: Some(duration(reservation_ttl)),
         }),
         create_time: Some(timestamp(t.create_time)),
         update_time: Some(timestamp(t.update_time)),
@@ -480,6 +488,27 @@ pub fn usage_report(r: &Report) -> pb::UsageReport {
             Granularity::Day => G::Day,
             Granularity::Total => G::Total,
         } as i32,
+        reservations: Some(pb::ReservationUsage {
+            reserved_units: r.reservations.reserved,
+            settled_units: r.reservations.settled,
+            expired_units: r.reservations.expired,
+            open_units: r.reservations.open,
+            overage_units: r.reservations.overage,
+        }),
+    }
+}
+
+pub fn settled(r: &crate::domain::reservation::Reservation) -> pb::SettleResponse {
+    let s = r.settlement;
+    pb::SettleResponse {
+        reservation_id: r.id.clone(),
+        key_id: r.key_id.clone(),
+        reserved: r.reserved,
+        actual: s.map_or(r.reserved, |s| s.actual),
+        charged: s.map_or(r.reserved, |s| s.charged),
+        overage: s.map_or(0, |s| s.overage),
+        expired: s.is_some_and(|s| s.expired),
+        settle_time: s.map(|s| timestamp(s.settle_time)),
     }
 }
 

@@ -186,6 +186,38 @@ impl MemoryLimiter {
 
 #[async_trait::async_trait]
 impl RateLimiter for MemoryLimiter {
+    async fn settle(
+        &self,
+        _group: &str,
+        scopes: &[LimitScope<'_>],
+        at: UnixMillis,
+        reserved: u64,
+        actual: u64,
+        overdraft: u64,
+        now: UnixMillis,
+    ) -> Result<()> {
+        if actual == reserved {
+            return Ok(());
+        }
+        for s in scopes.iter().filter(|s| !s.limits.is_empty()) {
+            let Some(entry) = self.buckets.get(s.bucket) else {
+                // Forgotten (idle for two windows): nothing of the reservation counts.
+                continue;
+            };
+            let mut b = entry.lock().unwrap_or_else(|p| p.into_inner());
+            align(&mut b, s.limits);
+            for (w, l) in b.windows.iter_mut().zip(s.limits) {
+                w.expire(now.0, l.window.as_millis() as i64, SLOTS);
+                if actual < reserved {
+                    w.give_back(at.0, reserved - actual, now.0);
+                } else {
+                    w.charge_up_to(now.0, actual - reserved, l.limit.saturating_add(overdraft));
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn check_scopes(
         &self,
         _group: &str,

@@ -63,6 +63,29 @@ pub trait RateLimiter: Send + Sync + 'static {
         dry_run: bool,
     ) -> Result<LimitOutcome>;
 
+    /// Settles a reservation of `reserved` units made at `at` on `scopes`: spends `actual`
+    /// instead. Less: the difference is taken back out of the slot the units went into, if
+    /// it still counts. More: up to the difference is charged at `now`, as far as each
+    /// limit plus `overdraft` allows (never refused: the call has happened). Per limit;
+    /// returns nothing to decide.
+    #[allow(clippy::too_many_arguments)]
+    async fn settle(
+        &self,
+        group: &str,
+        scopes: &[LimitScope<'_>],
+        at: UnixMillis,
+        reserved: u64,
+        actual: u64,
+        overdraft: u64,
+        now: UnixMillis,
+    ) -> Result<()>;
+
+    /// Whether every replica sees the same counters (a shared limiter), so a reservation
+    /// made on one may be settled on another.
+    fn shared(&self) -> bool {
+        false
+    }
+
     /// One bucket's limits (its own group).
     async fn check(
         &self,

@@ -20,7 +20,12 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-const SCRIPT: &str = include_str!("sliding_window.lua");
+const SCRIPT: &str = concat!(
+    include_str!("window_slots.lua"),
+    include_str!("sliding_window.lua")
+);
+/// Settles a reservation on the same slots (rare: sent with EVAL, not batched).
+const SETTLE: &str = concat!(include_str!("window_slots.lua"), include_str!("settle.lua"));
 
 /// Where the shared limiter's Redis is and how to reach it.
 pub struct RedisTarget {
@@ -384,6 +389,55 @@ impl Link {
 
 #[async_trait::async_trait]
 impl RateLimiter for RedisLimiter {
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn settle(
+        &self,
+        group: &str,
+        scopes: &[LimitScope<'_>],
+        at: UnixMillis,
+        reserved: u64,
+        actual: u64,
+        overdraft: u64,
+        now: UnixMillis,
+    ) -> Result<()> {
+        let limits: Vec<(&str, &RateLimitSpec)> = scopes
+            .iter()
+            .flat_map(|s| s.limits.iter().map(move |l| (s.bucket, l)))
+            .collect();
+        if limits.is_empty() || actual == reserved {
+            return Ok(());
+        }
+        let i = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(SETTLE).arg(2 * limits.len());
+        for (bucket, l) in &limits {
+            let key = self.key(group, bucket, &l.name);
+            cmd.arg(format!("{key}:h")).arg(format!("{key}:l"));
+        }
+        cmd.arg(limits.len())
+            .arg(now.0)
+            .arg(at.0)
+            .arg(i(reserved.saturating_sub(actual)))
+            .arg(i(actual.saturating_sub(reserved)))
+            .arg(i(overdraft));
+        for (_, l) in &limits {
+            let window_ms = l.window.as_millis() as i64;
+            cmd.arg(i(l.limit))
+                .arg(window_ms)
+                .arg(slot_ms(window_ms, SLOTS));
+        }
+        let mut conn = self.link.connection().await?;
+        let timeout = self.link.timeout;
+        let _: i64 = tokio::time::timeout(timeout, conn.query(&cmd))
+            .await
+            .map_err(|_| unavailable(TimedOut(timeout)))?
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     async fn check_scopes(
         &self,
         group: &str,

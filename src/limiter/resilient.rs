@@ -59,6 +59,41 @@ impl Resilient {
 
 #[async_trait::async_trait]
 impl RateLimiter for Resilient {
+    fn shared(&self) -> bool {
+        self.primary.shared()
+    }
+
+    async fn settle(
+        &self,
+        group: &str,
+        scopes: &[LimitScope<'_>],
+        at: UnixMillis,
+        reserved: u64,
+        actual: u64,
+        overdraft: u64,
+        now: UnixMillis,
+    ) -> Result<()> {
+        match self
+            .primary
+            .settle(group, scopes, at, reserved, actual, overdraft, now)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if let Some(c) = &self.counter {
+                    c.inc();
+                }
+                tracing::warn!(error = %e, mode = ?self.mode, "rate limiter unavailable while settling a reservation; its limits keep the reserved amount");
+                if self.mode == OnLimiterError::Local {
+                    self.local
+                        .settle(group, scopes, at, reserved, actual, overdraft, now)
+                        .await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     async fn check_scopes(
         &self,
         group: &str,

@@ -137,6 +137,37 @@ impl Window {
         }
     }
 
+    /// Takes up to `units` back out of the slot a spend at `at` went into (a reservation
+    /// settled for less), if that spend still counts at `now`: the slot is the first whose
+    /// latest call is at or after `at` (a spend joins the newest slot or starts one, and a
+    /// slot's `last` only grows), so the units come back when they would have had the
+    /// call cost less. Returns the units taken back.
+    pub fn give_back(&mut self, at: i64, units: u64, now: i64) -> u64 {
+        if units == 0 || now >= at.saturating_add(self.window_ms) {
+            // Gone from the window already: nothing is held any more.
+            return 0;
+        }
+        let Some(i) = self.slots.iter().position(|s| s.last >= at) else {
+            return 0;
+        };
+        let slot = &mut self.slots[i];
+        let taken = units.min(slot.cost);
+        slot.cost -= taken;
+        self.used -= taken;
+        if slot.cost == 0 {
+            self.slots.remove(i);
+        }
+        taken
+    }
+
+    /// Spends up to `units` more at `now` (a reservation settled for more), as far as
+    /// `ceiling` (the limit plus an overdraft) allows; never refuses. Returns what it spent.
+    pub fn charge_up_to(&mut self, now: i64, units: u64, ceiling: u64) -> u64 {
+        let n = units.min(ceiling.saturating_sub(self.used));
+        self.add(now, n);
+        n
+    }
+
     /// Budget left now (after `expire`).
     pub fn remaining(&self, limit: u64) -> u64 {
         limit.saturating_sub(self.used)
@@ -244,6 +275,34 @@ mod tests {
             }
         }
         assert!(small.slots().count() <= 5);
+    }
+
+    #[test]
+    fn a_settled_reservation_gives_back_into_its_own_slot_or_charges_up_to_the_ceiling() {
+        let mut w = window();
+        w.spend(1_000, 5); // another call
+        w.spend(10_000, 100); // the reservation
+        w.spend(30_000, 7); // a later call
+        w.expire(40_000, W, SLOTS);
+        assert_eq!(w.give_back(10_000, 70, 40_000), 70);
+        assert_eq!(w.used(), 5 + 30 + 7);
+        // The 30 left count as long as the reservation's slot did: gone at 70,000.
+        w.expire(69_999, W, SLOTS);
+        assert_eq!(w.used(), 30 + 7);
+        w.expire(70_000, W, SLOTS);
+        assert_eq!(w.used(), 7);
+        // Once its slot is gone, nothing is given back (the later call keeps its cost).
+        assert_eq!(w.give_back(10_000, 30, 70_000), 0);
+        assert_eq!(w.used(), 7);
+        // More than reserved: charged at now, never past the ceiling.
+        assert_eq!(w.charge_up_to(70_000, 50, 20), 13);
+        assert_eq!(w.used(), 20);
+        assert_eq!(w.charge_up_to(70_001, 5, 20), 0);
+        // Giving back more than the slot holds takes only what is there; an emptied slot goes.
+        let mut w = window();
+        w.spend(5_000, 3);
+        assert_eq!(w.give_back(5_000, 10, 6_000), 3);
+        assert_eq!((w.used(), w.slots().count()), (0, 0));
     }
 
     #[test]

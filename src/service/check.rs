@@ -41,6 +41,9 @@ pub struct CheckInput {
     /// At least 1.
     pub cost: u64,
     pub dry_run: bool,
+    /// Units to reserve instead of spending `cost` (0 = none; never with `dry_run`): an
+    /// ALLOW then carries a reservation id for `Settle`.
+    pub reserve: u64,
 }
 
 impl std::fmt::Debug for CheckInput {
@@ -59,6 +62,7 @@ impl std::fmt::Debug for CheckInput {
             .field("route", &self.route)
             .field("cost", &self.cost)
             .field("dry_run", &self.dry_run)
+            .field("reserve", &self.reserve)
             .finish()
     }
 }
@@ -88,6 +92,8 @@ pub struct Decision {
     pub rate_limit: Option<LimitStatus>,
     /// Set when `QUOTA_EXCEEDED`: the quota that refused.
     pub quota: Option<QuotaRefusal>,
+    /// Set on an ALLOW that reserved: the id `Settle` takes.
+    pub reservation_id: Option<String>,
 }
 
 /// An exhausted quota, as a denial reports it.
@@ -121,6 +127,7 @@ impl Decision {
             scopes: ScopeSet::default(),
             rate_limit: None,
             quota: None,
+            reservation_id: None,
         }
     }
 }
@@ -154,6 +161,8 @@ pub struct CheckService {
     pub(crate) imports: Arc<super::imports::ImportRegistry>,
     /// This replica's quota leases.
     pub(crate) quotas: Arc<QuotaLedger>,
+    /// Where reserving checks record what they held.
+    pub(crate) reservations: Arc<super::reservations::Reservations>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -194,6 +203,15 @@ impl CheckService {
                 Err(e)
             }
         }
+    }
+
+    /// Settles a reservation made by an earlier check (see `reservations`).
+    pub async fn settle(
+        &self,
+        reservation_id: &str,
+        actual: u64,
+    ) -> Result<crate::domain::reservation::Reservation> {
+        self.reservations.settle(reservation_id, actual).await
     }
 
     /// Decides one call. Errors only when Keygate cannot decide (store unreachable:
@@ -252,6 +270,13 @@ impl CheckService {
             scopes,
             rate_limit: None,
             quota: None,
+            reservation_id: None,
+        };
+        // What the call spends: the reserved units, else its cost.
+        let units = if input.reserve > 0 {
+            input.reserve
+        } else {
+            input.cost.max(1)
         };
 
         let reason = if record.is_revoked(now) {
@@ -271,7 +296,7 @@ impl CheckService {
         } else if !self.scopes_suffice(input, policy.scopes_from_method, &decision.scopes) {
             Reason::InsufficientScope
         } else if let Some(refusal) = self
-            .spend_quotas(record, policy, input.cost.max(1), input.dry_run, now)
+            .spend_quotas(record, policy, units, input.dry_run, now)
             .await?
         {
             decision.quota = Some(refusal);
@@ -300,7 +325,7 @@ impl CheckService {
                 .check_scopes(
                     &record.tenant_id,
                     &scopes[..1 + usize::from(shared)],
-                    input.cost.max(1),
+                    units,
                     now,
                     input.dry_run,
                 )
@@ -308,12 +333,22 @@ impl CheckService {
                 .await?;
             decision.rate_limit = outcome.status;
             if outcome.allowed {
+                if input.reserve > 0 && !input.dry_run {
+                    let quotas = Self::quota_uses(record, policy);
+                    let spent = super::reservations::Spent {
+                        key: record,
+                        policy,
+                        limits: &scopes[..1 + usize::from(shared)],
+                        quotas: &quotas,
+                        units,
+                    };
+                    decision.reservation_id = Some(self.reservations.record(spent, now).await?);
+                }
                 Reason::Ok
             } else {
                 // Refused after the quotas were spent: they get the units back.
                 if !input.dry_run {
-                    self.refund_quotas(record, policy, input.cost.max(1), now)
-                        .await;
+                    self.refund_quotas(record, policy, units, now).await;
                 }
                 Reason::RateLimited
             }
@@ -330,11 +365,7 @@ impl CheckService {
                     input.route.as_deref(),
                 ),
                 reason,
-                cost: if reason == Reason::Ok {
-                    input.cost.max(1)
-                } else {
-                    0
-                },
+                cost: if reason == Reason::Ok { units } else { 0 },
             });
         }
         Ok(decision)

@@ -7,5 +7,6 @@ pub mod guessing;
 pub mod imports;
 pub mod leaks;
 pub mod quota;
+pub mod reservations;
 pub mod tokens;
 pub mod usage;

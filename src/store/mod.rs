@@ -13,6 +13,7 @@ pub use sea::SeaStore;
 
 use crate::domain::import::ImportRule;
 use crate::domain::quota::{QuotaChange, QuotaCounter};
+use crate::domain::reservation::{Reservation, ReservationTotals, Settlement};
 use crate::domain::{AuditEvent, KeyRecord, NewKey, Plan, Tenant, UnixMillis};
 use crate::error::Result;
 use std::collections::HashMap;
@@ -253,6 +254,17 @@ pub trait QuotaStore: Send + Sync + 'static {
     /// counter row is created on first use. Across replicas the counter never passes the
     /// limit plus top-ups.
     async fn claim_quota(&self, claim: &QuotaClaim) -> Result<u64>;
+    /// Charges up to `units` more on a period, as far as `ceiling` (the limit plus an
+    /// overdraft) plus top-ups allows; returns the units charged (a settled reservation
+    /// that cost more than it reserved). The counter row is created if missing.
+    async fn charge_quota(
+        &self,
+        subject: &str,
+        period_start: UnixMillis,
+        ceiling: u64,
+        units: u64,
+        now: UnixMillis,
+    ) -> Result<u64>;
     /// Gives back units claimed and not spent (a replica shutting down or going idle).
     async fn release_quota(
         &self,
@@ -290,6 +302,30 @@ pub trait AdminTokenStore: Send + Sync + 'static {
     async fn revoke_admin_token(&self, id: &str, now: UnixMillis) -> Result<bool>;
 }
 
+/// Reservations of metered calls, shared by every replica: a reservation made on one is
+/// settled on any.
+#[async_trait::async_trait]
+pub trait ReservationStore: Send + Sync + 'static {
+    async fn insert_reservation(&self, r: &Reservation) -> Result<()>;
+    async fn get_reservation(&self, id: &str) -> Result<Option<Reservation>>;
+    /// Settles an open reservation with `s`, in one conditional step: `false` (and nothing
+    /// written) when it was settled already, by a Settle or by expiry.
+    async fn settle_reservation(&self, id: &str, s: &Settlement) -> Result<bool>;
+    /// Records what a settlement charged, once its adjustments are made.
+    async fn record_charge(&self, id: &str, charged: u64, overage: u64) -> Result<()>;
+    /// Settles at the reserved amount every reservation still open at its expiry; how many.
+    async fn expire_reservations(&self, now: UnixMillis) -> Result<u64>;
+    /// Totals over the reservations of `key_id` (else every key of `tenant_id`) made in
+    /// `[start, end)`.
+    async fn reservation_totals(
+        &self,
+        key_id: Option<&str>,
+        tenant_id: &str,
+        start: UnixMillis,
+        end: UnixMillis,
+    ) -> Result<ReservationTotals>;
+}
+
 /// Whether the store answers (health and readiness).
 #[async_trait::async_trait]
 pub trait StoreHealth: Send + Sync + 'static {
@@ -307,6 +343,7 @@ pub struct Stores {
     pub usage: Arc<dyn UsageStore>,
     pub quotas: Arc<dyn QuotaStore>,
     pub tokens: Arc<dyn AdminTokenStore>,
+    pub reservations: Arc<dyn ReservationStore>,
     pub health: Arc<dyn StoreHealth>,
 }
 
@@ -322,6 +359,7 @@ impl Stores {
             usage: s.clone(),
             quotas: s.clone(),
             tokens: s.clone(),
+            reservations: s.clone(),
             health: s,
         }
     }

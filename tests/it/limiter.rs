@@ -397,6 +397,126 @@ pub async fn shared_limits_are_spent_together_or_not_at_all(l: Arc<dyn RateLimit
     assert!(!o.allowed, "the plan is spent for every key of the tenant");
 }
 
+/// A reservation settled for less gives the difference back into the slot it was spent
+/// in (so it comes back when the reserved call's units would have); settled for more, it
+/// charges up to the limit plus the overdraft, never refusing. Each limit on its own.
+pub async fn settling_a_reservation_spends_the_actual_cost(l: Arc<dyn RateLimiter>) {
+    let limits = [lim("m", 100, 60), lim("h", 1000, 3600)];
+    let scope = |b: &'static str| {
+        [LimitScope {
+            bucket: b,
+            limits: &limits,
+        }]
+    };
+    let remaining = |o: keygate::limiter::LimitOutcome| o.status.unwrap().remaining;
+    let peek = |b: &'static str, t: i64| {
+        let l = l.clone();
+        let limits = limits.clone();
+        async move {
+            let o = l.check(b, &limits, 1, at(t), true).await.unwrap();
+            let st = o.status.unwrap();
+            (st.name, st.remaining)
+        }
+    };
+    // Another call before, the reservation of 80, a call after.
+    assert!(
+        l.check("r1", &limits, 5, at(1_000), false)
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert_eq!(
+        remaining(l.check("r1", &limits, 80, at(10_000), false).await.unwrap()),
+        15
+    );
+    assert!(
+        l.check("r1", &limits, 7, at(30_000), false)
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert_eq!(peek("r1", 40_000).await, ("m".into(), 8));
+    // Settled at 20: 60 come back at once, on both limits.
+    l.settle("r1", &scope("r1"), at(10_000), 80, 20, 0, at(40_000))
+        .await
+        .unwrap();
+    assert_eq!(peek("r1", 40_000).await, ("m".into(), 68));
+    // The 20 left leave with the reservation's slot (at 70 s), not with the later call.
+    assert_eq!(peek("r1", 69_999).await, ("m".into(), 73));
+    assert_eq!(peek("r1", 70_000).await, ("m".into(), 93));
+
+    // Settled for more: charged at now, up to the limit (overdraft 0) ...
+    assert!(
+        l.check("r2", &limits, 50, at(1_000), false)
+            .await
+            .unwrap()
+            .allowed
+    );
+    l.settle("r2", &scope("r2"), at(1_000), 50, 500, 0, at(2_000))
+        .await
+        .unwrap();
+    let (name, left) = peek("r2", 2_000).await;
+    assert_eq!(
+        (name.as_str(), left),
+        ("m", 0),
+        "the minute limit is full, not over"
+    );
+    assert!(
+        !l.check("r2", &limits, 1, at(2_000), true)
+            .await
+            .unwrap()
+            .allowed
+    );
+    // ... and the hour limit got all of it (its room was enough).
+    let hour_only = [lim("h", 1000, 3600)];
+    let o = l.check("r2", &hour_only, 1, at(2_000), true).await.unwrap();
+    assert_eq!(o.status.unwrap().remaining, 1000 - 500);
+    // With an overdraft, past the limit by at most that much.
+    assert!(
+        l.check("r3", &limits, 90, at(1_000), false)
+            .await
+            .unwrap()
+            .allowed
+    );
+    l.settle("r3", &scope("r3"), at(1_000), 90, 200, 20, at(2_000))
+        .await
+        .unwrap();
+    assert!(
+        !l.check("r3", &limits, 1, at(2_000), true)
+            .await
+            .unwrap()
+            .allowed
+    );
+    // The minute window holds 120 (90 + 30 of the 110 extra); none comes back early.
+    assert!(
+        !l.check("r3", &limits, 1, at(60_999), true)
+            .await
+            .unwrap()
+            .allowed
+    );
+    // Once its slot has gone, giving back does nothing (the units are back already).
+    assert!(
+        l.check("r4", &limits, 30, at(1_000), false)
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        l.check("r4", &limits, 10, at(61_500), false)
+            .await
+            .unwrap()
+            .allowed
+    );
+    l.settle("r4", &scope("r4"), at(1_000), 30, 0, 0, at(62_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        peek("r4", 62_000).await,
+        ("m".into(), 90),
+        "the later call keeps its cost"
+    );
+}
+
 /// Each Redis test writes under its own key prefix, so tests run in parallel.
 async fn redis_limiter() -> Option<Arc<dyn RateLimiter>> {
     redis_limiter_at(&fresh_prefix()).await
@@ -449,7 +569,8 @@ macro_rules! limiter_suite {
                 dry_run_spends_nothing,
                 buckets_are_independent_and_no_limits_admit,
                 shared_limits_are_spent_together_or_not_at_all,
-                concurrent_calls_admit_exactly_the_limit);
+                concurrent_calls_admit_exactly_the_limit,
+                settling_a_reservation_spends_the_actual_cost);
         }
     };
     (@tests $make:expr; $($t:ident),*) => {
@@ -521,6 +642,21 @@ impl RateLimiter for Counting {
     ) -> keygate::error::Result<keygate::limiter::LimitOutcome> {
         self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.0.check_scopes(g, s, c, now, d).await
+    }
+
+    async fn settle(
+        &self,
+        g: &str,
+        s: &[LimitScope<'_>],
+        at: UnixMillis,
+        reserved: u64,
+        actual: u64,
+        overdraft: u64,
+        now: UnixMillis,
+    ) -> keygate::error::Result<()> {
+        self.0
+            .settle(g, s, at, reserved, actual, overdraft, now)
+            .await
     }
 }
 

@@ -24,6 +24,7 @@ mod quotas;
 mod readme;
 mod redis_cluster;
 mod replicas;
+mod reservations;
 mod store;
 mod timing;
 mod tls;

@@ -64,7 +64,11 @@ impl AdminService {
             end: range.1,
         };
         let rows = self.usage.usage(&query).await?;
-        Ok(Report::build(
+        let reservations = self
+            .reservations
+            .reservation_totals(query.key_id.as_deref(), &query.tenant_id, range.0, range.1)
+            .await?;
+        let mut report = Report::build(
             granularity,
             range,
             by_endpoint,
@@ -75,6 +79,8 @@ impl AdminService {
                 count: r.count,
                 cost: r.cost,
             }),
-        ))
+        );
+        report.reservations = reservations;
+        Ok(report)
     }
 }

@@ -5,6 +5,7 @@ mod audit;
 mod imports;
 mod keys;
 mod quotas;
+mod reservations;
 mod tenants_plans;
 mod tokens;
 mod usage;

@@ -55,6 +55,54 @@ impl QuotaStore for SeaStore {
         Ok(claimed(self.db.query_one(update).await.map_err(db_err)?)?.unwrap_or(0))
     }
 
+    async fn charge_quota(
+        &self,
+        subject: &str,
+        period_start: UnixMillis,
+        ceiling: u64,
+        units: u64,
+        now: UnixMillis,
+    ) -> Result<u64> {
+        if units == 0 {
+            return Ok(0);
+        }
+        let backend = self.db.get_database_backend();
+        let min = match backend {
+            DbBackend::Postgres => "LEAST",
+            _ => "MIN",
+        };
+        let insert = sql(
+            backend,
+            "INSERT INTO quota_counters (subject, period_start, used, granted, last_claim, \
+             update_time) VALUES ($1, $2, 0, 0, 0, $3) \
+             ON CONFLICT (subject, period_start) DO NOTHING",
+            [subject.into(), period_start.0.into(), now.0.into()],
+        );
+        self.db.execute(insert).await.map_err(db_err)?;
+        let amount = format!("{min}($2, $1 + granted - used)");
+        let update = sql(
+            backend,
+            &format!(
+                "UPDATE quota_counters SET last_claim = {amount}, used = used + {amount}, \
+                 update_time = $3 WHERE subject = $4 AND period_start = $5 \
+                 AND $1 + granted - used > 0 RETURNING last_claim"
+            ),
+            [
+                to_i64(ceiling).into(),
+                to_i64(units).into(),
+                now.0.into(),
+                subject.into(),
+                period_start.0.into(),
+            ],
+        );
+        match self.db.query_one(update).await.map_err(db_err)? {
+            Some(row) => Ok(
+                u64::try_from(row.try_get::<i64>("", "last_claim").map_err(db_err)?).unwrap_or(0),
+            ),
+            None => Ok(0),
+        }
+    }
+
     async fn release_quota(
         &self,
         subject: &str,

@@ -37,6 +37,8 @@ fn rich_policy() -> TenantPolicy {
         time_zone: "Europe/Paris".into(),
         quota_exceeded_status: 402,
         on_leak: keygate::domain::leak::LeakAction::Notify,
+        max_overdraft: 25,
+        reservation_ttl: Duration::from_secs(120),
     }
 }
 

@@ -323,6 +323,19 @@ impl CheckClient {
         call!(self, check, r.into())
     }
 
+    /// Settles a reservation with the call's real cost.
+    pub async fn settle(
+        &self,
+        reservation_id: &str,
+        actual_cost: u64,
+    ) -> Reply<pb::SettleResponse> {
+        let r = pb::SettleRequest {
+            reservation_id: reservation_id.into(),
+            actual_cost,
+        };
+        call!(self, settle, r)
+    }
+
     /// Only the reason of the decision on `r`.
     pub async fn reason(&self, r: impl Into<pb::CheckRequest>) -> pb::Reason {
         let reason = self.check(r).await.reason;

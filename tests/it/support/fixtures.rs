@@ -155,6 +155,12 @@ impl CheckSpec {
         self
     }
 
+    /// Reserve `units` instead of spending the cost (settled later with `Settle`).
+    pub fn reserve(mut self, units: u64) -> Self {
+        self.0.reserve = units;
+        self
+    }
+
     /// Decide without spending or counting anything.
     pub fn dry_run(mut self) -> Self {
         self.0.dry_run = true;
