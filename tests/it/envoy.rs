@@ -624,6 +624,49 @@ async fn seed_neariq() {
         export.json()["message"],
         "Your plan or API key scopes do not allow this endpoint"
     );
+    // The metered chat route reserves 2000 units; the upstream settles the real count.
+    let mut metered = neariq_policy();
+    metered.default_key_quota = Some(crate::support::quota(10_000, pb::QuotaPeriod::Month));
+    s.admin.tenant("neariq").policy(metered).upsert().await;
+    let chat = s.get("/neariq/chat", &[("x-neariq-key", &k.secret)]).await;
+    assert_eq!(chat.status, 200, "{}", chat.body);
+    let id = chat.upstream_headers()["x-keygate-reservation-id"]
+        .as_str()
+        .expect("the upstream gets the reservation id")
+        .to_owned();
+    assert!(id.starts_with("rsv_"), "{id}");
+    let key_id = k.key.as_ref().unwrap().id.clone();
+    let used = |s: &Stack| {
+        let (admin, key_id) = (s.admin.clone(), key_id.clone());
+        async move {
+            admin
+                .get_key(&key_id)
+                .await
+                .unwrap()
+                .quota_status
+                .unwrap()
+                .used
+        }
+    };
+    assert_eq!(used(&s).await, 2000, "held while the answer is written");
+    let settled = s.keygate.authorize().await.settle(&id, 350).await.unwrap();
+    assert_eq!(settled.charged, 350);
+    assert_eq!(used(&s).await, 350);
+    // A client cannot forge the header: it is Keygate's to set.
+    let plain = s
+        .get(
+            "/neariq/competitors",
+            &[
+                ("x-neariq-key", &k.secret),
+                ("x-keygate-reservation-id", "rsv_forged"),
+            ],
+        )
+        .await;
+    assert_eq!(plain.status, 200);
+    assert!(plain
+        .upstream_headers()
+        .get("x-keygate-reservation-id")
+        .is_none());
     // A key never manages keys.
     let admin_as_key = s.admin.with_token(&k.secret);
     let err = admin_as_key

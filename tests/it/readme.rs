@@ -108,6 +108,10 @@ async fn readme_grpcurl_walkthrough_works_as_written() {
         "{\"decision\":\"ALLOW\",\"reason\":\"OK\"}",
         "ticket 4711",
         "adjust_quota",
+        // Metered calls.
+        "{\"decision\":\"ALLOW\",\"held_remaining\":\"96000\"}",
+        "{\"reserved\":\"4000\",\"actual\":\"1250\",\"charged\":\"1250\"}",
+        "{\"settled_remaining\":\"98750\"}",
         // Leaked keys.
         "LEAK_FINDING_LEAKED_KEY_FOUND",
         "LEAK_FINDING_NOT_A_KEY",
@@ -124,5 +128,12 @@ async fn readme_grpcurl_walkthrough_works_as_written() {
         stdout.matches("\"decision\": \"ALLOW\"").count(),
         3,
         "{stdout}"
+    );
+    assert_eq!(
+        stdout
+            .matches("{\"reserved\":\"4000\",\"actual\":\"1250\",\"charged\":\"1250\"}")
+            .count(),
+        2,
+        "a second Settle answers the first: {stdout}"
     );
 }

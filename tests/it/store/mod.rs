@@ -21,6 +21,7 @@ mod health;
 mod imports;
 mod keys;
 mod quotas;
+mod reservations;
 mod tenants;
 mod tokens;
 mod usage;

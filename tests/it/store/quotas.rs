@@ -199,6 +199,77 @@ async fn release_gives_unspent_units_back(db: Db) {
     assert_eq!(counter(&s, "key:none").await, None);
 }
 
+async fn charge_spends_up_to_the_ceiling_and_no_further(db: Db) {
+    let (_db, s) = stores_or_skip!(db);
+    // On a period never claimed: the row is made.
+    assert_eq!(
+        s.quotas
+            .charge_quota(SUBJECT, PERIOD, 100, 30, at(1))
+            .await
+            .unwrap(),
+        30
+    );
+    assert_eq!(counter(&s, SUBJECT).await, used(30, 0));
+    // Past the ceiling: only what fits.
+    assert_eq!(
+        s.quotas
+            .charge_quota(SUBJECT, PERIOD, 100, 500, at(2))
+            .await
+            .unwrap(),
+        70
+    );
+    assert_eq!(counter(&s, SUBJECT).await, used(100, 0));
+    assert_eq!(
+        s.quotas
+            .charge_quota(SUBJECT, PERIOD, 100, 5, at(3))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.quotas
+            .charge_quota(SUBJECT, PERIOD, 100, 0, at(3))
+            .await
+            .unwrap(),
+        0
+    );
+    // A higher ceiling (the limit plus an overdraft) lets more in; a claim at the plain
+    // limit then finds nothing left.
+    assert_eq!(
+        s.quotas
+            .charge_quota(SUBJECT, PERIOD, 120, 50, at(4))
+            .await
+            .unwrap(),
+        20
+    );
+    assert_eq!(counter(&s, SUBJECT).await, used(120, 0));
+    assert_eq!(
+        s.quotas
+            .claim_quota(&claim(SUBJECT, 100, 1, 10))
+            .await
+            .unwrap(),
+        0
+    );
+    // Concurrent charges never pass the ceiling together.
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.quotas
+                    .charge_quota("key:k2", PERIOD, 100, 15, at(10 + i))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert_eq!(total, 100);
+    assert_eq!(counter(&s, "key:k2").await, used(100, 0));
+}
+
 async fn adjust(s: &Stores, subject: &str, limit: u64, change: QuotaChange) -> QuotaCounter {
     s.quotas
         .adjust_quota(
@@ -361,6 +432,7 @@ async fn quota_counters_returns_exactly_the_pairs_asked_for(db: Db) {
 }
 
 on_both_stores!(
+    charge_spends_up_to_the_ceiling_and_no_further,
     claims_take_what_is_wanted_up_to_an_eighth_of_the_rest,
     a_claim_needing_more_than_remains_gets_nothing,
     concurrent_claims_hand_out_exactly_the_limit,
