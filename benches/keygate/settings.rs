@@ -17,7 +17,14 @@ pub const SUITE: &[&str] = &[
 ];
 
 /// The A/B experiments: two set-ups alternating round by round, run only when named.
-pub const EXPERIMENTS: &[&str] = &["envoy", "tracing", "usage", "redis_vs_memory", "revocation"];
+pub const EXPERIMENTS: &[&str] = &[
+    "envoy",
+    "tracing",
+    "usage",
+    "redis_vs_memory",
+    "revocation",
+    "h2load",
+];
 
 /// Names that stand for several scenarios.
 const GROUPS: &[(&str, &[&str])] = &[

@@ -198,6 +198,7 @@ impl App {
             clock: clock.clone(),
             origin: origin.clone(),
             ledger: quotas.clone(),
+            retention: Duration::from_secs(config.usage.day_retention_days * 86_400),
         });
         let check = Arc::new(CheckService {
             keys: stores.keys.clone(),

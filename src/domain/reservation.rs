@@ -12,6 +12,9 @@ use std::time::Duration;
 
 /// A reservation's lifetime when the tenant sets none.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
+/// Most units a reservation, a settlement or an overdraft may name: what the quota and the
+/// Redis limiter count exactly (2^53, as `quota::MAX_QUOTA`), so sums never overflow.
+pub const MAX_UNITS: u64 = super::quota::MAX_QUOTA;
 /// The longest lifetime a tenant may set.
 pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -51,6 +54,9 @@ pub struct Reservation {
     pub max_overdraft: u64,
     /// The replica that reserved (an in-memory limiter's units live only there).
     pub origin: String,
+    /// The limiter's `[redis] on_error` fallback decided the check: the units were never
+    /// counted in the shared limiter, so settling leaves the limits alone.
+    pub limiter_fallback: bool,
     pub settlement: Option<Settlement>,
 }
 
@@ -67,6 +73,9 @@ pub struct Settlement {
     pub settle_time: UnixMillis,
     /// Settled by expiry, not by the caller.
     pub expired: bool,
+    /// Won by a Settle whose adjustments have not been recorded yet: `charged` and
+    /// `overage` are not final.
+    pub pending: bool,
 }
 
 impl Reservation {
@@ -89,6 +98,17 @@ pub struct ReservationTotals {
     pub open: u64,
     /// Units reported beyond what could be charged.
     pub overage: u64,
+}
+
+/// Validates a count of units (`reserve`, `actual_cost`, `max_overdraft`).
+pub fn validate_units(field: &str, units: u64) -> crate::error::Result<()> {
+    if units > MAX_UNITS {
+        return Err(crate::error::Error::invalid(
+            field,
+            format!("must be at most {MAX_UNITS}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Validates a tenant's reservation lifetime (`0` = the default).

@@ -31,6 +31,7 @@ pub fn client_ip(field: &str, raw: &str) -> Result<Option<IpAddr>> {
 }
 
 fn input(r: pb::CheckRequest) -> Result<CheckInput> {
+    crate::domain::reservation::validate_units("reserve", r.reserve)?;
     if r.reserve > 0 && r.dry_run {
         return Err(Error::invalid(
             "reserve",

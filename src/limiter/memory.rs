@@ -103,6 +103,7 @@ pub fn decide<L: std::borrow::Borrow<RateLimitSpec>>(
         return LimitOutcome {
             allowed: false,
             status: Some(status),
+            fallback: false,
         };
     }
     if !dry_run {
@@ -124,6 +125,7 @@ pub fn decide<L: std::borrow::Borrow<RateLimitSpec>>(
     LimitOutcome {
         allowed: true,
         status,
+        fallback: false,
     }
 }
 
@@ -195,27 +197,46 @@ impl RateLimiter for MemoryLimiter {
         actual: u64,
         overdraft: u64,
         now: UnixMillis,
-    ) -> Result<()> {
-        if actual == reserved {
-            return Ok(());
-        }
+    ) -> Result<u64> {
+        let (back, extra) = (
+            reserved.saturating_sub(actual),
+            actual.saturating_sub(reserved),
+        );
+        let mut took = extra;
         for s in scopes.iter().filter(|s| !s.limits.is_empty()) {
-            let Some(entry) = self.buckets.get(s.bucket) else {
-                // Forgotten (idle for two windows): nothing of the reservation counts.
-                continue;
+            let entry = if extra > 0 {
+                self.buckets
+                    .get_with_by_ref(s.bucket, || Bucket::for_limits(s.limits))
+            } else {
+                match self.buckets.get(s.bucket) {
+                    Some(e) => e,
+                    // Forgotten (idle for two windows): nothing of the reservation counts.
+                    None => continue,
+                }
             };
             let mut b = entry.lock().unwrap_or_else(|p| p.into_inner());
-            align(&mut b, s.limits);
-            for (w, l) in b.windows.iter_mut().zip(s.limits) {
-                w.expire(now.0, l.window.as_millis() as i64, SLOTS);
-                if actual < reserved {
-                    w.give_back(at.0, reserved - actual, now.0);
-                } else {
-                    w.charge_up_to(now.0, actual - reserved, l.limit.saturating_add(overdraft));
+            for spec in s.limits {
+                let Some(i) = b.names.iter().position(|n| *n == spec.name) else {
+                    continue;
+                };
+                let w = &mut b.windows[i];
+                let window_ms = spec.window.as_millis() as i64;
+                if w.window_ms() != window_ms {
+                    continue;
+                }
+                w.expire(now.0, window_ms, SLOTS);
+                if back > 0 {
+                    w.give_back(at.0, back, now.0);
+                } else if extra > 0 {
+                    took = took.min(w.charge_up_to(
+                        now.0,
+                        extra,
+                        spec.limit.saturating_add(overdraft),
+                    ));
                 }
             }
         }
-        Ok(())
+        Ok(took)
     }
 
     async fn check_scopes(
@@ -233,6 +254,7 @@ impl RateLimiter for MemoryLimiter {
                 return Ok(LimitOutcome {
                     allowed: true,
                     status: None,
+                    fallback: false,
                 })
             }
             // The common case (a key without shared limits): one lock, no merging.

@@ -37,6 +37,9 @@ pub struct LimitOutcome {
     /// On refusal, the refusing limit (the one that frees up last); on admission, the
     /// tightest limit (least remaining). `None` when there were no limits.
     pub status: Option<LimitStatus>,
+    /// Decided by `[redis] on_error` because the shared limiter failed: nothing was
+    /// counted there (a reservation then has nothing to settle in it).
+    pub fallback: bool,
 }
 
 /// One set of limits spent together under one counter bucket: a key's own limits, or its
@@ -63,11 +66,13 @@ pub trait RateLimiter: Send + Sync + 'static {
         dry_run: bool,
     ) -> Result<LimitOutcome>;
 
-    /// Settles a reservation of `reserved` units made at `at` on `scopes`: spends `actual`
-    /// instead. Less: the difference is taken back out of the slot the units went into, if
-    /// it still counts. More: up to the difference is charged at `now`, as far as each
-    /// limit plus `overdraft` allows (never refused: the call has happened). Per limit;
-    /// returns nothing to decide.
+    /// Settles a reservation of `reserved` units made at `at` on `scopes` (the limits as
+    /// they were then): spends `actual` instead. Less: the difference is taken back out of
+    /// the slot the units went into, if it still counts. More: up to the difference is
+    /// charged at `now`, as far as each limit plus `overdraft` allows (never refused: the
+    /// call has happened). Per limit; a limit removed or given another window since is
+    /// left alone (its counts are no longer the reservation's to rewrite). Returns the
+    /// extra units every limit took (the least any took; 0 when settling for less).
     #[allow(clippy::too_many_arguments)]
     async fn settle(
         &self,
@@ -78,7 +83,7 @@ pub trait RateLimiter: Send + Sync + 'static {
         actual: u64,
         overdraft: u64,
         now: UnixMillis,
-    ) -> Result<()>;
+    ) -> Result<u64>;
 
     /// Whether every replica sees the same counters (a shared limiter), so a reservation
     /// made on one may be settled on another.

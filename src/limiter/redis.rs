@@ -402,13 +402,13 @@ impl RateLimiter for RedisLimiter {
         actual: u64,
         overdraft: u64,
         now: UnixMillis,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let limits: Vec<(&str, &RateLimitSpec)> = scopes
             .iter()
             .flat_map(|s| s.limits.iter().map(move |l| (s.bucket, l)))
             .collect();
         if limits.is_empty() || actual == reserved {
-            return Ok(());
+            return Ok(actual.saturating_sub(reserved));
         }
         let i = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         let mut cmd = redis::cmd("EVAL");
@@ -431,11 +431,11 @@ impl RateLimiter for RedisLimiter {
         }
         let mut conn = self.link.connection().await?;
         let timeout = self.link.timeout;
-        let _: i64 = tokio::time::timeout(timeout, conn.query(&cmd))
+        let took: i64 = tokio::time::timeout(timeout, conn.query(&cmd))
             .await
             .map_err(|_| unavailable(TimedOut(timeout)))?
             .map_err(unavailable)?;
-        Ok(())
+        Ok(u64::try_from(took).unwrap_or(0))
     }
 
     async fn check_scopes(
@@ -454,6 +454,7 @@ impl RateLimiter for RedisLimiter {
             return Ok(LimitOutcome {
                 allowed: true,
                 status: None,
+                fallback: false,
             });
         }
         let mut call = Call {

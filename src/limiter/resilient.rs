@@ -63,6 +63,9 @@ impl RateLimiter for Resilient {
         self.primary.shared()
     }
 
+    /// Settles in the shared limiter only: a reservation decided by the fallback is not
+    /// settled at all (`LimitOutcome::fallback`), and a failure here is the caller's to
+    /// report (settling in memory what Redis counted would count it twice).
     async fn settle(
         &self,
         group: &str,
@@ -72,26 +75,17 @@ impl RateLimiter for Resilient {
         actual: u64,
         overdraft: u64,
         now: UnixMillis,
-    ) -> Result<()> {
-        match self
+    ) -> Result<u64> {
+        let settled = self
             .primary
             .settle(group, scopes, at, reserved, actual, overdraft, now)
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                if let Some(c) = &self.counter {
-                    c.inc();
-                }
-                tracing::warn!(error = %e, mode = ?self.mode, "rate limiter unavailable while settling a reservation; its limits keep the reserved amount");
-                if self.mode == OnLimiterError::Local {
-                    self.local
-                        .settle(group, scopes, at, reserved, actual, overdraft, now)
-                        .await?;
-                }
-                Ok(())
+            .await;
+        if settled.is_err() {
+            if let Some(c) = &self.counter {
+                c.inc();
             }
         }
+        settled
     }
 
     async fn check_scopes(
@@ -144,13 +138,17 @@ impl RateLimiter for Resilient {
         }
         match self.mode {
             OnLimiterError::Local => {
-                self.local
+                let mut o = self
+                    .local
                     .check_scopes(group, scopes, cost, now, dry_run)
-                    .await
+                    .await?;
+                o.fallback = true;
+                Ok(o)
             }
             OnLimiterError::Allow => Ok(LimitOutcome {
                 allowed: true,
                 status: None,
+                fallback: true,
             }),
             OnLimiterError::Deny => {
                 let first = scopes.iter().flat_map(|s| s.limits.iter()).next();
@@ -164,6 +162,7 @@ impl RateLimiter for Resilient {
                 Ok(LimitOutcome {
                     allowed: status.is_none(),
                     status,
+                    fallback: true,
                 })
             }
         }

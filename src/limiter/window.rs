@@ -138,16 +138,22 @@ impl Window {
     }
 
     /// Takes up to `units` back out of the slot a spend at `at` went into (a reservation
-    /// settled for less), if that spend still counts at `now`: the slot is the first whose
-    /// latest call is at or after `at` (a spend joins the newest slot or starts one, and a
-    /// slot's `last` only grows), so the units come back when they would have had the
-    /// call cost less. Returns the units taken back.
+    /// settled for less), if that spend still counts at `now`, so the units come back when
+    /// they would have had the call cost less. That slot is the one of `at`'s own slot
+    /// index; failing that (the spend joined a newer slot because the clock had stepped
+    /// back), the first whose latest call is at or after `at` (a slot's `last` only
+    /// grows). Returns the units taken back.
     pub fn give_back(&mut self, at: i64, units: u64, now: i64) -> u64 {
         if units == 0 || now >= at.saturating_add(self.window_ms) {
             // Gone from the window already: nothing is held any more.
             return 0;
         }
-        let Some(i) = self.slots.iter().position(|s| s.last >= at) else {
+        let g = self.slot_ms.max(1);
+        let own = self
+            .slots
+            .iter()
+            .position(|s| s.last.div_euclid(g) == at.div_euclid(g) && s.last >= at);
+        let Some(i) = own.or_else(|| self.slots.iter().position(|s| s.last >= at)) else {
             return 0;
         };
         let slot = &mut self.slots[i];

@@ -336,6 +336,7 @@ impl CheckService {
                 if input.reserve > 0 && !input.dry_run {
                     let quotas = Self::quota_uses(record, policy);
                     let spent = super::reservations::Spent {
+                        limiter_fallback: outcome.fallback,
                         key: record,
                         policy,
                         limits: &scopes[..1 + usize::from(shared)],

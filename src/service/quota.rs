@@ -251,6 +251,25 @@ impl QuotaLedger {
         }
     }
 
+    /// Spends up to `units` of what this replica holds unspent of `subject`'s period
+    /// starting at `period_start` (units already counted as used in the database); returns
+    /// how many it spent. A settlement charges these before the database's remainder, so
+    /// units this replica leased are not mistaken for units spent.
+    pub async fn take_held(&self, subject: &str, period_start: UnixMillis, units: u64) -> u64 {
+        let Some(slot) = self.existing(subject) else {
+            return 0;
+        };
+        let mut lease = slot.lock().await;
+        match lease.period {
+            Some(p) if p.window.start == period_start => {
+                let n = units.min(lease.units);
+                lease.units -= n;
+                n
+            }
+            _ => 0,
+        }
+    }
+
     /// Forgets that `subject` was exhausted (after a top-up on this replica).
     pub async fn forget(&self, subject: &str) {
         if let Some(slot) = self.existing(subject) {

@@ -21,6 +21,8 @@ use std::time::Duration;
 
 /// How often open reservations past their expiry are settled at the reserved amount.
 pub const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
+/// Settled reservations are pruned (past `retention`) every this many sweeps (an hour).
+const PRUNE_EVERY: u64 = 3600;
 
 pub struct Reservations {
     pub(crate) store: Arc<dyn ReservationStore>,
@@ -35,10 +37,15 @@ pub struct Reservations {
     /// it had found exhausted is asked again at once (other replicas ask within
     /// `quotas.recheck_ms`, as after a top-up).
     pub(crate) ledger: Arc<QuotaLedger>,
+    /// How long settled reservations are kept (usage reports read them): the usage day
+    /// buckets' retention.
+    pub(crate) retention: Duration,
 }
 
 /// What a check spent, to be recorded as a reservation.
 pub struct Spent<'a> {
+    /// The limiter's fallback decided the check (see `LimitOutcome::fallback`).
+    pub limiter_fallback: bool,
     pub key: &'a KeyRecord,
     pub policy: &'a TenantPolicy,
     pub limits: &'a [LimitScope<'a>],
@@ -82,6 +89,7 @@ impl Reservations {
             quotas: Vec::with_capacity(spent.quotas.len()),
             max_overdraft: spent.policy.max_overdraft,
             origin: self.origin.clone(),
+            limiter_fallback: spent.limiter_fallback,
             settlement: None,
         };
         let recorded = async {
@@ -92,10 +100,12 @@ impl Reservations {
         }
         .await;
         if let Err(e) = recorded {
-            let _ = self
-                .limiter
-                .settle(&r.tenant_id, spent.limits, now, spent.units, 0, 0, now)
-                .await;
+            if !spent.limiter_fallback {
+                let _ = self
+                    .limiter
+                    .settle(&r.tenant_id, spent.limits, now, spent.units, 0, 0, now)
+                    .await;
+            }
             self.ledger.refund(spent.quotas, spent.units, now).await;
             return Err(e);
         }
@@ -103,60 +113,97 @@ impl Reservations {
     }
 
     /// Settles `id` with the call's real cost (see the module docs); idempotent.
-    pub async fn settle(&self, id: &str, actual: u64) -> Result<Reservation> {
+    pub async fn settle(self: &Arc<Self>, id: &str, actual: u64) -> Result<Reservation> {
         if id.is_empty() || id.len() > 40 || !id.starts_with("rsv_") {
             return Err(Error::invalid(
                 "reservation_id",
                 "must be the reservation_id of a CheckResponse (rsv_…)",
             ));
         }
+        crate::domain::reservation::validate_units("actual_cost", actual)?;
         let now = self.clock.now();
-        let mut r = self
-            .store
-            .get_reservation(id)
-            .await?
-            .ok_or_else(|| Error::not_found("reservation", id))?;
-        if r.settlement.is_some() {
-            return Ok(r);
+        let mut r = self.get(id).await?;
+        if let Some(s) = r.settlement {
+            return if s.pending {
+                self.recorded(id).await
+            } else {
+                Ok(r)
+            };
         }
         if r.lapsed(now) {
             // Past its expiry: it settles at the reserved amount, whatever is reported now.
             self.store.expire_reservations(now).await?;
-            return self
-                .store
-                .get_reservation(id)
-                .await?
-                .ok_or_else(|| Error::not_found("reservation", id));
+            return self.get(id).await;
         }
-        let mut settlement = Settlement {
+        let settlement = Settlement {
             actual,
             charged: actual,
             overage: 0,
             settle_time: now,
             expired: false,
+            pending: false,
         };
         if !self.store.settle_reservation(id, &settlement).await? {
             // Another Settle (or the expiry sweep) won: answer what it decided.
-            return self
-                .store
-                .get_reservation(id)
-                .await?
-                .ok_or_else(|| Error::not_found("reservation", id));
+            return self.recorded(id).await;
         }
-        settlement.overage = self.adjust(&r, actual, now).await;
-        settlement.charged = actual - settlement.overage;
-        self.store
-            .record_charge(id, settlement.charged, settlement.overage)
-            .await?;
-        r.settlement = Some(settlement);
+        // The adjustments run as a task of their own: a caller that goes away (a deadline,
+        // a cancel) does not leave them half made.
+        let (me, held) = (self.clone(), r.clone());
+        let adjusted = tokio::spawn(async move {
+            let overage = me.adjust(&held, actual, now).await;
+            let charged = actual - overage;
+            me.store
+                .record_charge(&held.id, charged, overage)
+                .await
+                .map(|()| (charged, overage))
+        });
+        let (charged, overage) = adjusted
+            .await
+            .map_err(|_| Error::internal("settlement task failed"))??;
+        r.settlement = Some(Settlement {
+            charged,
+            overage,
+            ..settlement
+        });
         Ok(r)
     }
 
+    async fn get(&self, id: &str) -> Result<Reservation> {
+        self.store
+            .get_reservation(id)
+            .await?
+            .ok_or_else(|| Error::not_found("reservation", id))
+    }
+
+    /// The reservation once its settlement is recorded: a Settle that lost the race waits
+    /// (a few seconds at most) for the winner's figures, so both answer the same.
+    async fn recorded(&self, id: &str) -> Result<Reservation> {
+        for _ in 0..60 {
+            let r = self.get(id).await?;
+            match r.settlement {
+                Some(s) if s.pending => tokio::time::sleep(Duration::from_millis(50)).await,
+                _ => return Ok(r),
+            }
+        }
+        Err(Error::Unavailable {
+            what: "settlement",
+            source: Box::new(std::io::Error::other(
+                "another Settle of this reservation is still being applied; retry",
+            )),
+        })
+    }
+
     /// Spends `actual` instead of the reserved units on the reservation's limits and
-    /// quotas; returns the overage (units no quota had room for). Failures are logged and
-    /// leave the reserved amount spent.
+    /// quotas; returns the overage (extra units some limit or quota had no room for).
+    /// Failures are logged and leave the reserved amount spent.
     async fn adjust(&self, r: &Reservation, actual: u64, now: UnixMillis) -> u64 {
-        if self.shared_limiter || r.origin == self.origin {
+        let extra = actual.saturating_sub(r.reserved);
+        let mut overage = 0;
+        // A check the fallback decided was never counted in the shared limiter; with the
+        // in-memory one, only the replica that reserved holds the units.
+        let in_limiter = !r.limiter_fallback && (self.shared_limiter || r.origin == self.origin);
+        if in_limiter {
             let scopes: Vec<LimitScope<'_>> = r
                 .limits
                 .iter()
@@ -165,7 +212,7 @@ impl Reservations {
                     limits: &l.limits,
                 })
                 .collect();
-            if let Err(e) = self
+            match self
                 .limiter
                 .settle(
                     &r.tenant_id,
@@ -178,10 +225,13 @@ impl Reservations {
                 )
                 .await
             {
-                tracing::warn!(reservation = %r.id, error = %e, "could not settle a reservation's rate limits; they keep the reserved amount");
+                Ok(took) if !scopes.is_empty() => overage = extra - took.min(extra),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(reservation = %r.id, error = %e, "could not settle a reservation's rate limits; they keep the reserved amount");
+                }
             }
         }
-        let mut overage = 0;
         for q in &r.quotas {
             let result = if actual < r.reserved {
                 let released = self
@@ -191,17 +241,22 @@ impl Reservations {
                 self.ledger.forget(&q.subject).await;
                 released.map(|()| 0)
             } else {
-                let extra = actual - r.reserved;
+                // This replica's unspent lease first: those units are counted as used in
+                // the database already.
+                let held = self
+                    .ledger
+                    .take_held(&q.subject, q.period_start, extra)
+                    .await;
                 self.quota_store
                     .charge_quota(
                         &q.subject,
                         q.period_start,
                         q.limit.saturating_add(r.max_overdraft),
-                        extra,
+                        extra - held,
                         now,
                     )
                     .await
-                    .map(|charged| extra - charged.min(extra))
+                    .map(|charged| extra - held - charged.min(extra - held))
             };
             match result {
                 Ok(over) => overage = overage.max(over),
@@ -216,12 +271,21 @@ impl Reservations {
     /// Settles at the reserved amount what has passed its expiry, every
     /// [`EXPIRY_SWEEP`], until `stop`.
     pub async fn sweep(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut swept: u64 = 0;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(EXPIRY_SWEEP) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            match self.store.expire_reservations(self.clock.now()).await {
+            let now = self.clock.now();
+            swept += 1;
+            if swept.is_multiple_of(PRUNE_EVERY) {
+                let before = UnixMillis(now.0 - self.retention.as_millis() as i64);
+                if let Err(e) = self.store.prune_reservations(before).await {
+                    tracing::warn!(error = %e, "could not prune settled reservations; will retry");
+                }
+            }
+            match self.store.expire_reservations(now).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(
                     reservations = n,

@@ -314,7 +314,11 @@ pub trait ReservationStore: Send + Sync + 'static {
     /// Records what a settlement charged, once its adjustments are made.
     async fn record_charge(&self, id: &str, charged: u64, overage: u64) -> Result<()>;
     /// Settles at the reserved amount every reservation still open at its expiry; how many.
+    /// Also finalizes, at the reserved amount, settlements won more than a minute ago whose
+    /// charge was never recorded (their process stopped in between).
     async fn expire_reservations(&self, now: UnixMillis) -> Result<u64>;
+    /// Deletes reservations settled (and recorded) before `settled_before`; how many.
+    async fn prune_reservations(&self, settled_before: UnixMillis) -> Result<u64>;
     /// Totals over the reservations of `key_id` (else every key of `tenant_id`) made in
     /// `[start, end)`.
     async fn reservation_totals(

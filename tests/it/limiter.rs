@@ -494,6 +494,9 @@ pub async fn settling_a_reservation_spends_the_actual_cost(l: Arc<dyn RateLimite
             .unwrap()
             .allowed
     );
+    // Once the reservation's slot has gone, only the 30 charged at 2 s are left.
+    let o = l.check("r3", &limits, 1, at(61_000), true).await.unwrap();
+    assert_eq!(o.status.unwrap().remaining, 70);
     // Once its slot has gone, giving back does nothing (the units are back already).
     assert!(
         l.check("r4", &limits, 30, at(1_000), false)
@@ -515,6 +518,92 @@ pub async fn settling_a_reservation_spends_the_actual_cost(l: Arc<dyn RateLimite
         ("m".into(), 90),
         "the later call keeps its cost"
     );
+
+    // A limit given another window since the reservation is left alone: its counts are
+    // the new limit's, not the reservation's to rewrite.
+    let minute = [lim("x", 10, 60)];
+    let hour = [lim("x", 10, 3600)];
+    assert!(
+        l.check("r5", &minute, 5, at(1_000), false)
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        l.check("r5", &hour, 5, at(2_000), false)
+            .await
+            .unwrap()
+            .allowed
+    );
+    let before = l.check("r5", &hour, 1, at(130_000), true).await.unwrap();
+    assert!(!before.allowed, "the hour holds 10");
+    let r5 = [LimitScope {
+        bucket: "r5",
+        limits: &minute,
+    }];
+    l.settle("r5", &r5, at(1_000), 5, 4, 0, at(130_000))
+        .await
+        .unwrap();
+    assert!(
+        !l.check("r5", &hour, 1, at(130_000), true)
+            .await
+            .unwrap()
+            .allowed,
+        "still 10 in the hour: never more than N"
+    );
+    // Settled for more: what every limit took is reported (the least any took).
+    assert!(
+        l.check("r6", &limits, 95, at(1_000), false)
+            .await
+            .unwrap()
+            .allowed
+    );
+    let took = l
+        .settle("r6", &scope("r6"), at(1_000), 95, 120, 0, at(1_500))
+        .await
+        .unwrap();
+    assert_eq!(took, 5, "the minute limit had room for 5 of the 25");
+}
+
+/// A reservation that joined a slot other calls share gives back into that slot (and
+/// its units then leave with it); an emptied slot is gone, on Redis as in memory.
+pub async fn giving_back_after_a_merge_returns_into_the_merged_slot(l: Arc<dyn RateLimiter>) {
+    let limits = [lim("m", 1000, 60)];
+    let scope = [LimitScope {
+        bucket: "g1",
+        limits: &limits,
+    }];
+    assert!(
+        l.check("g1", &limits, 5, at(50_000), false)
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        l.check("g1", &limits, 20, at(51_500), false)
+            .await
+            .unwrap()
+            .allowed
+    );
+    // A reservation at 51,200, after a call at 51,500 of the same slot: it joins that slot.
+    assert!(
+        l.check("g1", &limits, 100, at(51_200), false)
+            .await
+            .unwrap()
+            .allowed
+    );
+    l.settle("g1", &scope, at(51_200), 100, 30, 0, at(52_000))
+        .await
+        .unwrap();
+    let o = l.check("g1", &limits, 1, at(52_000), true).await.unwrap();
+    assert_eq!(
+        o.status.unwrap().remaining,
+        1000 - 5 - 20 - 30,
+        "70 came back"
+    );
+    // The slot of 50 s (the 5) leaves at 110 s, the other (20 + 30) at 111.5 s.
+    let o = l.check("g1", &limits, 1, at(110_000), true).await.unwrap();
+    assert_eq!(o.status.unwrap().remaining, 1000 - 50);
 }
 
 /// Each Redis test writes under its own key prefix, so tests run in parallel.
@@ -570,7 +659,8 @@ macro_rules! limiter_suite {
                 buckets_are_independent_and_no_limits_admit,
                 shared_limits_are_spent_together_or_not_at_all,
                 concurrent_calls_admit_exactly_the_limit,
-                settling_a_reservation_spends_the_actual_cost);
+                settling_a_reservation_spends_the_actual_cost,
+                giving_back_after_a_merge_returns_into_the_merged_slot);
         }
     };
     (@tests $make:expr; $($t:ident),*) => {
@@ -653,7 +743,7 @@ impl RateLimiter for Counting {
         actual: u64,
         overdraft: u64,
         now: UnixMillis,
-    ) -> keygate::error::Result<()> {
+    ) -> keygate::error::Result<u64> {
         self.0
             .settle(g, s, at, reserved, actual, overdraft, now)
             .await

@@ -13,6 +13,8 @@ struct Spent {
     quotas: Vec<ReservedQuota>,
     max_overdraft: u64,
     origin: String,
+    #[serde(default)]
+    limiter_fallback: bool,
 }
 
 fn u(row: &sea_orm::QueryResult, col: &str) -> Result<u64> {
@@ -37,13 +39,16 @@ fn reservation_from(row: &sea_orm::QueryResult) -> Result<Reservation> {
         None => None,
         Some(t) => {
             let actual = opt_u(row, "actual")?.unwrap_or(reserved);
+            let charged = opt_u(row, "charged")?;
             Some(Settlement {
                 actual,
-                // Not yet recorded: the settlement's adjustments are still being made.
-                charged: opt_u(row, "charged")?.unwrap_or(actual),
+                // Not recorded yet: the settlement's adjustments are still being made, and
+                // until they are, the reserved units are what is spent.
+                charged: charged.unwrap_or(reserved),
                 overage: opt_u(row, "overage")?.unwrap_or(0),
                 settle_time: UnixMillis(t),
                 expired: row.try_get::<bool>("", "expired").map_err(db_err)?,
+                pending: charged.is_none(),
             })
         }
     };
@@ -58,6 +63,7 @@ fn reservation_from(row: &sea_orm::QueryResult) -> Result<Reservation> {
         quotas: spent.quotas,
         max_overdraft: spent.max_overdraft,
         origin: spent.origin,
+        limiter_fallback: spent.limiter_fallback,
         settlement,
     })
 }
@@ -70,6 +76,7 @@ impl ReservationStore for SeaStore {
             quotas: r.quotas.clone(),
             max_overdraft: r.max_overdraft,
             origin: r.origin.clone(),
+            limiter_fallback: r.limiter_fallback,
         })?;
         let insert = sql(
             self.db.get_database_backend(),
@@ -135,15 +142,41 @@ impl ReservationStore for SeaStore {
     }
 
     async fn expire_reservations(&self, now: UnixMillis) -> Result<u64> {
+        let backend = self.db.get_database_backend();
         let update = sql(
-            self.db.get_database_backend(),
+            backend,
             "UPDATE reservations SET settle_time = $1, actual = reserved, charged = reserved, \
              overage = 0, expired = $2 WHERE settle_time IS NULL AND expire_time <= $1",
             [now.0.into(), true.into()],
         );
-        Ok(self
+        let expired = self
             .db
             .execute(update)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+        // A settlement won by a process that stopped before recording its adjustments:
+        // after a minute, what is spent is what was reserved.
+        let stale = sql(
+            backend,
+            "UPDATE reservations SET charged = reserved, overage = 0 \
+             WHERE settle_time IS NOT NULL AND charged IS NULL AND settle_time <= $1",
+            [(now.0 - 60_000).into()],
+        );
+        self.db.execute(stale).await.map_err(db_err)?;
+        Ok(expired)
+    }
+
+    async fn prune_reservations(&self, settled_before: UnixMillis) -> Result<u64> {
+        let delete = sql(
+            self.db.get_database_backend(),
+            "DELETE FROM reservations WHERE settle_time IS NOT NULL AND charged IS NOT NULL \
+             AND settle_time < $1",
+            [settled_before.0.into()],
+        );
+        Ok(self
+            .db
+            .execute(delete)
             .await
             .map_err(db_err)?
             .rows_affected())
@@ -165,7 +198,7 @@ impl ReservationStore for SeaStore {
             &format!(
                 "SELECT CAST(COALESCE(SUM(reserved), 0) AS BIGINT) AS reserved, \
                  CAST(COALESCE(SUM(CASE WHEN settle_time IS NOT NULL AND NOT expired \
-                   THEN COALESCE(charged, actual) ELSE 0 END), 0) AS BIGINT) AS settled, \
+                   THEN COALESCE(charged, reserved) ELSE 0 END), 0) AS BIGINT) AS settled, \
                  CAST(COALESCE(SUM(CASE WHEN expired THEN reserved ELSE 0 END), 0) AS BIGINT) \
                    AS expired_units, \
                  CAST(COALESCE(SUM(CASE WHEN settle_time IS NULL THEN reserved ELSE 0 END), 0) \

@@ -27,6 +27,7 @@ fn reservation(id: &str, key_id: &str, reserved: u64, at_: UnixMillis) -> Reserv
         }],
         max_overdraft: 5,
         origin: "replica-a".into(),
+        limiter_fallback: true,
         settlement: None,
     }
 }
@@ -38,6 +39,7 @@ fn settled(actual: u64, time: UnixMillis) -> Settlement {
         overage: 0,
         settle_time: time,
         expired: false,
+        pending: false,
     }
 }
 
@@ -61,14 +63,24 @@ async fn a_reservation_reads_back_and_settles_once(db: Db) {
         .settle_reservation("rsv_1", &settled(30, at(2000)))
         .await
         .unwrap());
-    // Settled: charged is not recorded yet, so it reads as the actual.
+    // Won, its charge not recorded yet: pending, and what is spent is what was reserved.
     let read = s
         .reservations
         .get_reservation("rsv_1")
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(read.settlement, Some(settled(30, at(2000))));
+    let st = read.settlement.unwrap();
+    assert_eq!((st.actual, st.charged, st.pending), (30, 100, true));
+    let pending = s
+        .reservations
+        .reservation_totals(Some("k1"), "acme", T0, at(DAY))
+        .await
+        .unwrap();
+    assert_eq!(
+        pending.settled, 100,
+        "a pending settlement counts what it holds"
+    );
     s.reservations.record_charge("rsv_1", 25, 5).await.unwrap();
     let read = s
         .reservations
@@ -215,7 +227,68 @@ async fn only_open_reservations_past_their_expiry_expire(db: Db) {
     assert_eq!(other, ReservationTotals::default());
 }
 
+async fn stale_settlements_are_finalized_and_old_ones_pruned(db: Db) {
+    let (_db, s) = stores_or_skip!(db);
+    for (id, t) in [("rsv_stale", 0), ("rsv_fresh", 5 * MINUTE)] {
+        s.reservations
+            .insert_reservation(&reservation(id, "k1", 80, at(t)))
+            .await
+            .unwrap();
+        s.reservations
+            .settle_reservation(id, &settled(10, at(t)))
+            .await
+            .unwrap();
+    }
+    // 5.5 minutes on: the first was won 5.5 minutes ago and never recorded, the other
+    // 30 s ago.
+    s.reservations
+        .expire_reservations(at(5 * MINUTE + 30_000))
+        .await
+        .unwrap();
+    let get = |id: &'static str| {
+        let s = s.clone();
+        async move {
+            s.reservations
+                .get_reservation(id)
+                .await
+                .unwrap()
+                .unwrap()
+                .settlement
+                .unwrap()
+        }
+    };
+    let stale = get("rsv_stale").await;
+    assert_eq!(
+        (stale.charged, stale.pending),
+        (80, false),
+        "what stayed spent"
+    );
+    assert!(
+        get("rsv_fresh").await.pending,
+        "its winner may still record it"
+    );
+    // Pruning keeps what is still pending and what is newer than the cut.
+    assert_eq!(
+        s.reservations.prune_reservations(at(MINUTE)).await.unwrap(),
+        1
+    );
+    assert!(s
+        .reservations
+        .get_reservation("rsv_stale")
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(s.reservations.prune_reservations(at(DAY)).await.unwrap(), 0);
+    assert!(s
+        .reservations
+        .get_reservation("rsv_fresh")
+        .await
+        .unwrap()
+        .is_some());
+}
+
 on_both_stores!(
+    stale_settlements_are_finalized_and_old_ones_pruned,
     a_reservation_reads_back_and_settles_once,
     many_settling_at_once_settle_once,
     only_open_reservations_past_their_expiry_expire,
