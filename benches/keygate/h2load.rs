@@ -4,7 +4,7 @@
 //! Debian's `nghttp2-client`, which `scripts/install-tools.sh` installs), and with two or
 //! more cores the servers run on CPU 1 and h2load on CPU 0 (`taskset`), so the server is
 //! the bottleneck. Each row: req/s, the server's CPU per answered call, and both as a
-//! ratio to the no-op server's (measured first and last, their mean the denominator).
+//! ratio to the no-op server's, in `--rounds` rounds over every case (each row its median).
 //!
 //! h2load sends the same gRPC message (a length-prefixed protobuf, `content-type:
 //! application/grpc`) on every stream; it counts HTTP statuses, not gRPC ones, so each
@@ -228,8 +228,8 @@ pub async fn run(s: &Settings) -> Result<(), BoxError> {
             service: String::new(),
         }),
     )?;
-    let noop_case = |label| Case {
-        name: label,
+    let noop_case = Case {
+        name: "noop",
         server: &noop,
         path: "/grpc.health.v1.Health/Check",
         body: health.clone(),
@@ -251,8 +251,8 @@ pub async fn run(s: &Settings) -> Result<(), BoxError> {
             ..Default::default()
         }),
     };
-    let cases = vec![
-        noop_case("noop"),
+    let cases = [
+        noop_case,
         Case {
             name: "check_cached",
             server: &kg,
@@ -281,31 +281,35 @@ pub async fn run(s: &Settings) -> Result<(), BoxError> {
             body: write("ext.bin", grpc_frame(&ext_req))?,
             notes: "Envoy's CheckRequest, hot key",
         },
-        noop_case("noop"),
     ];
-    let mut rows = Vec::new();
-    for c in &cases {
-        h2load(
-            &bin, pinned, c.server, c.path, &c.body, conns, streams, warm,
-        )
-        .await?;
-        let r = h2load(
-            &bin, pinned, c.server, c.path, &c.body, conns, streams, secs,
-        )
-        .await?;
-        rows.push((c, r));
+    // Rounds over every case in turn (machines drift: a slow minute touches every row
+    // alike), each case's median round reported.
+    let rounds = s.rounds.max(1);
+    let mut runs: Vec<Vec<Run>> = cases.iter().map(|_| Vec::new()).collect();
+    for _ in 0..rounds {
+        for (i, c) in cases.iter().enumerate() {
+            h2load(
+                &bin, pinned, c.server, c.path, &c.body, conns, streams, warm,
+            )
+            .await?;
+            let r = h2load(
+                &bin, pinned, c.server, c.path, &c.body, conns, streams, secs,
+            )
+            .await?;
+            runs[i].push(r);
+        }
     }
-    let noops: Vec<&Run> = rows
+    let rows: Vec<(&Case, Run)> = cases
         .iter()
-        .filter(|(c, _)| c.name == "noop")
-        .map(|(_, r)| r)
+        .zip(runs)
+        .map(|(c, mut rs)| {
+            rs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+            let mid = rs.len() / 2;
+            (c, rs.swap_remove(mid))
+        })
         .collect();
-    let noop_rps = noops.iter().map(|r| r.rps).sum::<f64>() / noops.len() as f64;
-    let noop_cpu: Option<f64> = noops
-        .iter()
-        .map(|r| r.cpu_us)
-        .sum::<Option<f64>>()
-        .map(|v| v / noops.len() as f64);
+    let noop_rps = rows[0].1.rps;
+    let noop_cpu = rows[0].1.cpu_us;
     println!(
         "\n{:<20} {:>10} {:>8} {:>9} {:>8} {:>10}  notes",
         "scenario", "req/s", "×noop", "cpuµs/r", "cpu×noop", "2xx/done"
@@ -334,8 +338,8 @@ pub async fn run(s: &Settings) -> Result<(), BoxError> {
         }));
     }
     println!(
-        "\n×noop: req/s over the mean of the two noop runs ({noop_rps:.0} req/s); cpu×noop: \
-         server CPU per call over the noop's ({})",
+        "\n{rounds} rounds, each row its median round (by req/s); ×noop: over the noop's \
+         ({noop_rps:.0} req/s); cpu×noop: server CPU per call over the noop's ({})",
         noop_cpu.map_or("-".into(), |v| format!("{v:.1} µs"))
     );
     write_json(
@@ -343,7 +347,7 @@ pub async fn run(s: &Settings) -> Result<(), BoxError> {
         &json!({
             "machine": { "cpus": cpus, "model": model },
             "client": "h2load", "pinned": pinned, "conns": conns, "streams": streams,
-            "duration_secs": secs, "noop_rps_mean": noop_rps, "noop_cpu_us_mean": noop_cpu,
+            "duration_secs": secs, "rounds": rounds, "noop_rps": noop_rps, "noop_cpu_us": noop_cpu,
             "rows": out,
         }),
     )?;

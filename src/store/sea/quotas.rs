@@ -1,6 +1,23 @@
 //! [`super::super::QuotaStore`] on sea-orm. Quota period counters shared by every replica.
 use super::*;
 
+/// Creates a period's counter row if it is missing (claims, charges and top-ups then update
+/// it in one conditional step).
+fn counter_row(
+    backend: DbBackend,
+    subject: &str,
+    period_start: UnixMillis,
+    now: UnixMillis,
+) -> sea_orm::Statement {
+    sql(
+        backend,
+        "INSERT INTO quota_counters (subject, period_start, used, granted, last_claim, \
+         update_time) VALUES ($1, $2, 0, 0, 0, $3) \
+         ON CONFLICT (subject, period_start) DO NOTHING",
+        [subject.into(), period_start.0.into(), now.0.into()],
+    )
+}
+
 #[async_trait::async_trait]
 impl QuotaStore for SeaStore {
     async fn claim_quota(&self, c: &QuotaClaim) -> Result<u64> {
@@ -39,17 +56,7 @@ impl QuotaStore for SeaStore {
         }
         // No row (first claim of the period), or not enough left: create the row if it is
         // missing and try once more.
-        let insert = sql(
-            backend,
-            "INSERT INTO quota_counters (subject, period_start, used, granted, last_claim, \
-             update_time) VALUES ($1, $2, 0, 0, 0, $3) \
-             ON CONFLICT (subject, period_start) DO NOTHING",
-            [
-                c.subject.clone().into(),
-                c.period_start.0.into(),
-                c.now.0.into(),
-            ],
-        );
+        let insert = counter_row(backend, &c.subject, c.period_start, c.now);
         // Another replica may have created it meanwhile: the update decides either way.
         self.db.execute(insert).await.map_err(db_err)?;
         Ok(claimed(self.db.query_one(update).await.map_err(db_err)?)?.unwrap_or(0))
@@ -71,13 +78,7 @@ impl QuotaStore for SeaStore {
             DbBackend::Postgres => "LEAST",
             _ => "MIN",
         };
-        let insert = sql(
-            backend,
-            "INSERT INTO quota_counters (subject, period_start, used, granted, last_claim, \
-             update_time) VALUES ($1, $2, 0, 0, 0, $3) \
-             ON CONFLICT (subject, period_start) DO NOTHING",
-            [subject.into(), period_start.0.into(), now.0.into()],
-        );
+        let insert = counter_row(backend, subject, period_start, now);
         self.db.execute(insert).await.map_err(db_err)?;
         let amount = format!("{min}($2, $1 + granted - used)");
         let update = sql(
@@ -137,13 +138,7 @@ impl QuotaStore for SeaStore {
     ) -> Result<QuotaCounter> {
         let backend = self.db.get_database_backend();
         let txn = self.db.begin().await.map_err(db_err)?;
-        let insert = sql(
-            backend,
-            "INSERT INTO quota_counters (subject, period_start, used, granted, last_claim, \
-             update_time) VALUES ($1, $2, 0, 0, 0, $3) \
-             ON CONFLICT (subject, period_start) DO NOTHING",
-            [subject.into(), period_start.0.into(), now.0.into()],
-        );
+        let insert = counter_row(backend, subject, period_start, now);
         txn.execute(insert).await.map_err(db_err)?;
         let (set, value) = match change {
             QuotaChange::Add(d) => ("granted = granted + $1", d),
