@@ -47,12 +47,16 @@ pub struct KeyCache {
     epoch: AtomicU64,
     /// Entries loaded before this epoch are stale (set by `invalidate_all`).
     all_before: AtomicU64,
-    keys: moka::future::Cache<KeyDigest, Arc<Loaded<KeyRecord>>>,
-    unknown: moka::future::Cache<KeyDigest, ()>,
-    tenants: moka::future::Cache<String, Arc<Loaded<Tenant>>>,
-    key_tombstones: moka::sync::Cache<String, u64>,
-    tenant_tombstones: moka::sync::Cache<String, u64>,
+    keys: moka::future::Cache<KeyDigest, Arc<Loaded<KeyRecord>>, Hasher>,
+    unknown: moka::future::Cache<KeyDigest, (), Hasher>,
+    tenants: moka::future::Cache<String, Arc<Loaded<Tenant>>, Hasher>,
+    key_tombstones: moka::sync::Cache<String, u64, Hasher>,
+    tenant_tombstones: moka::sync::Cache<String, u64, Hasher>,
 }
+
+/// The caches' hasher: their keys are SHA-256 digests and ids no client chooses, so a fast
+/// hash does; SipHash showed in the check profile.
+type Hasher = foldhash::fast::RandomState;
 
 /// What a key load produced: the key, or "no such key / wrong secret".
 pub enum Resolved {
@@ -71,23 +75,23 @@ impl KeyCache {
             keys: moka::future::Cache::builder()
                 .max_capacity(cfg.max_entries)
                 .time_to_live(ttl)
-                .build(),
+                .build_with_hasher(Hasher::default()),
             unknown: moka::future::Cache::builder()
                 .max_capacity(cfg.negative_max_entries)
                 .time_to_live(Duration::from_secs(cfg.negative_ttl_secs.max(1)))
-                .build(),
+                .build_with_hasher(Hasher::default()),
             tenants: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(ttl)
-                .build(),
+                .build_with_hasher(Hasher::default()),
             key_tombstones: moka::sync::Cache::builder()
                 .max_capacity(cfg.max_entries)
                 .time_to_live(tomb_ttl)
-                .build(),
+                .build_with_hasher(Hasher::default()),
             tenant_tombstones: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(tomb_ttl)
-                .build(),
+                .build_with_hasher(Hasher::default()),
         }
     }
 

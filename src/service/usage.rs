@@ -34,15 +34,19 @@ struct KeyAgg {
     tenant_id: String,
     last_used: UnixMillis,
     uses: u64,
-    cells: HashMap<(UnixMillis, EndpointId, Reason), Cell>,
+    cells: HashMap<(UnixMillis, EndpointId, Reason), Cell, Fast>,
 }
 
-type Shard = HashMap<String, KeyAgg>;
+/// The buffer's hasher: its keys are key ids and cells no client chooses (SipHash showed
+/// in the check profile).
+type Fast = foldhash::fast::RandomState;
+
+type Shard = HashMap<String, KeyAgg, Fast>;
 
 /// The in-memory aggregate and its flusher.
 pub struct UsageRecorder {
     shards: Box<[Mutex<Shard>]>,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: Fast,
     /// Rows buffered: one per key plus one per cell.
     rows: AtomicUsize,
     max_rows: usize,
@@ -133,39 +137,55 @@ impl UsageRecorder {
         cell: Option<((UnixMillis, EndpointId, Reason), Cell)>,
     ) -> bool {
         let mut shard = self.shard(key_id).lock().unwrap_or_else(|e| e.into_inner());
-        let new_rows = match shard.get(key_id) {
-            None => 1 + usize::from(cell.is_some()),
-            Some(agg) => cell.map_or(0, |(k, _)| usize::from(!agg.cells.contains_key(&k))),
-        };
-        if new_rows > 0 {
-            let reserved = self
-                .rows
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
-                    (r + new_rows <= self.max_rows).then_some(r + new_rows)
-                });
-            if reserved.is_err() {
-                return false;
+        // The common case, a key already buffered: one lookup for the key, one for its cell.
+        if let Some(agg) = shard.get_mut(key_id) {
+            if let Some((k, c)) = cell {
+                match agg.cells.entry(k) {
+                    std::collections::hash_map::Entry::Occupied(mut e) => {
+                        let e = e.get_mut();
+                        e.count += c.count;
+                        e.cost += c.cost;
+                    }
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        if !self.reserve_rows(1) {
+                            return false;
+                        }
+                        v.insert(c);
+                    }
+                }
             }
+            agg.uses += uses;
+            if at > agg.last_used {
+                agg.last_used = at;
+            }
+            return true;
         }
-        let agg = match shard.get_mut(key_id) {
-            Some(agg) => agg,
-            None => shard.entry(key_id.to_owned()).or_insert_with(|| KeyAgg {
+        if !self.reserve_rows(1 + usize::from(cell.is_some())) {
+            return false;
+        }
+        let mut cells = HashMap::with_hasher(Fast::default());
+        if let Some((k, c)) = cell {
+            cells.insert(k, c);
+        }
+        shard.insert(
+            key_id.to_owned(),
+            KeyAgg {
                 tenant_id: tenant_id.to_owned(),
                 last_used: at,
-                uses: 0,
-                cells: HashMap::new(),
-            }),
-        };
-        agg.uses += uses;
-        if at > agg.last_used {
-            agg.last_used = at;
-        }
-        if let Some((k, c)) = cell {
-            let e = agg.cells.entry(k).or_default();
-            e.count += c.count;
-            e.cost += c.cost;
-        }
+                uses,
+                cells,
+            },
+        );
         true
+    }
+
+    /// Counts `n` new rows against the buffer's bound; false (nothing counted) when full.
+    fn reserve_rows(&self, n: usize) -> bool {
+        self.rows
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
+                (r + n <= self.max_rows).then_some(r + n)
+            })
+            .is_ok()
     }
 
     fn dropped(&self, n: u64) {
