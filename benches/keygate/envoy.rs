@@ -1,4 +1,6 @@
-//! `envoy`: what Envoy ext_authz through Keygate adds to a request through Envoy.
+//! `envoy`: what Envoy ext_authz through Keygate adds to a request through Envoy, in two
+//! A/B comparisons of one run: Envoy alone vs Envoy + a no-op ext_authz server (what the
+//! filter itself costs), then Envoy + the no-op vs Envoy + Keygate (what Keygate adds).
 use crate::harness::ab::{alternate, Legend, Side};
 use crate::harness::h2::{self, Get};
 use crate::harness::load::Load;
@@ -13,6 +15,7 @@ use std::sync::Arc;
 
 const A: &str = "envoy";
 const B: &str = "envoy+keygate";
+const C: &str = "envoy+noop-authz";
 
 /// Refuses to measure a set-up in which ext_authz is not what it should be: A answers
 /// 200, B 401 without the key and 200 with it (which also puts the key in Keygate's cache).
@@ -48,7 +51,7 @@ fn side(
     };
     Ok(Side {
         label,
-        target: envoy.target().and_cpu("keygate", keygate.pid),
+        target: envoy.target().and_cpu("authz", keygate.pid),
         load: Load::Http(Arc::new(get)),
     })
 }
@@ -72,9 +75,15 @@ pub async fn run(s: &Settings) -> Result<(), BoxError> {
     .await?;
     let secret = hot_key(keygate.addr, &token).await?.api_key;
     let api_key = http::HeaderValue::from_str(&secret)?;
+    let noop = Server::noop().await?;
     let envoy_a = Envoy::start(&bin, dir.path(), A, &envoy_yaml(None)).await?;
     let envoy_b = Envoy::start(&bin, dir.path(), B, &envoy_yaml(Some(keygate.addr))).await?;
+    let envoy_c = Envoy::start(&bin, dir.path(), C, &envoy_yaml(Some(noop.addr))).await?;
     sanity(&envoy_a, &envoy_b, &api_key).await?;
+    let (status, _) = h2::once(envoy_c.listener, http::Method::GET, "/", Some(&api_key)).await?;
+    if status != 200 {
+        return Err(format!("set-up check: {C} answered {status}, expected 200").into());
+    }
 
     let (cpus, _) = machine();
     println!(
@@ -95,10 +104,20 @@ pub async fn run(s: &Settings) -> Result<(), BoxError> {
     );
     let legend = Legend {
         expected: "200",
-        cpu: "envoy = the scenario's Envoy (its ext_authz client included), keygate = the \
-              keygate process",
+        cpu: "envoy = the scenario's Envoy (its ext_authz client included), authz = the \
+              ext_authz server's process (keygate, or the no-op for the no-op side; keygate, \
+              idle, for Envoy alone)",
     };
+    let c = side(C, &envoy_c, &noop, &api_key)?;
+    println!("\n-- the filter itself: {A} vs {C} (a no-op ext_authz server: OK, 3 + 3 headers)");
+    let filter = alternate(&a, &c, &s.shape(16), s.rounds, &legend, None).await?;
+    println!("\n-- what Keygate adds: {C} vs {B}");
+    let c_again = side(C, &envoy_c, &noop, &api_key)?;
+    let keygate_vs_noop = alternate(&c_again, &b, &s.shape(16), s.rounds, &legend, None).await?;
+    println!("\n-- {A} vs {B}");
     let mut ab = alternate(&a, &b, &s.shape(16), s.rounds, &legend, None).await?;
+    ab.json["filter_cost"] = filter.json;
+    ab.json["keygate_vs_noop_authz"] = keygate_vs_noop.json;
 
     let counters = envoy_b.ext_authz_counters().await?;
     let counter = |name: &str| counters.get(name).and_then(|v| v.as_u64()).unwrap_or(0);
@@ -118,6 +137,12 @@ pub async fn run(s: &Settings) -> Result<(), BoxError> {
     // Envoy first, so that Keygate's graceful stop has no ext_authz connection to drain.
     let stopped_a = envoy_a.stop().await;
     let stopped_b = envoy_b.stop().await;
+    let stopped_c = envoy_c.stop().await;
     let stopped_keygate = keygate.stop().await;
-    stopped_a.and(stopped_b).and(stopped_keygate.map(|_| ()))
+    let stopped_noop = noop.stop().await;
+    stopped_a
+        .and(stopped_b)
+        .and(stopped_c)
+        .and(stopped_keygate.map(|_| ()))
+        .and(stopped_noop.map(|_| ()))
 }

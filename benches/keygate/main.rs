@@ -8,7 +8,7 @@
 //! cargo bench --bench keygate -- --quick               # the suite in under a minute
 //! cargo bench --bench keygate -- --scenario check_cached --scenario noop --duration 10
 //! cargo bench --bench keygate -- --conns 4 --concurrency 32 --warmup 1
-//! cargo bench --bench keygate -- --scenario envoy      # one experiment
+//! cargo bench --bench keygate -- --scenario envoy      # one experiment (3 sides, see envoy.rs)
 //! cargo bench --bench keygate -- --scenario experiments --quick
 //! cargo bench --bench keygate -- --scenario all        # the suite and every experiment
 //! cargo bench --bench keygate -- --scenario h2load     # server-bound: h2load client, pinned

@@ -309,9 +309,44 @@ fn serving_addr(line: &str) -> Option<String> {
         .flatten()
 }
 
+/// The no-op ext_authz server: every check is OK, with three upstream headers and three
+/// response headers, about what Keygate's OK carries (the `envoy` experiment's baseline).
+struct NoopAuthz;
+
+#[tonic::async_trait]
+impl envoy_types::ext_authz::v3::pb::Authorization for NoopAuthz {
+    async fn check(
+        &self,
+        _req: tonic::Request<envoy_types::ext_authz::v3::pb::CheckRequest>,
+    ) -> Result<tonic::Response<envoy_types::ext_authz::v3::pb::CheckResponse>, tonic::Status> {
+        use envoy_types::ext_authz::v3::pb::{CheckResponse, HeaderAppendAction};
+        use envoy_types::ext_authz::v3::{CheckResponseExt, OkHttpResponseBuilder};
+        let mut resp = CheckResponse::new();
+        resp.set_status(tonic::Status::ok(""));
+        let mut ok = OkHttpResponseBuilder::new();
+        let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
+        for (name, value) in [
+            ("x-noop-key-id", "key_00000000000000000000"),
+            ("x-noop-tenant-id", "bench"),
+            ("x-noop-scopes", "*"),
+        ] {
+            ok.add_header(name, value, overwrite, true);
+        }
+        for (name, value) in [
+            ("x-ratelimit-limit", "1000000000"),
+            ("x-ratelimit-remaining", "999999999"),
+            ("x-ratelimit-reset", "1800000000"),
+        ] {
+            ok.add_response_header(name, value, overwrite, false);
+        }
+        resp.set_http_response(ok);
+        Ok(tonic::Response::new(resp))
+    }
+}
+
 /// The no-op ceiling, run as `keygate-bench --serve-noop`: prints its address, serves
-/// `grpc.health.v1` only until SIGTERM, with Keygate's server settings (TCP_NODELAY) on
-/// the same tonic/hyper/h2 stack.
+/// `grpc.health.v1` and a no-op ext_authz (`NoopAuthz`) until SIGTERM, with Keygate's
+/// server settings (TCP_NODELAY) on the same tonic/hyper/h2 stack.
 pub fn serve_noop() -> Result<(), BoxError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -325,6 +360,9 @@ pub fn serve_noop() -> Result<(), BoxError> {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tonic::transport::Server::builder()
             .add_service(health)
+            .add_service(envoy_types::ext_authz::v3::pb::AuthorizationServer::new(
+                NoopAuthz,
+            ))
             .serve_with_incoming_shutdown(incoming, async move {
                 term.recv().await;
             })
