@@ -85,6 +85,7 @@ async fn h2load(
     conns: usize,
     streams: usize,
     secs: u64,
+    extra: &[String],
 ) -> Result<Run, BoxError> {
     let url = format!("http://{}{path}", server.addr);
     let args = [
@@ -112,7 +113,10 @@ async fn h2load(
         }
         _ => Command::new(bin),
     };
-    cmd.args(&args).stdin(Stdio::null()).kill_on_drop(true);
+    cmd.args(extra)
+        .args(&args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
     let cpu_before = server.cpu();
     let out = cmd.output().await?;
     let cpu_after = server.cpu();
@@ -289,11 +293,27 @@ pub async fn run(s: &Settings) -> Result<(), BoxError> {
     for _ in 0..rounds {
         for (i, c) in cases.iter().enumerate() {
             h2load(
-                &bin, pinned, c.server, c.path, &c.body, conns, streams, warm,
+                &bin,
+                pinned,
+                c.server,
+                c.path,
+                &c.body,
+                conns,
+                streams,
+                warm,
+                &[],
             )
             .await?;
             let r = h2load(
-                &bin, pinned, c.server, c.path, &c.body, conns, streams, secs,
+                &bin,
+                pinned,
+                c.server,
+                c.path,
+                &c.body,
+                conns,
+                streams,
+                secs,
+                &[],
             )
             .await?;
             runs[i].push(r);
@@ -350,6 +370,66 @@ pub async fn run(s: &Settings) -> Result<(), BoxError> {
             "duration_secs": secs, "rounds": rounds, "noop_rps": noop_rps, "noop_cpu_us": noop_cpu,
             "rows": out,
         }),
+    )?;
+    // Open loop: noop and check_cached at the same fixed arrival rate, half the no-op's
+    // peak, latency per request from h2load's log (it schedules each client's requests at
+    // --rps, so a slow answer does not delay the next request's start).
+    let rate = (noop_rps / 2.0).max(100.0);
+    let per_client = ((rate / conns as f64).round() as u64).max(1);
+    println!(
+        "\nopen loop at {} req/s (half the no-op's peak; {per_client}/s on each of {conns} conns):",
+        per_client * conns as u64
+    );
+    println!(
+        "{:<20} {:>9} {:>9} {:>9} {:>9}  p99 ×noop  p99.9 ×noop",
+        "scenario", "req/s", "p50 µs", "p99 µs", "p99.9 µs"
+    );
+    let mut open = Vec::new();
+    for c in cases.iter().take(2) {
+        let log = dir.path().join(format!("{}.log", c.name));
+        let extra = [
+            format!("--rps={per_client}"),
+            format!("--log-file={}", log.display()),
+        ];
+        h2load(
+            &bin, pinned, c.server, c.path, &c.body, conns, streams, warm, &extra,
+        )
+        .await?;
+        let r = h2load(
+            &bin, pinned, c.server, c.path, &c.body, conns, streams, secs, &extra,
+        )
+        .await?;
+        let mut us: Vec<u64> = std::fs::read_to_string(&log)?
+            .lines()
+            .filter_map(|l| l.split('\t').nth(2)?.trim().parse().ok())
+            .collect();
+        us.sort_unstable();
+        let q = |p: f64| {
+            us.get(((us.len() as f64 * p) as usize).min(us.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0)
+        };
+        open.push((c.name, r.rps, q(0.5), q(0.99), q(0.999)));
+    }
+    let (np99, np999) = (open[0].3.max(1) as f64, open[0].4.max(1) as f64);
+    for (name, rps, p50, p99, p999) in &open {
+        println!(
+            "{name:<20} {rps:>9.0} {p50:>9} {p99:>9} {p999:>9}  {:>9.2}  {:>11.2}",
+            *p99 as f64 / np99,
+            *p999 as f64 / np999
+        );
+    }
+    let open_json: Vec<_> = open
+        .iter()
+        .map(|(name, rps, p50, p99, p999)| {
+            json!({ "scenario": name, "rps": rps, "p50_us": p50, "p99_us": p99,
+                    "p999_us": p999, "p99_x_noop": *p99 as f64 / np99,
+                    "p999_x_noop": *p999 as f64 / np999 })
+        })
+        .collect();
+    write_json(
+        "h2load_open_loop.json",
+        &json!({ "rate": per_client * conns as u64, "rows": open_json }),
     )?;
     kg.stop().await?;
     noop.stop().await?;

@@ -133,7 +133,9 @@
 //! - `h2load` (`h2load.json`) — the server-bound view (see `h2load.rs`): h2load (C, from
 //!   Debian's nghttp2-client) as the client instead of this process, pinned to CPU 0 with
 //!   the servers on CPU 1; noop, check_cached, check_rate_limited, check_malformed and
-//!   ext_authz, each with req/s and server CPU per call as ratios to the no-op's.
+//!   ext_authz, each with req/s and server CPU per call as ratios to the no-op's; then an
+//!   open loop (h2load `--rps`) of noop and check_cached at half the no-op's peak, p50 / p99
+//!   / p99.9 from h2load's per-request log (`h2load_open_loop.json`).
 //!
 //! Caveats. The load generator, the servers, Envoy, Redis and PostgreSQL share the
 //! machine's cores (2 on the reference machine): compare ratios, not absolute figures.
