@@ -164,10 +164,8 @@ impl SecretHasher {
             let phc = phc.unwrap_or_else(|| inner.dummy.clone());
             // Imported from a system that stored SHA-256 hex (see domain::import).
             if let Some(hex) = phc.strip_prefix("sha256:") {
-                use sha2::{Digest, Sha256};
                 use subtle::ConstantTimeEq;
-                let d = Sha256::digest(secret.expose_secret().as_bytes());
-                let got: String = d.iter().map(|b| format!("{b:02x}")).collect();
+                let got = crate::domain::import::sha256_hex(secret.expose_secret());
                 return Ok(bool::from(got.as_bytes().ct_eq(hex.as_bytes())));
             }
             let parsed = PasswordHash::new(&phc)

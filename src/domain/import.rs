@@ -49,10 +49,7 @@ pub struct ImportRule {
 pub fn lookup_id(rule: &ImportRule, presented: &str) -> Option<String> {
     let rest = presented.strip_prefix(rule.key_prefix.as_str())?;
     match rule.format {
-        ImportFormat::Sha256 => {
-            let d = Sha256::digest(presented.as_bytes());
-            Some(format!("sha256:{}", hex(&d)))
-        }
+        ImportFormat::Sha256 => Some(format!("sha256:{}", sha256_hex(presented))),
         ImportFormat::Argon2 => {
             // The id part must leave a secret behind it.
             let id = rest.get(..rule.lookup_len)?;
@@ -61,8 +58,13 @@ pub fn lookup_id(rule: &ImportRule, presented: &str) -> Option<String> {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+/// SHA-256 of `text` as 64 lowercase hex characters: how `SHA256_HEX` imports store a
+/// key, and how a leak report names a token without sending it back.
+pub fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
 }
 
 /// Validates an imported prefix: 2-32 printable characters without spaces, not a prefix

@@ -21,6 +21,7 @@ mod signature;
 pub use signature::PartnerKeys;
 
 use crate::domain::access::Principal;
+use crate::domain::import::sha256_hex;
 use crate::domain::leak::{LeakReport, LeakVerdict};
 use crate::domain::Caller;
 use crate::error::Error;
@@ -31,7 +32,6 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -95,13 +95,6 @@ struct Label {
 fn json_error(status: StatusCode, message: &str) -> Response {
     let body = serde_json::json!({ "error": message }).to_string();
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
-}
-
-fn sha256_hex(text: &str) -> String {
-    sha2::Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Why a body is not a list of matches, without quoting any of it (it holds tokens).

@@ -7,7 +7,6 @@ use super::guessing::GuessThrottle;
 use super::quota::{Exhausted, QuotaLedger, QuotaUse};
 use super::usage::{UsageRecorder, Use};
 use crate::cache::{self, KeyCache, Loaded, Resolved};
-use crate::domain::key;
 use crate::domain::quota::QuotaOwner;
 pub use crate::domain::reason::Reason;
 use crate::domain::{Clock, KeyRecord, Scope, ScopeSet, Tenant};
@@ -16,7 +15,6 @@ use crate::hashing::SecretHasher;
 use crate::limiter::{LimitScope, LimitStatus, RateLimiter};
 use crate::store::{KeyStore, TenantStore};
 use secrecy::SecretString;
-use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use tracing::Instrument;
@@ -142,6 +140,25 @@ fn method_scope(method: &str) -> Scope {
     Scope::parse("method", word).unwrap_or_else(|_| unreachable!("literal scopes parse"))
 }
 
+/// The key whose secret `presented` is: one indexed lookup by `lookup_id`, then one
+/// argon2 verify, against a dummy hash when the id is unknown (so timing tells a made-up
+/// id from a wrong secret no better than the answer does), and the stored printable start
+/// must be `head`. Checks (on a cache miss) and leak reports share it.
+pub(crate) async fn lookup_and_verify(
+    keys: &dyn KeyStore,
+    hasher: &SecretHasher,
+    lookup_id: &str,
+    head: &str,
+    presented: SecretString,
+) -> Result<Option<KeyRecord>> {
+    let (record, hash) = match keys.find_by_lookup_id(lookup_id).await? {
+        Some((r, h)) => (Some(r), Some(h)),
+        None => (None, None),
+    };
+    let verified = hasher.verify(presented, hash).await?;
+    Ok(record.filter(|r| verified && r.key_prefix == head))
+}
+
 /// What the decision procedure works with (wired by `app`; nothing outside the crate
 /// reaches inside).
 pub struct CheckService {
@@ -222,15 +239,9 @@ impl CheckService {
         }
         let now = self.clock.now();
         // Keygate's own format, else a key imported by its hash from another system.
-        let (lookup_id, head): (Cow<'_, str>, Cow<'_, str>) = match key::parse(&input.api_key) {
-            Ok(p) => (p.lookup_id.into(), p.head.into()),
-            Err(_) => match self.imports.lookup(&input.api_key) {
-                Some((id, prefix)) => (id.into(), prefix.into()),
-                None => {
-                    self.guesses.failed(input.guess_source, None, now);
-                    return Ok(Decision::deny(Reason::MalformedKey));
-                }
-            },
+        let Some((lookup_id, head)) = self.imports.locate(&input.api_key) else {
+            self.guesses.failed(input.guess_source, None, now);
+            return Ok(Decision::deny(Reason::MalformedKey));
         };
         // A source that keeps failing gets a verify only for keys already verified in the
         // cache, or lookup ids that exist and have not failed from there (guessing.rs).
@@ -278,6 +289,9 @@ impl CheckService {
         } else {
             input.cost.max(1)
         };
+        // The quotas it spends (none for most keys, without allocating), worked out once
+        // for the spend, a refund and a reservation alike.
+        let quotas = Self::quota_uses(record, policy);
 
         let reason = if record.is_revoked(now) {
             Reason::KeyRevoked
@@ -296,7 +310,7 @@ impl CheckService {
         } else if !self.scopes_suffice(input, policy.scopes_from_method, &decision.scopes) {
             Reason::InsufficientScope
         } else if let Some(refusal) = self
-            .spend_quotas(record, policy, units, input.dry_run, now)
+            .spend_quotas(&quotas, policy, units, input.dry_run, now)
             .await?
         {
             decision.quota = Some(refusal);
@@ -334,7 +348,6 @@ impl CheckService {
             decision.rate_limit = outcome.status;
             if outcome.allowed {
                 if input.reserve > 0 && !input.dry_run {
-                    let quotas = Self::quota_uses(record, policy);
                     let spent = super::reservations::Spent {
                         limiter_fallback: outcome.fallback,
                         key: record,
@@ -348,8 +361,8 @@ impl CheckService {
                 Reason::Ok
             } else {
                 // Refused after the quotas were spent: they get the units back.
-                if !input.dry_run {
-                    self.refund_quotas(record, policy, units, now).await;
+                if !input.dry_run && !quotas.is_empty() {
+                    self.quotas.refund(&quotas, units, now).await;
                 }
                 Reason::RateLimited
             }
@@ -405,19 +418,18 @@ impl CheckService {
     /// Spends `cost` on the call's quotas, all or none; the refusal if one had no room.
     async fn spend_quotas(
         &self,
-        record: &KeyRecord,
+        uses: &[QuotaUse<'_>],
         policy: &crate::domain::TenantPolicy,
         cost: u64,
         dry_run: bool,
         now: crate::domain::UnixMillis,
     ) -> Result<Option<QuotaRefusal>> {
-        let uses = Self::quota_uses(record, policy);
         if uses.is_empty() {
             return Ok(None);
         }
         let refused = self
             .quotas
-            .spend(&uses, cost, dry_run, now)
+            .spend(uses, cost, dry_run, now)
             .instrument(crate::child_span!("quota.spend"))
             .await?;
         Ok(refused.map(|exhausted| QuotaRefusal {
@@ -425,19 +437,6 @@ impl CheckService {
             http_status: policy.quota_status(),
             retry_after: exhausted.window.end.map(|end| now.until(end)),
         }))
-    }
-
-    async fn refund_quotas(
-        &self,
-        record: &KeyRecord,
-        policy: &crate::domain::TenantPolicy,
-        cost: u64,
-        now: crate::domain::UnixMillis,
-    ) {
-        let uses = Self::quota_uses(record, policy);
-        if !uses.is_empty() {
-            self.quotas.refund(&uses, cost, now).await;
-        }
     }
 
     fn scopes_suffice(&self, input: &CheckInput, from_method: bool, granted: &ScopeSet) -> bool {
@@ -483,16 +482,18 @@ impl CheckService {
                     let load = async move {
                         loaded.store(true, std::sync::atomic::Ordering::Relaxed);
                         let started = std::time::Instant::now();
-                        let found = self.keys.find_by_lookup_id(lookup_id).await?;
-                        let (record, hash) = match found {
-                            Some((r, h)) => (Some(r), Some(h)),
-                            None => (None, None),
-                        };
-                        let verified = self.hasher.verify(secret, hash).await?;
+                        let found = lookup_and_verify(
+                            self.keys.as_ref(),
+                            &self.hasher,
+                            lookup_id,
+                            head,
+                            secret,
+                        )
+                        .await?;
                         self.metrics
                             .miss_load_seconds
                             .observe(started.elapsed().as_secs_f64());
-                        Ok(record.filter(|r| verified && r.key_prefix == head))
+                        Ok(found)
                     };
                     load.instrument(crate::child_span!("store.lookup_and_verify"))
                 },

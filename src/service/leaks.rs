@@ -9,9 +9,9 @@
 //! once; and reports verify one token at a time, so they never hold more than one of the
 //! verifier's permits that checks need.
 use super::admin::AdminService;
+use super::check::lookup_and_verify;
 use super::imports::ImportRegistry;
 use crate::domain::access::{self, Need, Role};
-use crate::domain::key;
 use crate::domain::leak::{LeakReport, LeakVerdict, MAX_TOKENS_PER_REPORT};
 use crate::domain::{Caller, Clock, RateLimitSpec};
 use crate::error::{Error, Result};
@@ -156,16 +156,8 @@ impl LeakResponder {
 
     async fn verdict(&self, report: &LeakReport, caller: &Caller) -> Result<LeakVerdict> {
         let token = report.token.expose_secret();
-        let (lookup_id, head) = match key::parse(token) {
-            Ok(p) => (p.lookup_id.to_owned(), p.head.to_owned()),
-            Err(_) => match self.imports.lookup(token) {
-                Some(found) => found,
-                None => return Ok(LeakVerdict::NotAKey),
-            },
-        };
-        let (record, hash) = match self.keys.find_by_lookup_id(&lookup_id).await? {
-            Some((r, h)) => (Some(r), Some(h)),
-            None => (None, None),
+        let Some((lookup_id, head)) = self.imports.locate(token) else {
+            return Ok(LeakVerdict::NotAKey);
         };
         // Always one verify (a dummy hash for an unknown id), as a check does.
         let permit = self
@@ -173,12 +165,16 @@ impl LeakResponder {
             .acquire()
             .await
             .map_err(|_| Error::internal("leak verifier closed"))?;
-        let verified = self
-            .hasher
-            .verify(SecretString::from(token.to_owned()), hash)
-            .await?;
+        let found = lookup_and_verify(
+            self.keys.as_ref(),
+            &self.hasher,
+            &lookup_id,
+            &head,
+            SecretString::from(token.to_owned()),
+        )
+        .await?;
         drop(permit);
-        let Some(record) = record.filter(|r| verified && r.key_prefix == head) else {
+        let Some(record) = found else {
             return Ok(LeakVerdict::Unknown);
         };
         if caller
