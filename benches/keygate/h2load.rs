@@ -156,7 +156,38 @@ async fn h2load(
     Ok(run)
 }
 
-/// One measured row: a warm-up run, then the measured one.
+/// How every case is driven: h2load's binary, pinning and the load's shape.
+struct Client<'a> {
+    bin: &'a Path,
+    pinned: bool,
+    conns: usize,
+    streams: usize,
+    warm: u64,
+    secs: u64,
+}
+
+impl Client<'_> {
+    /// A warm-up run of `case`, then the measured one (`extra`: more h2load options).
+    async fn measure(&self, case: &Case<'_>, extra: &[String]) -> Result<Run, BoxError> {
+        let run = |secs| {
+            h2load(
+                self.bin,
+                self.pinned,
+                case.server,
+                case.path,
+                &case.body,
+                self.conns,
+                self.streams,
+                secs,
+                extra,
+            )
+        };
+        run(self.warm).await?;
+        run(self.secs).await
+    }
+}
+
+/// One measured row.
 struct Case<'a> {
     name: &'static str,
     server: &'a Server,
@@ -286,36 +317,21 @@ pub async fn run(s: &Settings) -> Result<(), BoxError> {
             notes: "Envoy's CheckRequest, hot key",
         },
     ];
+    let client = Client {
+        bin: &bin,
+        pinned,
+        conns,
+        streams,
+        warm,
+        secs,
+    };
     // Rounds over every case in turn (machines drift: a slow minute touches every row
     // alike), each case's median round reported.
     let rounds = s.rounds.max(1);
     let mut runs: Vec<Vec<Run>> = cases.iter().map(|_| Vec::new()).collect();
     for _ in 0..rounds {
         for (i, c) in cases.iter().enumerate() {
-            h2load(
-                &bin,
-                pinned,
-                c.server,
-                c.path,
-                &c.body,
-                conns,
-                streams,
-                warm,
-                &[],
-            )
-            .await?;
-            let r = h2load(
-                &bin,
-                pinned,
-                c.server,
-                c.path,
-                &c.body,
-                conns,
-                streams,
-                secs,
-                &[],
-            )
-            .await?;
+            let r = client.measure(c, &[]).await?;
             runs[i].push(r);
         }
     }
@@ -391,14 +407,7 @@ pub async fn run(s: &Settings) -> Result<(), BoxError> {
             format!("--rps={per_client}"),
             format!("--log-file={}", log.display()),
         ];
-        h2load(
-            &bin, pinned, c.server, c.path, &c.body, conns, streams, warm, &extra,
-        )
-        .await?;
-        let r = h2load(
-            &bin, pinned, c.server, c.path, &c.body, conns, streams, secs, &extra,
-        )
-        .await?;
+        let r = client.measure(c, &extra).await?;
         let mut us: Vec<u64> = std::fs::read_to_string(&log)?
             .lines()
             .filter_map(|l| l.split('\t').nth(2)?.trim().parse().ok())
