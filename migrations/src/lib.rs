@@ -10,6 +10,7 @@ mod m0005_imports;
 mod m0006_plans;
 mod m0007_quotas;
 mod m0008_reservations;
+mod m0009_events;
 
 /// Every migration, oldest first. Never edit one that has shipped: add a new one.
 pub struct Migrator;
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0006_plans::Migration),
             Box::new(m0007_quotas::Migration),
             Box::new(m0008_reservations::Migration),
+            Box::new(m0009_events::Migration),
         ]
     }
 }

@@ -16,8 +16,9 @@ use crate::error::{Error, Result};
 use crate::hashing::SecretHasher;
 use crate::limiter::{self, memory::MemoryLimiter, RateLimiter};
 use crate::metrics::Metrics;
-use crate::service::admin::AdminService;
+use crate::service::admin::{AdminService, EventSettings};
 use crate::service::check::CheckService;
+use crate::service::events::{Deliverer, Emitter, Sweeper};
 use crate::service::guessing::GuessThrottle;
 use crate::service::imports::ImportRegistry;
 use crate::service::leaks::LeakResponder;
@@ -76,6 +77,12 @@ pub struct App {
     reservations: Arc<Reservations>,
     /// The secret scanning partner endpoint, when `[leaks] listen` is set.
     partner: Option<(TcpListener, Arc<crate::scanning::Partner>)>,
+    /// Webhook delivery from this replica (`[events] deliver`).
+    deliverer: Option<Arc<Deliverer>>,
+    /// The expiry events, pruning and backlog gauges.
+    sweeper: Arc<Sweeper>,
+    /// Writes runtime events (limit exceeded, quota) queued by the decision path.
+    event_writer: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 /// A narrow window into a built server for tests and embedders: the figures worth
@@ -126,7 +133,10 @@ impl Handles {
 
 impl App {
     pub async fn build(config: Config, options: Options) -> Result<App> {
-        let sea = open_store(&config).await?;
+        let metrics = Metrics::new(config.metrics.tenant_label);
+        let sea = open_store(&config)
+            .await?
+            .count_events_in(metrics.events.written.clone());
         // With a shared (PostgreSQL) store there may be other replicas to tell of changes.
         let feed = PgChangeFeed::of(&sea, config.database_url.expose_secret())
             .map(|f| Arc::new(f) as Arc<dyn ChangeFeed>);
@@ -138,7 +148,6 @@ impl App {
             .with_subjects(config.tls.subject_principals());
         let tls = Tls::from_config(&config.tls)?.map(Arc::new);
         let cache = Arc::new(KeyCache::new(&config.cache));
-        let metrics = Metrics::new(config.metrics.tenant_label);
         let metrics_listener = match config.metrics.enabled {
             true => Some(bind("metrics.listen", config.metrics.listen).await?),
             false => None,
@@ -158,7 +167,10 @@ impl App {
         ));
         let imports = Arc::new(ImportRegistry::default());
         imports.refresh(stores.imports.as_ref()).await?;
-        let quotas = Arc::new(QuotaLedger::new(stores.quotas.clone(), config.quotas));
+        let (emitter, event_writer) = Emitter::new(stores.events.clone(), metrics.clone());
+        let quotas = Arc::new(
+            QuotaLedger::new(stores.quotas.clone(), config.quotas).with_emitter(emitter.clone()),
+        );
         let admin = AdminService::new(
             &stores,
             hasher.clone(),
@@ -166,7 +178,31 @@ impl App {
             broadcast,
             imports.clone(),
             quotas.clone(),
-        );
+        )
+        .with_events(EventSettings {
+            allow_private_targets: config.events.allow_private_targets,
+            poll: Duration::from_millis(config.events.poll_ms),
+        });
+        let deliverer = match config.events.deliver {
+            true => Some(Arc::new(Deliverer {
+                webhooks: stores.webhooks.clone(),
+                events: stores.events.clone(),
+                outbound: outbound(&config.events)?,
+                clock: clock.clone(),
+                config: config.events.clone(),
+                metrics: metrics.clone(),
+                owner: origin.clone(),
+            })),
+            false => None,
+        };
+        let sweeper = Arc::new(Sweeper {
+            keys: stores.keys.clone(),
+            events: stores.events.clone(),
+            webhooks: stores.webhooks.clone(),
+            clock: clock.clone(),
+            config: config.events.clone(),
+            metrics: metrics.clone(),
+        });
         let leaks = Arc::new(LeakResponder::new(
             stores.keys.clone(),
             hasher.clone(),
@@ -218,6 +254,7 @@ impl App {
             quotas: quotas.clone(),
             reservations: reservations.clone(),
             metrics: metrics.clone(),
+            events: emitter,
         });
         Ok(App {
             config,
@@ -239,6 +276,9 @@ impl App {
             leaks,
             reservations,
             partner,
+            deliverer,
+            sweeper,
+            event_writer: Some(Box::pin(event_writer)),
         })
     }
 
@@ -263,6 +303,24 @@ impl App {
             clock: self.clock.clone(),
         }
     }
+}
+
+/// The webhook client, with `events.ca_path`'s roots when set.
+fn outbound(events: &crate::service::events::EventsConfig) -> Result<crate::outbound::Outbound> {
+    let ca = match &events.ca_path {
+        Some(p) => Some(std::fs::read(p).map_err(|e| {
+            Error::invalid(
+                "events.ca_path",
+                format!("cannot read {}: {e}", p.display()),
+            )
+        })?),
+        None => None,
+    };
+    crate::outbound::Outbound::new(
+        events.allow_private_targets,
+        Duration::from_millis(events.request_timeout_ms),
+        ca.as_deref(),
+    )
 }
 
 /// Binds a listener named by its config field.

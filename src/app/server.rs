@@ -105,6 +105,13 @@ impl App {
             ));
         }
         tokio::spawn(self.reservations.clone().sweep(stop_rx.clone()));
+        if let Some(d) = self.deliverer.clone() {
+            tokio::spawn(d.run(stop_rx.clone()));
+        }
+        tokio::spawn(self.sweeper.clone().run(stop_rx.clone()));
+        if let Some(writer) = self.event_writer {
+            tokio::spawn(writer);
+        }
         if let Some((listener, partner)) = self.partner {
             tokio::spawn(crate::scanning::serve(listener, partner, stop_rx.clone()));
         }

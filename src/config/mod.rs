@@ -75,6 +75,9 @@ config_section! {
         /// Leaked-key reports (`[leaks]`): the secret scanning partner endpoint and the
         /// budget of every reporter.
         pub leaks: LeaksConfig,
+        /// Key events (`[events]`): webhook delivery, retries, private targets, the
+        /// expiry lead and retention.
+        pub events: crate::service::events::EventsConfig,
     }
 }
 
@@ -657,6 +660,7 @@ impl Config {
         self.usage.validate()?;
         self.quotas.validate()?;
         self.leaks.validate()?;
+        self.events.validate()?;
         crate::hashing::SecretHasher::new(self.argon2).map(|_| ())
     }
 

@@ -2,6 +2,7 @@
 //! and rules; nothing here knows about gRPC, protobuf or the database.
 pub mod access;
 pub mod change;
+pub mod event;
 pub mod import;
 pub mod ip;
 pub mod key;
@@ -15,6 +16,7 @@ pub mod scope;
 pub mod text;
 pub mod time;
 pub mod usage;
+pub mod webhook;
 
 pub use ip::IpAllowlist;
 pub use key::{ApiKeyFormat, ParsedKey};

@@ -177,6 +177,22 @@ pub struct TenantPolicy {
     /// zero = [`super::reservation::DEFAULT_TTL`].
     #[serde(with = "secs")]
     pub reservation_ttl: Duration,
+    /// `quota.threshold` is sent once per period when this many thousandths of a quota
+    /// are used; 0 = [`DEFAULT_QUOTA_ALERT_PERMILLE`].
+    pub quota_alert_permille: u32,
+}
+
+/// 80 %: the `quota.threshold` alert of a tenant that sets none.
+pub const DEFAULT_QUOTA_ALERT_PERMILLE: u32 = 800;
+
+impl TenantPolicy {
+    /// The fraction of a quota at which `quota.threshold` is sent.
+    pub fn quota_alert(&self) -> u32 {
+        match self.quota_alert_permille {
+            0 => DEFAULT_QUOTA_ALERT_PERMILLE,
+            n => n.min(1000),
+        }
+    }
 }
 
 /// Statuses a tenant may choose for an exhausted quota.

@@ -179,6 +179,16 @@ pub fn policy_from(p: Option<pb::TenantPolicy>) -> Result<TenantPolicy> {
             Some(d) => from_duration(&format!("{F}.reservation_ttl"), d)?,
             None => Duration::ZERO,
         },
+        quota_alert_permille: {
+            let f = p.quota_alert_fraction;
+            if !(0.0..=1.0).contains(&f) {
+                return Err(Error::invalid(
+                    format!("{F}.quota_alert_fraction"),
+                    "must be a fraction from 0 to 1 (0 = 0.8)",
+                ));
+            }
+            (f * 1000.0).round() as u32
+        },
     })
 }
 
@@ -277,6 +287,7 @@ pub fn plan(p: Plan) -> pb::Plan {
 pub fn tenant(t: Tenant, quota_now: Option<&QuotaStatus>) -> pb::Tenant {
     let p = t.policy;
     let reservation_ttl = p.reservation_ttl();
+    let quota_alert = p.quota_alert();
     pb::Tenant {
         id: t.id,
         display_name: t.display_name,
@@ -301,6 +312,7 @@ pub fn tenant(t: Tenant, quota_now: Option<&QuotaStatus>) -> pb::Tenant {
             on_leak: leak_action(p.on_leak) as i32,
             max_overdraft: p.max_overdraft,
             reservation_ttl: Some(duration(reservation_ttl)),
+            quota_alert_fraction: f64::from(quota_alert) / 1000.0,
         }),
         create_time: Some(timestamp(t.create_time)),
         update_time: Some(timestamp(t.update_time)),
@@ -534,4 +546,104 @@ pub fn imported_key(i: usize, k: pb::ImportedKey) -> Result<ImportKey> {
         hash: k.hash,
         lookup: k.lookup,
     })
+}
+
+pub fn event(e: &crate::domain::event::Event) -> pb::Event {
+    pb::Event {
+        id: e.id.clone(),
+        r#type: e.kind.as_str().to_owned(),
+        time: Some(timestamp(e.time)),
+        tenant_id: e.tenant_id.clone(),
+        key_id: e.key_id.clone(),
+        payload_json: e.payload(),
+    }
+}
+
+/// An endpoint without its secrets.
+pub fn webhook_endpoint(e: &crate::domain::webhook::Endpoint) -> pb::WebhookEndpoint {
+    pb::WebhookEndpoint {
+        id: e.id.clone(),
+        tenant_id: e.tenant_id.clone(),
+        url: e.url.clone(),
+        description: e.description.clone(),
+        event_types: e
+            .event_types
+            .iter()
+            .map(|t| t.as_str().to_owned())
+            .collect(),
+        enabled: e.enabled,
+        disabled_reason: e.disabled_reason.clone(),
+        create_time: Some(timestamp(e.create_time)),
+        update_time: Some(timestamp(e.update_time)),
+        previous_secret_expire_time: e.previous.as_ref().map(|(_, until)| timestamp(*until)),
+    }
+}
+
+pub fn endpoint_patch(
+    r: pb::UpdateWebhookEndpointRequest,
+) -> Result<(String, crate::service::admin::EndpointPatch)> {
+    let e = r
+        .endpoint
+        .ok_or_else(|| Error::invalid("endpoint", "is required"))?;
+    let mask = r
+        .update_mask
+        .ok_or_else(|| Error::invalid("update_mask", "is required: name the fields to change"))?;
+    if mask.paths.is_empty() {
+        return Err(Error::invalid(
+            "update_mask.paths",
+            "must name at least one field",
+        ));
+    }
+    let mut patch = crate::service::admin::EndpointPatch::default();
+    for path in &mask.paths {
+        match path.as_str() {
+            "url" => patch.url = Some(e.url.clone()),
+            "event_types" => patch.event_types = Some(e.event_types.clone()),
+            "description" => patch.description = Some(e.description.clone()),
+            "enabled" => patch.enabled = Some(e.enabled),
+            other => return Err(Error::invalid(
+                "update_mask.paths",
+                format!(
+                    "{other:?} cannot be updated; allowed: url, event_types, description, enabled"
+                ),
+            )),
+        }
+    }
+    Ok((e.id, patch))
+}
+
+pub fn delivery_state_from(
+    field: &str,
+    s: i32,
+) -> Result<Option<crate::domain::webhook::DeliveryState>> {
+    use crate::domain::webhook::DeliveryState as S;
+    match pb::DeliveryState::try_from(s) {
+        Ok(pb::DeliveryState::Unspecified) => Ok(None),
+        Ok(pb::DeliveryState::Pending) => Ok(Some(S::Pending)),
+        Ok(pb::DeliveryState::Delivered) => Ok(Some(S::Delivered)),
+        Ok(pb::DeliveryState::Failed) => Ok(Some(S::Failed)),
+        Err(_) => Err(Error::invalid(field, format!("unknown delivery state {s}"))),
+    }
+}
+
+pub fn delivery(d: crate::domain::webhook::Delivery) -> pb::Delivery {
+    use crate::domain::webhook::DeliveryState as S;
+    let state = match d.state {
+        S::Pending => pb::DeliveryState::Pending,
+        S::Delivered => pb::DeliveryState::Delivered,
+        S::Failed => pb::DeliveryState::Failed,
+    };
+    pb::Delivery {
+        next_attempt_time: (d.state == S::Pending).then(|| timestamp(d.next_attempt_time)),
+        id: d.id,
+        event_id: d.event_id,
+        event_type: d.event_type,
+        endpoint_id: d.endpoint_id,
+        state: state as i32,
+        attempts: d.attempts,
+        last_status: u32::from(d.last_status),
+        last_error: d.last_error,
+        create_time: Some(timestamp(d.create_time)),
+        finish_time: d.finish_time.map(timestamp),
+    }
 }

@@ -3,11 +3,12 @@ use super::{convert, pb};
 use crate::domain::access::Principal;
 use crate::domain::Caller;
 use crate::metrics::Metrics;
-use crate::service::admin::{AdminService, Page};
+use crate::service::admin::{AdminService, Cursor, Page};
 use crate::service::leaks::{Channel, LeakResponder};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 pub struct KeyAdminApi {
@@ -78,6 +79,10 @@ impl KeyAdminApi {
 }
 
 type Reply<T> = Result<Response<T>, Status>;
+
+/// The stream `WatchEvents` answers with.
+pub type EventStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Event, Status>> + Send>>;
 
 /// Who makes a write, for the audit trail: the admin token's id (set by the auth
 /// interceptor) and the caller's `x-request-id`, else a generated one.
@@ -431,6 +436,173 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
             Ok(pb::ReportLeakedKeysResponse {
                 results: verdicts.into_iter().map(convert::leak_result).collect(),
             })
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(tenant_id))]
+    async fn create_webhook_endpoint(
+        &self,
+        req: Request<pb::CreateWebhookEndpointRequest>,
+    ) -> Reply<pb::CreateWebhookEndpointResponse> {
+        self.call("CreateWebhookEndpoint", req, |caller, r| async move {
+            tracing::Span::current().record("tenant_id", r.tenant_id.as_str());
+            let (endpoint, secret) = self
+                .svc
+                .create_webhook_endpoint(
+                    &caller,
+                    &r.tenant_id,
+                    &r.url,
+                    &r.event_types,
+                    &r.description,
+                )
+                .await?;
+            Ok(pb::CreateWebhookEndpointResponse {
+                endpoint: Some(convert::webhook_endpoint(&endpoint)),
+                secret: secret.expose().to_owned(),
+            })
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_webhook_endpoints(
+        &self,
+        req: Request<pb::ListWebhookEndpointsRequest>,
+    ) -> Reply<pb::ListWebhookEndpointsResponse> {
+        self.call("ListWebhookEndpoints", req, |caller, r| async move {
+            let list = self
+                .svc
+                .list_webhook_endpoints(&caller, &r.tenant_id)
+                .await?;
+            Ok(pb::ListWebhookEndpointsResponse {
+                endpoints: list.iter().map(convert::webhook_endpoint).collect(),
+            })
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(endpoint_id))]
+    async fn update_webhook_endpoint(
+        &self,
+        req: Request<pb::UpdateWebhookEndpointRequest>,
+    ) -> Reply<pb::WebhookEndpoint> {
+        self.call("UpdateWebhookEndpoint", req, |caller, r| async move {
+            let (id, patch) = convert::endpoint_patch(r)?;
+            tracing::Span::current().record("endpoint_id", id.as_str());
+            let e = self
+                .svc
+                .update_webhook_endpoint(&caller, &id, patch)
+                .await?;
+            Ok(convert::webhook_endpoint(&e))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(endpoint_id))]
+    async fn delete_webhook_endpoint(
+        &self,
+        req: Request<pb::DeleteWebhookEndpointRequest>,
+    ) -> Reply<pb::DeleteWebhookEndpointResponse> {
+        self.call("DeleteWebhookEndpoint", req, |caller, r| async move {
+            tracing::Span::current().record("endpoint_id", r.endpoint_id.as_str());
+            self.svc
+                .delete_webhook_endpoint(&caller, &r.endpoint_id)
+                .await?;
+            Ok(pb::DeleteWebhookEndpointResponse {})
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(endpoint_id))]
+    async fn rotate_webhook_secret(
+        &self,
+        req: Request<pb::RotateWebhookSecretRequest>,
+    ) -> Reply<pb::RotateWebhookSecretResponse> {
+        self.call("RotateWebhookSecret", req, |caller, r| async move {
+            tracing::Span::current().record("endpoint_id", r.endpoint_id.as_str());
+            let (e, secret) = self
+                .svc
+                .rotate_webhook_secret(&caller, &r.endpoint_id)
+                .await?;
+            Ok(pb::RotateWebhookSecretResponse {
+                endpoint: Some(convert::webhook_endpoint(&e)),
+                secret: secret.expose().to_owned(),
+            })
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_deliveries(
+        &self,
+        req: Request<pb::ListDeliveriesRequest>,
+    ) -> Reply<pb::ListDeliveriesResponse> {
+        self.call("ListDeliveries", req, |caller, r| async move {
+            let state = convert::delivery_state_from("state", r.state)?;
+            let page = Page {
+                size: r.page_size,
+                token: r.page_token,
+            };
+            let (list, next_page_token) = self
+                .svc
+                .list_deliveries(
+                    &caller,
+                    &r.tenant_id,
+                    &r.endpoint_id,
+                    &r.event_id,
+                    state,
+                    page,
+                )
+                .await?;
+            Ok(pb::ListDeliveriesResponse {
+                deliveries: list.into_iter().map(convert::delivery).collect(),
+                next_page_token,
+            })
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(event_id))]
+    async fn redeliver_event(
+        &self,
+        req: Request<pb::RedeliverEventRequest>,
+    ) -> Reply<pb::RedeliverEventResponse> {
+        self.call("RedeliverEvent", req, |caller, r| async move {
+            tracing::Span::current().record("event_id", r.event_id.as_str());
+            let list = self
+                .svc
+                .redeliver_event(&caller, &r.event_id, &r.endpoint_id)
+                .await?;
+            Ok(pb::RedeliverEventResponse {
+                deliveries: list.into_iter().map(convert::delivery).collect(),
+            })
+        })
+        .await
+    }
+
+    type WatchEventsStream = EventStream;
+
+    #[tracing::instrument(skip_all, fields(tenant_id))]
+    async fn watch_events(
+        &self,
+        req: Request<pb::WatchEventsRequest>,
+    ) -> Reply<Self::WatchEventsStream> {
+        self.call("WatchEvents", req, |caller, r| async move {
+            tracing::Span::current().record("tenant_id", r.tenant_id.as_str());
+            let cursor = match (r.after_event_id.is_empty(), r.from_start) {
+                (false, _) => Cursor::After(r.after_event_id),
+                (true, true) => Cursor::Start,
+                (true, false) => Cursor::Now,
+            };
+            let (tenant, after, types) = self
+                .svc
+                .watch_start(&caller, &r.tenant_id, cursor, &r.event_types)
+                .await?;
+            let rx = self.svc.follow_events(tenant, after, types);
+            let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
+                .map(|item| item.map(|e| convert::event(&e)).map_err(Status::from));
+            Ok(Box::pin(stream) as EventStream)
         })
         .await
     }

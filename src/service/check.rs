@@ -181,6 +181,8 @@ pub struct CheckService {
     /// Where reserving checks record what they held.
     pub(crate) reservations: Arc<super::reservations::Reservations>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// Runtime events: a limit exceeded (quota events come from the ledger).
+    pub(crate) events: Arc<super::events::Emitter>,
 }
 
 impl CheckService {
@@ -364,6 +366,22 @@ impl CheckService {
                 if !input.dry_run && !quotas.is_empty() {
                     self.quotas.refund(&quotas, units, now).await;
                 }
+                if let (false, Some(s)) = (input.dry_run, &decision.rate_limit) {
+                    let spec = limits
+                        .iter()
+                        .chain(&policy.shared_rate_limits)
+                        .find(|l| l.name == s.name);
+                    if let Some(spec) = spec {
+                        self.events.rate_limited(
+                            &record.tenant_id,
+                            &record.id,
+                            &s.name,
+                            s.limit,
+                            spec.window.as_millis() as u64,
+                            now,
+                        );
+                    }
+                }
                 Reason::RateLimited
             }
         };
@@ -402,6 +420,8 @@ impl CheckService {
                 id: &record.id,
                 spec,
                 time_zone: &policy.time_zone,
+                tenant_id: &record.tenant_id,
+                alert_permille: policy.quota_alert(),
             });
         }
         if let Some(spec) = &policy.quota {
@@ -410,6 +430,8 @@ impl CheckService {
                 id: &record.tenant_id,
                 spec,
                 time_zone: &policy.time_zone,
+                tenant_id: &record.tenant_id,
+                alert_permille: policy.quota_alert(),
             });
         }
         uses

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod changes;
 pub mod check;
+pub mod events;
 pub mod guessing;
 pub mod imports;
 pub mod leaks;

@@ -10,6 +10,7 @@
 //! under-admit by at most one lease per subject, never over-admit. Redis is not involved,
 //! so losing it cannot reset anyone's quota.
 use crate::config_section::config_section;
+use crate::domain::event::EventType;
 use crate::domain::quota::{self, QuotaOwner, QuotaSpec, Window};
 use crate::domain::UnixMillis;
 use crate::error::{Error, Result};
@@ -65,6 +66,10 @@ pub struct QuotaUse<'a> {
     pub spec: &'a QuotaSpec,
     /// The tenant's IANA zone (empty = UTC).
     pub time_zone: &'a str,
+    /// The tenant the quota belongs to (for its events).
+    pub tenant_id: &'a str,
+    /// `quota.threshold` at this many thousandths of the period's budget.
+    pub alert_permille: u32,
 }
 
 /// The quota that refused a call, with its period.
@@ -91,6 +96,8 @@ struct Lease {
     /// Refuse without asking the database until then.
     empty_until: Option<UnixMillis>,
     touched: UnixMillis,
+    /// `quota.threshold` is due once `units` falls to this (see `take`).
+    alert_at: Option<u64>,
 }
 
 type Slot = Arc<tokio::sync::Mutex<Lease>>;
@@ -103,6 +110,7 @@ pub struct QuotaLedger {
     config: QuotaConfig,
     shards: Vec<std::sync::Mutex<HashMap<String, Slot>>>,
     hasher: std::collections::hash_map::RandomState,
+    events: Option<Arc<crate::service::events::Emitter>>,
 }
 
 impl QuotaLedger {
@@ -114,6 +122,33 @@ impl QuotaLedger {
                 .map(|_| std::sync::Mutex::new(HashMap::new()))
                 .collect(),
             hasher: Default::default(),
+            events: None,
+        }
+    }
+
+    /// Emits `quota.threshold` and `quota.exhausted` through `events`.
+    pub fn with_emitter(mut self, events: Arc<crate::service::events::Emitter>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    fn emit(&self, kind: EventType, u: &QuotaUse<'_>, window: Window, now: UnixMillis) {
+        if let Some(events) = &self.events {
+            let key_id = match u.owner {
+                QuotaOwner::Key => u.id,
+                QuotaOwner::Tenant => "",
+            };
+            events.quota(
+                kind,
+                u.tenant_id,
+                key_id,
+                u.owner.name(),
+                u.spec.limit,
+                window.start,
+                window.end,
+                f64::from(u.alert_permille) / 1000.0,
+                now,
+            );
         }
     }
 
@@ -193,6 +228,7 @@ impl QuotaLedger {
                     // A new period: units of the old one are spent or gone with it.
                     lease.units = 0;
                     lease.empty_until = None;
+                    lease.alert_at = None;
                 }
                 let p = Period {
                     spec: *u.spec,
@@ -212,9 +248,9 @@ impl QuotaLedger {
             if lease.empty_until.is_some_and(|t| now < t) {
                 return Ok(Some(refused));
             }
-            let claimed = self
+            let claim = self
                 .store
-                .claim_quota(&QuotaClaim {
+                .claim_quota_counted(&QuotaClaim {
                     subject,
                     period_start: period.window.start,
                     limit: u.spec.limit,
@@ -223,15 +259,29 @@ impl QuotaLedger {
                     now,
                 })
                 .await?;
-            if claimed == 0 {
+            if claim.units == 0 {
                 lease.empty_until = Some(now.plus(Duration::from_millis(self.config.recheck_ms)));
+                self.emit(EventType::QuotaExhausted, u, period.window, now);
                 return Ok(Some(refused));
             }
             lease.empty_until = None;
-            lease.units += claimed;
+            lease.units += claim.units;
+            // Units spent so far (as far as this replica knows) are the counter less what
+            // this replica holds unspent; the threshold is crossed once they reach the
+            // alert fraction, i.e. once `units` falls to `used - threshold`. Other
+            // replicas' unspent leases count as spent, so with several replicas the event
+            // may come up to their leases early, never late.
+            let budget = (u.spec.limit as i128 + i128::from(claim.granted)).max(0) as u64;
+            let threshold =
+                (u128::from(budget) * u128::from(u.alert_permille)).div_ceil(1000) as u64;
+            lease.alert_at = claim.used.checked_sub(threshold);
         }
         if !dry_run {
             lease.units -= cost;
+            if lease.alert_at.is_some_and(|a| lease.units <= a) {
+                lease.alert_at = None;
+                self.emit(EventType::QuotaThreshold, u, period.window, now);
+            }
         }
         Ok(None)
     }

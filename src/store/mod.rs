@@ -11,9 +11,11 @@ mod sea;
 pub use db::{connect, migrate, pending_migrations, Backend};
 pub use sea::SeaStore;
 
+use crate::domain::event::Event;
 use crate::domain::import::ImportRule;
 use crate::domain::quota::{QuotaChange, QuotaCounter};
 use crate::domain::reservation::{Reservation, ReservationTotals, Settlement};
+use crate::domain::webhook::{Delivery, DeliveryState, Endpoint};
 use crate::domain::{AuditEvent, KeyRecord, NewKey, Plan, Tenant, UnixMillis};
 use crate::error::Result;
 use std::collections::HashMap;
@@ -135,6 +137,16 @@ pub struct QuotaClaim {
     pub now: UnixMillis,
 }
 
+/// What a quota claim got, and the period's counter after it (zeros when it got nothing).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClaimedUnits {
+    pub units: u64,
+    /// Units handed out in the period (spent, or leased to replicas), this claim included.
+    pub used: u64,
+    /// Top-ups on top of the limit (may be negative).
+    pub granted: i64,
+}
+
 /// Tenants and the plan templates their policies may name.
 ///
 /// Every write that changes a tenant, a plan or a key (here and in the traits below) takes
@@ -171,6 +183,15 @@ pub trait KeyStore: Send + Sync + 'static {
     /// The key with this lookup id and its argon2 PHC hash: the hot path's one query.
     async fn find_by_lookup_id(&self, lookup_id: &str) -> Result<Option<(KeyRecord, String)>>;
     async fn list_keys(&self, query: &KeyQuery) -> Result<Vec<KeyRecord>>;
+    /// Keys of every tenant not revoked at `from` whose expiry is in `(from, to]`,
+    /// ordered by (expire_time, id), after `after` (exclusive): the expiry sweep's pages.
+    async fn keys_expiring(
+        &self,
+        from: UnixMillis,
+        to: UnixMillis,
+        after: Option<(UnixMillis, String)>,
+        limit: u64,
+    ) -> Result<Vec<KeyRecord>>;
     /// Writes the settable fields (name, scopes, ip_allowlist, rate_limits, metadata,
     /// enabled, update_time) of an existing key. Never touches revocation.
     async fn update_key_settings(&self, key: &KeyRecord, audit: AuditEvent) -> Result<()>;
@@ -253,7 +274,12 @@ pub trait QuotaStore: Send + Sync + 'static {
     /// `claim.need` remain, else the units now counted as used (see [`QuotaClaim`]). The
     /// counter row is created on first use. Across replicas the counter never passes the
     /// limit plus top-ups.
-    async fn claim_quota(&self, claim: &QuotaClaim) -> Result<u64>;
+    async fn claim_quota(&self, claim: &QuotaClaim) -> Result<u64> {
+        Ok(self.claim_quota_counted(claim).await?.units)
+    }
+    /// [`QuotaStore::claim_quota`], with the counter as the claim left it (for the
+    /// `quota.threshold` event).
+    async fn claim_quota_counted(&self, claim: &QuotaClaim) -> Result<ClaimedUnits>;
     /// Charges up to `units` more on a period, as far as `ceiling` (the limit plus an
     /// overdraft) plus top-ups allows; returns the units charged (a settled reservation
     /// that cost more than it reserved). The counter row is created if missing.
@@ -330,6 +356,121 @@ pub trait ReservationStore: Send + Sync + 'static {
     ) -> Result<ReservationTotals>;
 }
 
+/// Which deliveries `list_deliveries` returns, newest event first.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryQuery {
+    pub tenant_id: String,
+    /// Unset: every endpoint of the tenant.
+    pub endpoint_id: Option<String>,
+    /// Unset: every event.
+    pub event_id: Option<String>,
+    pub state: Option<DeliveryState>,
+    /// Resume before this (event seq, delivery id), exclusive.
+    pub before: Option<(i64, String)>,
+    pub limit: u64,
+}
+
+/// A delivery claimed by a replica, with what it needs to make the attempt.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub delivery: Delivery,
+    pub event: Event,
+    pub endpoint: Endpoint,
+}
+
+/// What an attempt left: the delivery finished (delivered or given up), or due again.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub state: DeliveryState,
+    pub now: UnixMillis,
+    /// When a pending delivery is tried again.
+    pub next_attempt: UnixMillis,
+    pub status: u16,
+    pub error: String,
+}
+
+/// The event outbox. Events of a change are written by the change's own write (see
+/// [`TenantStore`]); this appends the others and reads them back in commit order.
+#[async_trait::async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// Appends events whose ids are derived from what happened: one already stored is
+    /// skipped. Each new event gets a delivery for every enabled endpoint of its tenant
+    /// that wants its type, in the same transaction. Returns the events that were new.
+    async fn append_events(&self, events: &[Event]) -> Result<Vec<Event>>;
+    /// Events after `after_seq`, in commit order; of one tenant, or of every tenant.
+    async fn events_after(
+        &self,
+        tenant_id: Option<&str>,
+        after_seq: i64,
+        limit: u64,
+    ) -> Result<Vec<Event>>;
+    async fn event_by_id(&self, id: &str) -> Result<Option<Event>>;
+    /// The seq of the newest event (0: none yet).
+    async fn last_event_seq(&self) -> Result<i64>;
+    /// Deletes events from before `before` with no pending delivery, and finished
+    /// deliveries created before it; returns the rows deleted.
+    async fn prune_events(&self, before: UnixMillis) -> Result<u64>;
+    /// Bumped after every commit through this store handle that wrote an event, so local
+    /// followers wake at once (other replicas' events are found by polling).
+    fn written(&self) -> tokio::sync::watch::Receiver<u64>;
+}
+
+/// Tenants' webhook endpoints and the deliveries of events to them.
+#[async_trait::async_trait]
+pub trait WebhookStore: Send + Sync + 'static {
+    /// Inserts an endpoint unless its tenant has `max_per_tenant` already, with its audit
+    /// event, in one transaction.
+    async fn create_endpoint(
+        &self,
+        e: &Endpoint,
+        max_per_tenant: usize,
+        audit: AuditEvent,
+    ) -> Result<()>;
+    async fn get_endpoint(&self, id: &str) -> Result<Option<Endpoint>>;
+    /// A tenant's endpoints, oldest first.
+    async fn list_endpoints(&self, tenant_id: &str) -> Result<Vec<Endpoint>>;
+    /// Writes an endpoint's settable fields and secrets, with its audit event. Enabling
+    /// a disabled endpoint makes its pending deliveries due at once.
+    async fn update_endpoint(&self, e: &Endpoint, audit: AuditEvent) -> Result<()>;
+    /// Deletes an endpoint and fails its pending deliveries; false when it did not exist.
+    async fn delete_endpoint(&self, id: &str, now: UnixMillis, audit: AuditEvent) -> Result<bool>;
+    /// Leases up to `limit` due deliveries to `owner` until `now + lease`: pending ones of
+    /// enabled endpoints, held by nobody, whose endpoint has no earlier pending delivery
+    /// for the same key (deliveries are in order per endpoint and key). A delivery is
+    /// leased to one replica at a time.
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        now: UnixMillis,
+        lease: std::time::Duration,
+        limit: u64,
+    ) -> Result<Vec<Claimed>>;
+    /// Records an attempt of a delivery `owner` holds and releases it; false when the
+    /// lease was lost (another replica holds it now) and nothing was written.
+    async fn finish_attempt(&self, id: &str, owner: &str, a: &AttemptRecord) -> Result<bool>;
+    /// When a delivery to the endpoint last succeeded.
+    async fn last_success(&self, endpoint_id: &str) -> Result<Option<UnixMillis>>;
+    /// Disables an enabled endpoint with `reason`, with its audit event; whether it did.
+    async fn disable_endpoint(
+        &self,
+        id: &str,
+        reason: &str,
+        now: UnixMillis,
+        audit: AuditEvent,
+    ) -> Result<bool>;
+    /// Deliveries matching `query`, newest event first.
+    async fn list_deliveries(&self, query: &DeliveryQuery) -> Result<Vec<Delivery>>;
+    /// New pending deliveries of a stored event to these endpoints, due at `now`.
+    async fn redeliver(
+        &self,
+        event: &Event,
+        endpoint_ids: &[String],
+        now: UnixMillis,
+    ) -> Result<Vec<Delivery>>;
+    /// Pending deliveries: how many, and when the oldest was created.
+    async fn delivery_backlog(&self) -> Result<(u64, Option<UnixMillis>)>;
+}
+
 /// Whether the store answers (health and readiness).
 #[async_trait::async_trait]
 pub trait StoreHealth: Send + Sync + 'static {
@@ -348,6 +489,8 @@ pub struct Stores {
     pub quotas: Arc<dyn QuotaStore>,
     pub tokens: Arc<dyn AdminTokenStore>,
     pub reservations: Arc<dyn ReservationStore>,
+    pub events: Arc<dyn EventLog>,
+    pub webhooks: Arc<dyn WebhookStore>,
     pub health: Arc<dyn StoreHealth>,
 }
 
@@ -364,6 +507,8 @@ impl Stores {
             quotas: s.clone(),
             tokens: s.clone(),
             reservations: s.clone(),
+            events: s.clone(),
+            webhooks: s.clone(),
             health: s,
         }
     }

@@ -10,6 +10,7 @@ mod binary;
 mod check;
 mod deploy;
 mod envoy;
+mod events;
 mod fuzz_regressions;
 mod hardening;
 mod hygiene;

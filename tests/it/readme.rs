@@ -55,7 +55,12 @@ async fn readme_grpcurl_walkthrough_works_as_written() {
     };
     let token = "readme-test-admin-token-0123456789";
     let db = TestDb::new(Db::Sqlite).await.unwrap();
-    let p = spawn(&db.url, &[("KEYGATE_ADMIN_TOKEN", token)], &[]).await;
+    // The webhook walkthrough's receiver listens on 127.0.0.1.
+    let env = [
+        ("KEYGATE_ADMIN_TOKEN", token),
+        ("KEYGATE_EVENTS__ALLOW_PRIVATE_TARGETS", "true"),
+    ];
+    let p = spawn(&db.url, &env, &[]).await;
     let path = format!(
         "{}:{}",
         grpcurl.parent().unwrap().display(),
@@ -118,6 +123,10 @@ async fn readme_grpcurl_walkthrough_works_as_written() {
         "\"action\": \"revoked\"",
         "{\"decision\":\"DENY\",\"reason\":\"KEY_REVOKED\"}",
         "done=revoked; source=gitleaks; url=https://gist.github.com/someone/0123abcd",
+        // Events and webhooks: verified by the Standard Webhooks library.
+        "verified key.created key_",
+        "verified key.revoked key_",
+        "{\"eventType\":\"key.revoked\",\"attempts\":1,\"lastStatus\":204}",
     ] {
         assert!(
             stdout.contains(want),

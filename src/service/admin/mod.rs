@@ -11,11 +11,13 @@ mod plans;
 mod quotas;
 mod tenants;
 mod usage;
+mod webhooks;
 
 pub use imports::{ImportKey, MAX_IMPORT};
 pub use keys::{CreateKey, Issued, KeyPatch, MAX_GRACE};
 pub use paging::{Page, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use quotas::QuotaTarget;
+pub use webhooks::{Cursor, EndpointPatch};
 
 use super::imports::ImportRegistry;
 use super::quota::QuotaLedger;
@@ -48,6 +50,27 @@ pub struct AdminService {
     imports: Arc<ImportRegistry>,
     /// This replica's quota leases (units it holds count as remaining).
     quotas: Arc<QuotaLedger>,
+    webhooks: Arc<dyn crate::store::WebhookStore>,
+    events_log: Arc<dyn crate::store::EventLog>,
+    events: EventSettings,
+}
+
+/// What the admin side of events needs from `[events]`.
+#[derive(Debug, Clone, Copy)]
+pub struct EventSettings {
+    /// Endpoints may target private and loopback addresses.
+    pub allow_private_targets: bool,
+    /// How often `WatchEvents` looks for other replicas' events.
+    pub poll: std::time::Duration,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        EventSettings {
+            allow_private_targets: false,
+            poll: std::time::Duration::from_secs(1),
+        }
+    }
 }
 
 impl AdminService {
@@ -72,7 +95,16 @@ impl AdminService {
             listener,
             imports,
             quotas,
+            webhooks: stores.webhooks.clone(),
+            events_log: stores.events.clone(),
+            events: EventSettings::default(),
         }
+    }
+
+    /// The `[events]` settings the admin side uses.
+    pub fn with_events(mut self, events: EventSettings) -> Self {
+        self.events = events;
+        self
     }
 
     pub fn now(&self) -> UnixMillis {

@@ -4,11 +4,9 @@ use super::*;
 #[async_trait::async_trait]
 impl AuditLog for SeaStore {
     async fn record_audit_event(&self, event: &AuditEvent) -> Result<()> {
-        audit_events::Entity::insert(audit_row(event)?)
-            .exec(&self.db)
+        let txn = self.db.begin().await.map_err(db_err)?;
+        self.commit_audited(txn, event, crate::domain::event::Subject::Other)
             .await
-            .map_err(db_err)?;
-        Ok(())
     }
 
     async fn list_audit_events(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>> {

@@ -64,6 +64,7 @@ impl ImportStore for SeaStore {
             }
         }
         let mut out = Vec::with_capacity(keys.len());
+        let mut written = Vec::new();
         for (i, (key, audit)) in keys.into_iter().enumerate() {
             let taken = api_keys::Entity::find()
                 .filter(api_keys::Column::LookupId.eq(key.record.lookup_id.as_str()))
@@ -82,13 +83,19 @@ impl ImportStore for SeaStore {
                 .exec(&txn)
                 .await
                 .map_err(db_err)?;
-            audit_events::Entity::insert(audit_row(&audit)?)
-                .exec(&txn)
-                .await
-                .map_err(db_err)?;
+            written.extend(
+                events::write_audit(
+                    &txn,
+                    &audit,
+                    crate::domain::event::Subject::Key(&key.record),
+                )
+                .await?,
+            );
             out.push(key.record);
         }
         txn.commit().await.map_err(db_err)?;
+        self.count_events(&written);
+        self.events_written();
         Ok(out)
     }
 

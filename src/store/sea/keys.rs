@@ -1,5 +1,6 @@
 //! [`super::super::KeyStore`] on sea-orm. Keys: insert under the cap, read, list, update, revoke, rotate.
 use super::*;
+use crate::domain::event::Subject;
 
 #[async_trait::async_trait]
 impl KeyStore for SeaStore {
@@ -27,7 +28,8 @@ impl KeyStore for SeaStore {
             .exec(&txn)
             .await
             .map_err(db_err)?;
-        commit_audited(txn, &audit).await?;
+        self.commit_audited(txn, &audit, Subject::Key(&key.record))
+            .await?;
         Ok(key.record)
     }
 
@@ -84,6 +86,38 @@ impl KeyStore for SeaStore {
             .collect()
     }
 
+    async fn keys_expiring(
+        &self,
+        from: UnixMillis,
+        to: UnixMillis,
+        after: Option<(UnixMillis, String)>,
+        limit: u64,
+    ) -> Result<Vec<KeyRecord>> {
+        use api_keys::Column as C;
+        let mut s = api_keys::Entity::find()
+            .filter(C::ExpireTime.gt(from.0))
+            .filter(C::ExpireTime.lte(to.0))
+            .filter(not_revoked(from))
+            .order_by_asc(C::ExpireTime)
+            .order_by_asc(C::Id)
+            .limit(limit);
+        if let Some((t, id)) = &after {
+            s = s.filter(
+                Condition::any().add(C::ExpireTime.gt(t.0)).add(
+                    Condition::all()
+                        .add(C::ExpireTime.eq(t.0))
+                        .add(C::Id.gt(id.as_str())),
+                ),
+            );
+        }
+        s.all(&self.db)
+            .await
+            .map_err(db_err)?
+            .into_iter()
+            .map(key_from)
+            .collect()
+    }
+
     async fn update_key_settings(&self, k: &KeyRecord, audit: AuditEvent) -> Result<()> {
         use api_keys::Column as C;
         let txn = self.db.begin().await.map_err(db_err)?;
@@ -109,7 +143,7 @@ impl KeyStore for SeaStore {
         if res.rows_affected == 0 {
             return Err(Error::not_found("key", &k.id));
         }
-        commit_audited(txn, &audit).await
+        self.commit_audited(txn, &audit, Subject::Key(k)).await
     }
 
     async fn disable_key(&self, id: &str, now: UnixMillis, audit: AuditEvent) -> Result<bool> {
@@ -127,7 +161,8 @@ impl KeyStore for SeaStore {
             txn.rollback().await.map_err(db_err)?;
             return Ok(false);
         }
-        commit_audited(txn, &audit).await?;
+        let key = Self::key_in(&txn, id).await?;
+        self.commit_audited(txn, &audit, Subject::Key(&key)).await?;
         Ok(true)
     }
 
@@ -155,14 +190,12 @@ impl KeyStore for SeaStore {
             .exec(&txn)
             .await
             .map_err(db_err)?;
-        if res.rows_affected > 0 {
-            audit_events::Entity::insert(audit_row(&audit)?)
-                .exec(&txn)
-                .await
-                .map_err(db_err)?;
-        }
         let key = Self::key_in(&txn, id).await?;
-        txn.commit().await.map_err(db_err)?;
+        if res.rows_affected > 0 {
+            self.commit_audited(txn, &audit, Subject::Key(&key)).await?;
+        } else {
+            txn.commit().await.map_err(db_err)?;
+        }
         Ok(key)
     }
 
@@ -200,12 +233,9 @@ impl KeyStore for SeaStore {
             .exec(&txn)
             .await
             .map_err(db_err)?;
-        audit_events::Entity::insert(audit_row(&audit)?)
-            .exec(&txn)
-            .await
-            .map_err(db_err)?;
         let old = Self::key_in(&txn, old_id).await?;
-        txn.commit().await.map_err(db_err)?;
+        self.commit_audited(txn, &audit, Subject::Rotation(&old, &new.record))
+            .await?;
         Ok((old, new.record))
     }
 }

@@ -2,6 +2,7 @@
 //! PostgreSQL, one module per kind of data. Row conversions and the helpers the modules
 //! share live here.
 mod audit;
+mod events;
 mod imports;
 mod keys;
 mod quotas;
@@ -9,6 +10,7 @@ mod reservations;
 mod tenants_plans;
 mod tokens;
 mod usage;
+mod webhooks;
 
 use super::entities::{admin_tokens, api_keys, audit_events, import_prefixes, plans, tenants};
 use super::{
@@ -88,24 +90,57 @@ fn plan_from(m: plans::Model) -> Result<Plan> {
     })
 }
 
-/// Appends the write's audit event and commits: no change without its event.
-async fn commit_audited(txn: sea_orm::DatabaseTransaction, audit: &AuditEvent) -> Result<()> {
-    audit_events::Entity::insert(audit_row(audit)?)
-        .exec(&txn)
-        .await
-        .map_err(db_err)?;
-    txn.commit().await.map_err(db_err)
+impl SeaStore {
+    /// Appends the write's audit event and the events it announces, and commits: no
+    /// change without its audit event, and no event lost or sent for a change undone.
+    async fn commit_audited(
+        &self,
+        txn: sea_orm::DatabaseTransaction,
+        audit: &AuditEvent,
+        subject: crate::domain::event::Subject<'_>,
+    ) -> Result<()> {
+        let written = events::write_audit(&txn, audit, subject).await?;
+        txn.commit().await.map_err(db_err)?;
+        self.count_events(&written);
+        self.events_written();
+        Ok(())
+    }
+
+    /// Wakes this replica's deliverer and event followers.
+    fn events_written(&self) {
+        self.written.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn count_events(&self, written: &[crate::domain::event::Event]) {
+        if let Some(c) = &self.events_counter {
+            for e in written {
+                c.with_label_values(&[e.kind.as_str()]).inc();
+            }
+        }
+    }
+
+    /// Counts every event this store handle writes, by type (`keygate_events_written_total`).
+    pub fn count_events_in(mut self, counter: prometheus::IntCounterVec) -> Self {
+        self.events_counter = Some(counter);
+        self
+    }
 }
 
 /// The sea-orm store.
 #[derive(Clone)]
 pub struct SeaStore {
     db: DatabaseConnection,
+    written: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    events_counter: Option<prometheus::IntCounterVec>,
 }
 
 impl SeaStore {
     pub fn new(db: DatabaseConnection) -> Self {
-        SeaStore { db }
+        SeaStore {
+            db,
+            written: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
+            events_counter: None,
+        }
     }
 
     pub fn connection(&self) -> &DatabaseConnection {

@@ -20,7 +20,7 @@ fn counter_row(
 
 #[async_trait::async_trait]
 impl QuotaStore for SeaStore {
-    async fn claim_quota(&self, c: &QuotaClaim) -> Result<u64> {
+    async fn claim_quota_counted(&self, c: &QuotaClaim) -> Result<crate::store::ClaimedUnits> {
         let backend = self.db.get_database_backend();
         let (max, min) = match backend {
             DbBackend::Postgres => ("GREATEST", "LEAST"),
@@ -34,7 +34,7 @@ impl QuotaStore for SeaStore {
             &format!(
                 "UPDATE quota_counters SET last_claim = {amount}, used = used + {amount}, \
                  update_time = $4 WHERE subject = $5 AND period_start = $6 \
-                 AND $1 + granted - used >= $2 RETURNING last_claim"
+                 AND $1 + granted - used >= $2 RETURNING last_claim, used, granted"
             ),
             [
                 to_i64(c.limit).into(),
@@ -45,12 +45,16 @@ impl QuotaStore for SeaStore {
                 c.period_start.0.into(),
             ],
         );
-        let claimed = |row: Option<sea_orm::QueryResult>| -> Result<Option<u64>> {
-            row.map(|r| r.try_get::<i64>("", "last_claim"))
-                .transpose()
-                .map(|n| n.map(|n| u64::try_from(n).unwrap_or(0)))
-                .map_err(db_err)
-        };
+        let claimed =
+            |row: Option<sea_orm::QueryResult>| -> Result<Option<crate::store::ClaimedUnits>> {
+                let Some(r) = row else { return Ok(None) };
+                let n = |c: &str| r.try_get::<i64>("", c).map_err(db_err);
+                Ok(Some(crate::store::ClaimedUnits {
+                    units: u64::try_from(n("last_claim")?).unwrap_or(0),
+                    used: u64::try_from(n("used")?).unwrap_or(0),
+                    granted: n("granted")?,
+                }))
+            };
         if let Some(n) = claimed(self.db.query_one(update.clone()).await.map_err(db_err)?)? {
             return Ok(n);
         }
@@ -59,7 +63,7 @@ impl QuotaStore for SeaStore {
         let insert = counter_row(backend, &c.subject, c.period_start, c.now);
         // Another replica may have created it meanwhile: the update decides either way.
         self.db.execute(insert).await.map_err(db_err)?;
-        Ok(claimed(self.db.query_one(update).await.map_err(db_err)?)?.unwrap_or(0))
+        Ok(claimed(self.db.query_one(update).await.map_err(db_err)?)?.unwrap_or_default())
     }
 
     async fn charge_quota(
@@ -173,7 +177,8 @@ impl QuotaStore for SeaStore {
             used: u64::try_from(row.try_get::<i64>("", "used").map_err(db_err)?).unwrap_or(0),
             granted: row.try_get::<i64>("", "granted").map_err(db_err)?,
         };
-        commit_audited(txn, &audit).await?;
+        self.commit_audited(txn, &audit, crate::domain::event::Subject::Other)
+            .await?;
         Ok(counter)
     }
 

@@ -26,10 +26,15 @@ impl TenantStore for SeaStore {
             .exec(&txn)
             .await
             .map_err(db_err)?;
-        commit_audited(txn, &audit).await?;
-        self.get_tenant(&t.id)
-            .await?
-            .ok_or_else(|| Error::internal("tenant vanished after upsert"))
+        let stored = tenants::Entity::find_by_id(t.id.clone())
+            .one(&txn)
+            .await
+            .map_err(db_err)?
+            .ok_or_else(|| Error::internal("tenant vanished after upsert"))?;
+        let stored = tenant_from(stored)?;
+        self.commit_audited(txn, &audit, crate::domain::event::Subject::Tenant(&stored))
+            .await?;
+        Ok(stored)
     }
 
     async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>> {
@@ -77,7 +82,8 @@ impl TenantStore for SeaStore {
             .exec(&txn)
             .await
             .map_err(db_err)?;
-        commit_audited(txn, &audit).await?;
+        self.commit_audited(txn, &audit, crate::domain::event::Subject::Other)
+            .await?;
         self.get_plan(&p.id)
             .await?
             .ok_or_else(|| Error::internal("plan vanished after upsert"))

@@ -38,6 +38,7 @@ fn rich_policy() -> TenantPolicy {
         quota_exceeded_status: 402,
         on_leak: keygate::domain::leak::LeakAction::Notify,
         max_overdraft: 25,
+        quota_alert_permille: 650,
         reservation_ttl: Duration::from_secs(120),
     }
 }

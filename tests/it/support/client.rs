@@ -241,6 +241,93 @@ impl Admin {
         };
         call!(self, report_leaked_keys, r)
     }
+
+    /// CreateWebhookEndpoint for `tenant_id` at `url`, with `types` (empty: all).
+    pub async fn create_webhook_endpoint(
+        &self,
+        tenant_id: &str,
+        url: &str,
+        types: &[&str],
+    ) -> Reply<pb::CreateWebhookEndpointResponse> {
+        let r = pb::CreateWebhookEndpointRequest {
+            tenant_id: tenant_id.into(),
+            url: url.into(),
+            event_types: types.iter().map(|t| t.to_string()).collect(),
+            description: "test receiver".into(),
+        };
+        call!(self, create_webhook_endpoint, r)
+    }
+
+    pub async fn list_webhook_endpoints(
+        &self,
+        tenant_id: &str,
+    ) -> Reply<pb::ListWebhookEndpointsResponse> {
+        let r = pb::ListWebhookEndpointsRequest {
+            tenant_id: tenant_id.into(),
+        };
+        call!(self, list_webhook_endpoints, r)
+    }
+
+    pub async fn update_webhook_endpoint(
+        &self,
+        endpoint: pb::WebhookEndpoint,
+        paths: &[&str],
+    ) -> Reply<pb::WebhookEndpoint> {
+        let r = pb::UpdateWebhookEndpointRequest {
+            endpoint: Some(endpoint),
+            update_mask: Some(prost_types::FieldMask {
+                paths: paths.iter().map(|p| p.to_string()).collect(),
+            }),
+        };
+        call!(self, update_webhook_endpoint, r)
+    }
+
+    pub async fn delete_webhook_endpoint(
+        &self,
+        endpoint_id: &str,
+    ) -> Reply<pb::DeleteWebhookEndpointResponse> {
+        let r = pb::DeleteWebhookEndpointRequest {
+            endpoint_id: endpoint_id.into(),
+        };
+        call!(self, delete_webhook_endpoint, r)
+    }
+
+    pub async fn rotate_webhook_secret(
+        &self,
+        endpoint_id: &str,
+    ) -> Reply<pb::RotateWebhookSecretResponse> {
+        let r = pb::RotateWebhookSecretRequest {
+            endpoint_id: endpoint_id.into(),
+        };
+        call!(self, rotate_webhook_secret, r)
+    }
+
+    pub async fn list_deliveries(
+        &self,
+        r: pb::ListDeliveriesRequest,
+    ) -> Reply<pb::ListDeliveriesResponse> {
+        call!(self, list_deliveries, r)
+    }
+
+    pub async fn redeliver_event(
+        &self,
+        event_id: &str,
+        endpoint_id: &str,
+    ) -> Reply<pb::RedeliverEventResponse> {
+        let r = pb::RedeliverEventRequest {
+            event_id: event_id.into(),
+            endpoint_id: endpoint_id.into(),
+        };
+        call!(self, redeliver_event, r)
+    }
+
+    /// WatchEvents: the stream of events.
+    pub async fn watch_events(
+        &self,
+        r: pb::WatchEventsRequest,
+    ) -> Reply<tonic::Streaming<pb::Event>> {
+        call!(self, watch_events, r)
+    }
 }
 
 /// A tenant about to be upserted; see `Admin::tenant`.

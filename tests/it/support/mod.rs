@@ -8,6 +8,7 @@ mod fixtures;
 mod http;
 mod process;
 mod proxy;
+pub mod receiver;
 pub mod redis_server;
 mod server;
 
