@@ -211,10 +211,23 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || (s[0] & 0xffc0) == 0xfe80 // link local fe80::/10
                 || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
                 || (s[0] == 0x64 && s[1] == 0xff9b) // NAT64: an IPv4 behind it
+                || s[0] == 0x2002 // 6to4: an IPv4 inside
+                || (s[0] & 0xffc0) == 0xfec0 // site local fec0::/10
                 || (s[0] == 0 && s[1] == 0 && s[2] == 0 && s[3] == 0 && s[4] == 0 && s[5] == 0))
             // IPv4-compatible
         }
     }
+}
+
+/// The URL as stored (normalised: percent-encoded, punycode) fits its column.
+pub fn validate_url_len(field: &str, normalised: &str) -> Result<()> {
+    if normalised.len() > MAX_URL_LEN {
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {MAX_URL_LEN} characters once normalised"),
+        ));
+    }
+    Ok(())
 }
 
 /// An endpoint URL, checked: `http` or `https`, a host, no credentials, at most
@@ -318,6 +331,9 @@ mod tests {
             "http://[::ffff:127.0.0.1]/",
             "http://0.0.0.0/",
             "http://100.64.0.1/",
+            "http://[2002:7f00:1::]/",
+            "http://[fec0::1]/",
+            "http://2130706433/",
         ] {
             let e = validate_url("url", bad, false).unwrap_err().to_string();
             assert!(e.contains("url"), "{bad}: {e}");

@@ -601,12 +601,14 @@ pub fn endpoint_patch(
             "event_types" => patch.event_types = Some(e.event_types.clone()),
             "description" => patch.description = Some(e.description.clone()),
             "enabled" => patch.enabled = Some(e.enabled),
-            other => return Err(Error::invalid(
-                "update_mask.paths",
-                format!(
+            other => {
+                return Err(Error::invalid(
+                    "update_mask.paths",
+                    format!(
                     "{other:?} cannot be updated; allowed: url, event_types, description, enabled"
                 ),
-            )),
+                ))
+            }
         }
     }
     Ok((e.id, patch))

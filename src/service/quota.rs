@@ -261,7 +261,9 @@ impl QuotaLedger {
                 .await?;
             if claim.units == 0 {
                 lease.empty_until = Some(now.plus(Duration::from_millis(self.config.recheck_ms)));
-                self.emit(EventType::QuotaExhausted, u, period.window, now);
+                if !dry_run {
+                    self.emit(EventType::QuotaExhausted, u, period.window, now);
+                }
                 return Ok(Some(refused));
             }
             lease.empty_until = None;

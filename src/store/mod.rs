@@ -429,9 +429,17 @@ pub trait WebhookStore: Send + Sync + 'static {
     async fn get_endpoint(&self, id: &str) -> Result<Option<Endpoint>>;
     /// A tenant's endpoints, oldest first.
     async fn list_endpoints(&self, tenant_id: &str) -> Result<Vec<Endpoint>>;
-    /// Writes an endpoint's settable fields and secrets, with its audit event. Enabling
-    /// a disabled endpoint makes its pending deliveries due at once.
-    async fn update_endpoint(&self, e: &Endpoint, audit: AuditEvent) -> Result<()>;
+    /// Writes an endpoint's settable fields and secrets, with its audit event, if it is
+    /// still as read at `read_at` (its update_time): a concurrent change (a rotation, the
+    /// deliverer disabling it) is never overwritten; FAILED_PRECONDITION then. Enabling a
+    /// disabled endpoint makes its pending deliveries due at once, their retry period
+    /// starting again.
+    async fn update_endpoint(
+        &self,
+        e: &Endpoint,
+        read_at: UnixMillis,
+        audit: AuditEvent,
+    ) -> Result<()>;
     /// Deletes an endpoint and fails its pending deliveries; false when it did not exist.
     async fn delete_endpoint(&self, id: &str, now: UnixMillis, audit: AuditEvent) -> Result<bool>;
     /// Leases up to `limit` due deliveries to `owner` until `now + lease`: pending ones of

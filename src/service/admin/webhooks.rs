@@ -90,6 +90,7 @@ impl AdminService {
         text::validate_tenant_id("tenant_id", tenant_id)?;
         caller.principal.may(Need::Write, tenant_id)?;
         let url = webhook::validate_url("url", url, self.events.allow_private_targets)?;
+        webhook::validate_url_len("url", url.as_str())?;
         let event_types = EventType::parse_list("event_types", event_types)?;
         validate_description(description)?;
         self.tenant(tenant_id).await?;
@@ -141,10 +142,12 @@ impl AdminService {
         patch: EndpointPatch,
     ) -> Result<Endpoint> {
         let mut e = self.endpoint_for(id, caller, Need::Write).await?;
+        let read_at = e.update_time;
         let mut changed = Vec::new();
         if let Some(url) = patch.url {
             e.url = webhook::validate_url("endpoint.url", &url, self.events.allow_private_targets)?
                 .to_string();
+            webhook::validate_url_len("endpoint.url", &e.url)?;
             changed.push("url".to_owned());
         }
         if let Some(types) = patch.event_types {
@@ -176,7 +179,7 @@ impl AdminService {
             changed,
             format!("endpoint_id={}", e.id),
         );
-        self.webhooks.update_endpoint(&e, audit).await?;
+        self.webhooks.update_endpoint(&e, read_at, audit).await?;
         Ok(e)
     }
 
@@ -202,6 +205,7 @@ impl AdminService {
         id: &str,
     ) -> Result<(Endpoint, SigningSecret)> {
         let mut e = self.endpoint_for(id, caller, Need::Write).await?;
+        let read_at = e.update_time;
         let now = self.now();
         let secret = SigningSecret::generate();
         e.previous = Some((e.secret.clone(), now.plus(ROTATION_OVERLAP)));
@@ -215,7 +219,7 @@ impl AdminService {
             vec!["secret".into()],
             format!("endpoint_id={}", e.id),
         );
-        self.webhooks.update_endpoint(&e, audit).await?;
+        self.webhooks.update_endpoint(&e, read_at, audit).await?;
         Ok((e, secret))
     }
 

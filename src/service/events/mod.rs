@@ -73,6 +73,13 @@ impl EventsConfig {
                 Ok(())
             }
         };
+        let at_most = |field: &'static str, v: u64, max: u64| {
+            if v > max {
+                Err(Error::invalid(field, format!("must be at most {max}")))
+            } else {
+                Ok(())
+            }
+        };
         at_least("events.retry_initial_ms", self.retry_initial_ms, 1)?;
         at_least(
             "events.retry_max_ms",
@@ -91,7 +98,15 @@ impl EventsConfig {
         }
         // The expiry sweep looks back and ahead within the retention, so an event it
         // wrote is still stored when it looks again (and is not written twice).
-        if self.expiring_lead_secs * 2 >= self.retention_days * 86_400 {
+        at_most("events.retention_days", self.retention_days, 36_500)?;
+        at_most(
+            "events.request_timeout_ms",
+            self.request_timeout_ms,
+            3_600_000,
+        )?;
+        at_most("events.retry_for_secs", self.retry_for_secs, 365 * 86_400)?;
+        at_most("events.retry_max_ms", self.retry_max_ms, 30 * 86_400_000)?;
+        if self.expiring_lead_secs.saturating_mul(2) >= self.retention_days * 86_400 {
             return Err(Error::invalid(
                 "events.expiring_lead_secs",
                 "must be less than half of events.retention_days",

@@ -206,6 +206,16 @@ impl EventLog for SeaStore {
              webhook_deliveries d WHERE d.event_seq = events.seq AND d.state = 'pending')",
             [before.0.into()],
         );
+        // A delivery inserted beside a concurrent delete of its endpoint (PostgreSQL, read
+        // committed) has nowhere to go.
+        let orphans = sql(
+            backend,
+            "UPDATE webhook_deliveries SET state = 'failed', finish_time = $1, \
+             last_error = 'endpoint deleted' WHERE state = 'pending' AND NOT EXISTS \
+             (SELECT 1 FROM webhook_endpoints w WHERE w.id = webhook_deliveries.endpoint_id)",
+            [before.0.into()],
+        );
+        self.db.execute(orphans).await.map_err(db_err)?;
         let a = self.db.execute(deliveries).await.map_err(db_err)?;
         let b = self.db.execute(events).await.map_err(db_err)?;
         Ok(a.rows_affected() + b.rows_affected())

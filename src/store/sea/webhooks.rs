@@ -85,6 +85,30 @@ fn types_json(e: &Endpoint) -> Result<String> {
 }
 
 impl SeaStore {
+    /// A leased delivery with its event and endpoint; `None` when either is gone.
+    async fn claimed(&self, id: &str) -> Result<Option<Claimed>> {
+        let delivery = Self::delivery_in(&self.db, id).await?;
+        let event = sql(
+            self.db.get_database_backend(),
+            &format!(
+                "SELECT {} FROM events WHERE seq = $1",
+                super::events::EVENT_COLUMNS
+            ),
+            [delivery.event_seq.into()],
+        );
+        let endpoint = self.get_endpoint(&delivery.endpoint_id).await?;
+        Ok(
+            match (self.db.query_one(event).await.map_err(db_err)?, endpoint) {
+                (Some(row), Some(endpoint)) => Some(Claimed {
+                    event: event_from(&row)?,
+                    delivery,
+                    endpoint,
+                }),
+                _ => None,
+            },
+        )
+    }
+
     async fn delivery_in<C: ConnectionTrait>(conn: &C, id: &str) -> Result<Delivery> {
         let q = sql(
             conn.get_database_backend(),
@@ -174,7 +198,12 @@ impl WebhookStore for SeaStore {
         rows.iter().map(endpoint_from).collect()
     }
 
-    async fn update_endpoint(&self, e: &Endpoint, audit: AuditEvent) -> Result<()> {
+    async fn update_endpoint(
+        &self,
+        e: &Endpoint,
+        read_at: UnixMillis,
+        audit: AuditEvent,
+    ) -> Result<()> {
         let backend = self.db.get_database_backend();
         let txn = self.db.begin().await.map_err(db_err)?;
         let (prev, until) = match &e.previous {
@@ -185,7 +214,7 @@ impl WebhookStore for SeaStore {
             backend,
             "UPDATE webhook_endpoints SET url = $1, description = $2, event_types = $3, \
              secret = $4, previous_secret = $5, previous_until = $6, enabled = $7, \
-             disabled_reason = $8, update_time = $9 WHERE id = $10",
+             disabled_reason = $8, update_time = $9 WHERE id = $10 AND update_time = $11",
             [
                 e.url.clone().into(),
                 e.description.clone().into(),
@@ -197,17 +226,21 @@ impl WebhookStore for SeaStore {
                 e.disabled_reason.clone().into(),
                 e.update_time.0.into(),
                 e.id.clone().into(),
+                read_at.0.into(),
             ],
         );
         if txn.execute(update).await.map_err(db_err)?.rows_affected() == 0 {
-            return Err(Error::not_found("webhook endpoint", &e.id));
+            return Err(Error::precondition(
+                "endpoint.update_time",
+                "the endpoint changed (or was deleted) meanwhile; read it again and retry",
+            ));
         }
         if e.enabled {
             // Deliveries that waited while it was disabled are due now.
             let due = sql(
                 backend,
-                "UPDATE webhook_deliveries SET next_attempt_time = $1 \
-                 WHERE endpoint_id = $2 AND state = 'pending' AND next_attempt_time > $1",
+                "UPDATE webhook_deliveries SET next_attempt_time = $1, first_attempt_time = NULL \
+                 WHERE endpoint_id = $2 AND state = 'pending'",
                 [e.update_time.0.into(), e.id.clone().into()],
             );
             txn.execute(due).await.map_err(db_err)?;
@@ -259,7 +292,8 @@ impl WebhookStore for SeaStore {
                  WHERE d.state = 'pending' AND d.next_attempt_time <= $1 AND d.lease_until <= $1 \
                  AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p \
                    WHERE p.endpoint_id = d.endpoint_id AND p.order_key = d.order_key \
-                   AND p.state = 'pending' AND p.event_seq < d.event_seq) \
+                   AND p.state = 'pending' AND (p.event_seq < d.event_seq \
+                   OR (p.event_seq = d.event_seq AND p.id < d.id))) \
                  ORDER BY d.event_seq, d.id LIMIT $2"
             ),
             [now.0.into(), to_i64(limit).into()],
@@ -290,30 +324,24 @@ impl WebhookStore for SeaStore {
             if self.db.execute(take).await.map_err(db_err)?.rows_affected() == 0 {
                 continue;
             }
-            let delivery = Self::delivery_in(&self.db, &id).await?;
-            let event = sql(
-                backend,
-                &format!(
-                    "SELECT {} FROM events WHERE seq = $1",
-                    super::events::EVENT_COLUMNS
-                ),
-                [delivery.event_seq.into()],
-            );
-            let endpoint = self.get_endpoint(&delivery.endpoint_id).await?;
-            match (self.db.query_one(event).await.map_err(db_err)?, endpoint) {
-                (Some(row), Some(endpoint)) => claimed.push(Claimed {
-                    event: event_from(&row)?,
-                    delivery,
-                    endpoint,
-                }),
-                // Pruned or deleted meanwhile: nothing left to send.
-                _ => {
+            match self.claimed(&id).await {
+                Ok(Some(c)) => claimed.push(c),
+                // Pruned or deleted meanwhile, or a row that does not read back: it fails
+                // alone instead of stopping every delivery behind it.
+                failed => {
+                    let error = match failed {
+                        Err(e) => {
+                            tracing::error!(delivery_id = %id, error = %e, "a webhook delivery cannot be read; failing it");
+                            "stored delivery unreadable".to_owned()
+                        }
+                        _ => "event or endpoint gone".to_owned(),
+                    };
                     let record = AttemptRecord {
                         state: DeliveryState::Failed,
                         now,
                         next_attempt: now,
                         status: 0,
-                        error: "event or endpoint gone".into(),
+                        error,
                     };
                     self.finish_attempt(&id, owner, &record).await?;
                 }
