@@ -65,11 +65,10 @@ impl App {
         let max_message = self.config.limits.max_message_bytes;
         let admin_auth = AdminAuth(self.tokens.clone());
         let key_admin = InterceptedService::new(
-            KeyAdminServer::new(KeyAdminApi::new(
-                self.admin,
-                self.leaks,
-                self.metrics.clone(),
-            ))
+            KeyAdminServer::new(
+                KeyAdminApi::new(self.admin, self.leaks, self.metrics.clone())
+                    .with_watchers(self.tokens.clone(), self.config.events.max_watchers),
+            )
             .max_decoding_message_size(max_message),
             move |req| admin_auth.check(req),
         );

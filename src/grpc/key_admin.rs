@@ -15,6 +15,10 @@ pub struct KeyAdminApi {
     svc: AdminService,
     leaks: Arc<LeakResponder>,
     metrics: Arc<Metrics>,
+    /// Asked again while a `WatchEvents` stream runs.
+    tokens: crate::service::tokens::AdminTokens,
+    /// `WatchEvents` streams open at once (`events.max_watchers`).
+    watchers: Arc<tokio::sync::Semaphore>,
 }
 
 impl KeyAdminApi {
@@ -23,7 +27,21 @@ impl KeyAdminApi {
             svc,
             leaks,
             metrics,
+            tokens: Default::default(),
+            watchers: Arc::new(tokio::sync::Semaphore::new(256)),
         }
+    }
+
+    /// The admin identities a `WatchEvents` stream is re-checked against, and how many
+    /// streams may be open at once.
+    pub fn with_watchers(
+        mut self,
+        tokens: crate::service::tokens::AdminTokens,
+        max_watchers: usize,
+    ) -> Self {
+        self.tokens = tokens;
+        self.watchers = Arc::new(tokio::sync::Semaphore::new(max_watchers));
+        self
     }
 
     /// A key with its count of today's uses and its quota's figures.
@@ -599,9 +617,20 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminApi {
                 .svc
                 .watch_start(&caller, &r.tenant_id, cursor, &r.event_types)
                 .await?;
-            let rx = self.svc.follow_events(tenant, after, types);
-            let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
-                .map(|item| item.map(|e| convert::event(&e)).map_err(Status::from));
+            let permit = self.watchers.clone().try_acquire_owned().map_err(|_| {
+                Status::resource_exhausted(
+                    "too many WatchEvents streams are open on this server (events.max_watchers)",
+                )
+            })?;
+            let (tokens, who) = (self.tokens.clone(), caller.principal.clone());
+            let rx = self
+                .svc
+                .follow_events(tenant, after, types, move || tokens.still_valid(&who));
+            // The permit lives as long as the stream.
+            let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| {
+                let _open = &permit;
+                item.map(|e| convert::event(&e)).map_err(Status::from)
+            });
             Ok(Box::pin(stream) as EventStream)
         })
         .await

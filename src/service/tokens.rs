@@ -71,6 +71,14 @@ impl AdminTokens {
         *self.stored.write().unwrap_or_else(|p| p.into_inner()) = entries;
     }
 
+    /// Whether `who` is still an accepted identity with the same role and tenant (a long
+    /// call, such as `WatchEvents`, asks again while it runs).
+    pub fn still_valid(&self, who: &Principal) -> bool {
+        read(&self.configured).iter().any(|(p, _)| p == who)
+            || read(&self.stored).iter().any(|(p, _)| p == who)
+            || self.subjects.iter().any(|(_, p)| p == who)
+    }
+
     /// Reloads the stored tokens, so tokens made or revoked with `keygate admin` (by this
     /// or another process) take effect without a restart.
     pub async fn refresh(&self, store: &dyn AdminTokenStore) -> Result<()> {

@@ -763,3 +763,73 @@ async fn ext_authz_source_addresses_are_believed_only_from_a_trusted_caller() {
         }
     }
 }
+
+/// A `WatchEvents` stream ends once its admin token is revoked, and a server serves at
+/// most `events.max_watchers` streams at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watch_streams_end_with_their_token_and_are_capped() {
+    let Some(s) = TestServer::start_with(Db::Sqlite, |c| {
+        c.events.deliver = false;
+        c.events.poll_ms = 50;
+        c.events.max_watchers = 2;
+    })
+    .await
+    else {
+        return;
+    };
+    let platform = s.admin().await;
+    platform.tenant("own").upsert().await;
+    let (token, made) = admin_cli(&s.url, &["admin", "create", "--role", "viewer"]);
+    let id = made
+        .split_whitespace()
+        .find(|w| w.starts_with("adm_"))
+        .expect("the token id is reported")
+        .to_owned();
+    let viewer = platform.with_token(token.trim());
+    let watch = || pb::WatchEventsRequest {
+        tenant_id: "own".into(),
+        ..Default::default()
+    };
+    let mut stream = None;
+    for _ in 0..80 {
+        // The server picks up the new token within seconds.
+        match viewer.watch_events(watch()).await {
+            Ok(st) => {
+                stream = Some(st);
+                break;
+            }
+            Err(e) if e.code() == UA => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    let mut stream = stream.expect("the viewer's token was picked up");
+    // Two streams are open (the viewer's and this one); a third is refused.
+    let _second = platform.watch_events(watch()).await.unwrap();
+    let third = platform.watch_events(watch()).await.unwrap_err();
+    assert_eq!(third.code(), Code::ResourceExhausted, "{third:?}");
+    // Events flow to the viewer until its token is revoked; then the stream ends.
+    platform.create_key(new_key("own").name("seen")).await;
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.r#type, "key.created");
+    admin_cli(&s.url, &["admin", "revoke", &id]);
+    let end = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ended within the token refresh");
+    let status = end.unwrap_err();
+    assert_eq!(status.code(), UA, "{status:?}");
+    // Its slot is free again.
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    platform.watch_events(watch()).await.unwrap();
+}

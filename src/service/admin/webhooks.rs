@@ -356,6 +356,7 @@ impl AdminService {
         tenant: Option<String>,
         after_seq: i64,
         types: Vec<EventType>,
+        authorized: impl Fn() -> bool + Send + 'static,
     ) -> tokio::sync::mpsc::Receiver<Result<Event>> {
         crate::service::events::follow(
             self.events_log.clone(),
@@ -363,6 +364,7 @@ impl AdminService {
             types,
             after_seq,
             self.events.poll,
+            authorized,
         )
     }
 }

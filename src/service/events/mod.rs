@@ -46,6 +46,9 @@ config_section! {
         pub poll_ms: u64 = 1000,
         /// Deliveries one replica attempts at once (`KEYGATE_EVENTS__CONCURRENCY`).
         pub concurrency: usize = 16,
+        /// `WatchEvents` streams one replica serves at once; more are refused with
+        /// RESOURCE_EXHAUSTED (`KEYGATE_EVENTS__MAX_WATCHERS`).
+        pub max_watchers: usize = 256,
         /// Allow endpoints on loopback, private and link-local addresses
         /// (`KEYGATE_EVENTS__ALLOW_PRIVATE_TARGETS`). Off: a tenant admin cannot make
         /// Keygate call into the operator's network.
@@ -90,6 +93,12 @@ impl EventsConfig {
         at_least("events.poll_ms", self.poll_ms, 10)?;
         at_least("events.sweep_secs", self.sweep_secs, 1)?;
         at_least("events.retention_days", self.retention_days, 1)?;
+        if self.max_watchers == 0 || self.max_watchers > 100_000 {
+            return Err(Error::invalid(
+                "events.max_watchers",
+                "must be from 1 to 100000",
+            ));
+        }
         if self.concurrency == 0 || self.concurrency > 1024 {
             return Err(Error::invalid(
                 "events.concurrency",

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 mod audit;
 mod changes;
+mod events;
 mod health;
 mod imports;
 mod keys;
