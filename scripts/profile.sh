@@ -2,7 +2,8 @@
 # Instruction counts of Keygate's check hot path, with valgrind's callgrind: repeatable
 # for the same binary and inputs whatever else the machine is doing (unlike timings).
 #
-# Runs the benchmark runner's `check_cached` scenario (one hot key, ALLOW) against the
+# Runs a benchmark runner scenario (`check_cached` by default: one hot key, ALLOW; any
+# single-server one with PROFILE_SCENARIO, e.g. `ext_authz` or `check_rate_limited`) against the
 # release `keygate` binary started under callgrind with instrumentation off; the runner
 # turns it on when the measured window opens and off when it closes, so start-up and
 # provisioning are not counted (the counts are written when the server exits). Prints instructions per answered check and the functions that cost
@@ -10,6 +11,7 @@
 #
 #   ./scripts/profile.sh                 # 8 calls in flight on 1 connection, 10 s
 #   PROFILE_SECS=20 ./scripts/profile.sh
+#   PROFILE_SCENARIO=ext_authz ./scripts/profile.sh
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -18,8 +20,9 @@ out="${PROFILE_DIR:-$root/target/profile}"
 mkdir -p "$out"
 rm -f "$out"/callgrind.*
 secs="${PROFILE_SECS:-10}"
+scenario="${PROFILE_SCENARIO:-check_cached}"
 KG_BENCH_WRAP="valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=$out/callgrind.%p.out" \
-  cargo bench --bench keygate -- --scenario check_cached --conns 1 --concurrency 8 \
+  cargo bench --bench keygate -- --scenario "$scenario" --conns 1 --concurrency 8 \
   --warmup 3 --duration "$secs" | tee "$out/bench.txt"
 calls=$(sed -n 's/^callgrind: pid [0-9]* counted the measured window: \([0-9]*\) answered.*/\1/p' "$out/bench.txt" | tail -1)
 dump=$(ls -t "$out"/callgrind.*.out 2>/dev/null | head -1)
