@@ -103,6 +103,18 @@ impl ScopeSet {
         self.0.iter().map(|s| s.0.clone()).collect()
     }
 
+    /// The scopes in one string, `sep` between them (one allocation).
+    pub fn joined(&self, sep: &str) -> String {
+        let mut out = String::with_capacity(self.0.iter().map(|s| s.0.len() + sep.len()).sum());
+        for (i, s) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push_str(sep);
+            }
+            out.push_str(&s.0);
+        }
+        out
+    }
+
     /// Whether any scope of the set grants `required`.
     pub fn grants(&self, required: &Scope) -> bool {
         self.0.iter().any(|s| s.grants(required))

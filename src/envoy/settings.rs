@@ -99,6 +99,8 @@ pub struct RouteSettings {
     pub tenant: Option<String>,
     /// Required scopes from `keygate.scopes` (space-separated).
     pub scopes: Vec<String>,
+    /// The same, parsed (once per route, not per call).
+    pub required_scopes: Vec<crate::domain::Scope>,
     pub cost: u32,
     /// Units to reserve (`keygate.reserve`; 0 = spend `cost`): the upstream gets the
     /// reservation id in `x-keygate-reservation-id` and settles the real cost.
@@ -169,6 +171,7 @@ impl EnvoyConfig {
             tenant_header: self.tenant_header.to_ascii_lowercase(),
             tenant: None,
             scopes: vec![],
+            required_scopes: vec![],
             cost: 1,
             reserve: 0,
             error_format: self.error_format,
@@ -201,7 +204,14 @@ impl EnvoyConfig {
                 }
                 "keygate.tenant" => s.tenant = Some(v.clone()).filter(|t| !t.is_empty()),
                 "keygate.tenant_header" => s.tenant_header = v.to_ascii_lowercase(),
-                "keygate.scopes" => s.scopes = v.split_whitespace().map(str::to_owned).collect(),
+                "keygate.scopes" => {
+                    s.scopes = v.split_whitespace().map(str::to_owned).collect();
+                    s.required_scopes = s
+                        .scopes
+                        .iter()
+                        .map(|sc| crate::domain::Scope::parse(k, sc))
+                        .collect::<Result<_>>()?;
+                }
                 "keygate.cost" => {
                     s.cost = v
                         .parse()
