@@ -5,7 +5,7 @@ use crate::harness::ab::{alternate, Legend, Side};
 use crate::harness::h2::{self, Get};
 use crate::harness::load::Load;
 use crate::harness::provision::{admin_token, hot_key};
-use crate::harness::proxy::{envoy_version, envoy_yaml, find_envoy, Envoy};
+use crate::harness::proxy::{envoy_version, envoy_yaml, envoy_yaml_with, find_envoy, Envoy};
 use crate::harness::report::{machine, write_json};
 use crate::harness::server::{sqlite_url, Server};
 use crate::harness::BoxError;
@@ -16,6 +16,7 @@ use std::sync::Arc;
 const A: &str = "envoy";
 const B: &str = "envoy+keygate";
 const C: &str = "envoy+noop-authz";
+const D: &str = "envoy+keygate, allowed_headers";
 
 /// Refuses to measure a set-up in which ext_authz is not what it should be: A answers
 /// 200, B 401 without the key and 200 with it (which also puts the key in Keygate's cache).
@@ -48,6 +49,7 @@ fn side(
     let get = Get {
         uri: format!("http://{}/", envoy.listener).parse()?,
         api_key: Some(api_key.clone()),
+        extra: h2::typical_headers(),
     };
     Ok(Side {
         label,
@@ -79,6 +81,14 @@ pub async fn run(s: &Settings) -> Result<(), BoxError> {
     let envoy_a = Envoy::start(&bin, dir.path(), A, &envoy_yaml(None)).await?;
     let envoy_b = Envoy::start(&bin, dir.path(), B, &envoy_yaml(Some(keygate.addr))).await?;
     let envoy_c = Envoy::start(&bin, dir.path(), C, &envoy_yaml(Some(noop.addr))).await?;
+    let envoy_d = Envoy::start(
+        &bin,
+        dir.path(),
+        D,
+        &envoy_yaml_with(Some(keygate.addr), true),
+    )
+    .await?;
+    sanity(&envoy_a, &envoy_d, &api_key).await?;
     sanity(&envoy_a, &envoy_b, &api_key).await?;
     let (status, _) = h2::once(envoy_c.listener, http::Method::GET, "/", Some(&api_key)).await?;
     if status != 200 {
@@ -116,8 +126,22 @@ pub async fn run(s: &Settings) -> Result<(), BoxError> {
     let keygate_vs_noop = alternate(&c_again, &b, &s.shape(16), s.rounds, &legend, None).await?;
     println!("\n-- {A} vs {B}");
     let mut ab = alternate(&a, &b, &s.shape(16), s.rounds, &legend, None).await?;
+    println!(
+        "\n-- Envoy's allowed_headers (examples/envoy/envoy.yaml): {B} vs {D}, every request \
+         carrying nine typical headers beside the key"
+    );
+    let b_again = side(B, &envoy_b, &keygate, &api_key)?;
+    let d = side(D, &envoy_d, &keygate, &api_key)?;
+    let allowed = alternate(&b_again, &d, &s.shape(16), s.rounds, &legend, None).await?;
+    println!("\n-- {C} vs {D}");
+    let c_third = side(C, &envoy_c, &noop, &api_key)?;
+    let d_again = side(D, &envoy_d, &keygate, &api_key)?;
+    let keygate_allowed_vs_noop =
+        alternate(&c_third, &d_again, &s.shape(16), s.rounds, &legend, None).await?;
     ab.json["filter_cost"] = filter.json;
     ab.json["keygate_vs_noop_authz"] = keygate_vs_noop.json;
+    ab.json["allowed_headers"] = allowed.json;
+    ab.json["keygate_allowed_headers_vs_noop_authz"] = keygate_allowed_vs_noop.json;
 
     let counters = envoy_b.ext_authz_counters().await?;
     let counter = |name: &str| counters.get(name).and_then(|v| v.as_u64()).unwrap_or(0);
@@ -138,11 +162,13 @@ pub async fn run(s: &Settings) -> Result<(), BoxError> {
     let stopped_a = envoy_a.stop().await;
     let stopped_b = envoy_b.stop().await;
     let stopped_c = envoy_c.stop().await;
+    let stopped_d = envoy_d.stop().await;
     let stopped_keygate = keygate.stop().await;
     let stopped_noop = noop.stop().await;
     stopped_a
         .and(stopped_b)
         .and(stopped_c)
+        .and(stopped_d)
         .and(stopped_keygate.map(|_| ()))
         .and(stopped_noop.map(|_| ()))
 }

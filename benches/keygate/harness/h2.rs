@@ -44,10 +44,35 @@ async fn roundtrip(
     Ok((head.status, data))
 }
 
-/// `GET uri` with an API key in `x-api-key`: the request every stream repeats.
+/// `GET uri` with an API key in `x-api-key` (and `extra` headers): the request every
+/// stream repeats.
 pub struct Get {
     pub uri: http::Uri,
     pub api_key: Option<http::HeaderValue>,
+    pub extra: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+/// What a browser or an SDK sends beside the key: about 700 bytes in nine headers, as a
+/// real request through a gateway carries (Envoy forwards every one to ext_authz unless
+/// `allowed_headers` says otherwise).
+pub fn typical_headers() -> Vec<(http::HeaderName, http::HeaderValue)> {
+    let h = |n: &'static str, v: &'static str| {
+        (
+            http::HeaderName::from_static(n),
+            http::HeaderValue::from_static(v),
+        )
+    };
+    vec![
+        h("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"),
+        h("accept", "application/json, text/plain, */*"),
+        h("accept-language", "en-US,en;q=0.9,de;q=0.8"),
+        h("accept-encoding", "gzip, deflate, br, zstd"),
+        h("referer", "https://app.example.com/dashboard/orders?page=2&sort=created"),
+        h("origin", "https://app.example.com"),
+        h("cookie", "_ga=GA1.2.1234567890.1700000000; session=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U; theme=dark; consent=1"),
+        h("x-request-id", "7f3c9a2e-5b1d-4e8f-9a6c-2d4b8e1f0a37"),
+        h("sec-fetch-mode", "cors"),
+    ]
 }
 
 impl Get {
@@ -57,6 +82,9 @@ impl Get {
         *req.uri_mut() = self.uri.clone();
         if let Some(key) = &self.api_key {
             req.headers_mut().insert("x-api-key", key.clone());
+        }
+        for (name, value) in &self.extra {
+            req.headers_mut().append(name.clone(), value.clone());
         }
         req
     }
@@ -85,6 +113,7 @@ pub async fn once(
     let get = Get {
         uri: format!("http://{addr}{path}").parse()?,
         api_key: api_key.cloned(),
+        extra: Vec::new(),
     };
     let req = get.request(method.clone());
     let once = async {

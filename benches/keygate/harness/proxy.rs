@@ -63,6 +63,28 @@ const EXT_AUTHZ_FILTER: &str = r#"          - name: envoy.filters.http.ext_authz
               status_on_error: {code: 503}
 "#;
 
+/// The same filter with the example's `allowed_headers`: only the headers Keygate reads.
+const EXT_AUTHZ_FILTER_ALLOWED: &str = r#"          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              grpc_service:
+                envoy_grpc: {cluster_name: keygate}
+                timeout: 1s
+              failure_mode_allow: false
+              status_on_error: {code: 503}
+              allowed_headers:
+                patterns:
+                - {exact: authorization}
+                - {exact: x-api-key}
+                - {exact: x-neariq-key}
+                - {exact: x-tenant-id}
+                - {exact: traceparent}
+                - {exact: tracestate}
+                - {exact: x-forwarded-for}
+                - {prefix: x-keygate-}
+"#;
+
 /// Keygate over HTTP/2. The circuit breakers are raised from their defaults (1024
 /// requests) so that a high `--conns` x `--concurrency` measures Keygate,
 /// not Envoy's overflow 503s.
@@ -84,16 +106,25 @@ const KEYGATE_CLUSTER: &str = r#"
 
 /// Scenario A's configuration without `keygate`, scenario B's with it.
 pub fn envoy_yaml(keygate: Option<SocketAddr>) -> String {
+    envoy_yaml_with(keygate, false)
+}
+
+/// As [`envoy_yaml`]; `allowed_headers`: the filter forwards only the headers Keygate
+/// reads (examples/envoy/envoy.yaml's setting).
+pub fn envoy_yaml_with(keygate: Option<SocketAddr>, allowed_headers: bool) -> String {
+    let filter = if allowed_headers {
+        EXT_AUTHZ_FILTER_ALLOWED
+    } else {
+        EXT_AUTHZ_FILTER
+    };
     match keygate {
         None => ENVOY_YAML
             .replace("__EXT_AUTHZ__\n", "")
             .replace("__CLUSTERS__", "[]"),
-        Some(addr) => ENVOY_YAML
-            .replace("__EXT_AUTHZ__\n", EXT_AUTHZ_FILTER)
-            .replace(
-                "__CLUSTERS__",
-                &KEYGATE_CLUSTER.replace("__KEYGATE_PORT__", &addr.port().to_string()),
-            ),
+        Some(addr) => ENVOY_YAML.replace("__EXT_AUTHZ__\n", filter).replace(
+            "__CLUSTERS__",
+            &KEYGATE_CLUSTER.replace("__KEYGATE_PORT__", &addr.port().to_string()),
+        ),
     }
 }
 
