@@ -590,3 +590,73 @@ async fn an_event_survives_sigkill_before_delivery() {
         "the signing secret reached the log"
     );
 }
+
+/// An https endpoint whose certificate chains to `events.ca_path` gets its deliveries; one
+/// signed by another CA gets none (the attempt fails on the handshake and says so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn https_endpoints_are_verified_against_the_configured_roots() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca = |name: &str| {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        (p.self_signed(&key).unwrap(), key)
+    };
+    let leaf = |(ca, ca_key): &(rcgen::Certificate, KeyPair)| {
+        let p = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, ca, ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (trusted, foreign) = (ca("hooks CA"), ca("someone else's CA"));
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("hooks-ca.pem");
+    std::fs::write(&ca_path, trusted.0.pem()).unwrap();
+    let Some(s) = TestServer::start_with(Db::Sqlite, |c| {
+        to_local(c);
+        c.events.ca_path = Some(ca_path.clone());
+    })
+    .await
+    else {
+        return;
+    };
+    let a = s.admin().await;
+    a.tenant("tls").upsert().await;
+    let (cert, key) = leaf(&trusted);
+    let good = Receiver::start_tls(&cert, &key).await;
+    let (cert, key) = leaf(&foreign);
+    let bad = Receiver::start_tls(&cert, &key).await;
+    assert!(good.url.starts_with("https://127.0.0.1:"));
+    let ep = a
+        .create_webhook_endpoint("tls", &good.url, &[])
+        .await
+        .unwrap();
+    let bad_ep = a
+        .create_webhook_endpoint("tls", &bad.url, &[])
+        .await
+        .unwrap();
+    let k = a.create_key(new_key("tls").name("over-tls")).await;
+    let id = k.key.unwrap().id;
+    let got = good
+        .wait_until(Duration::from_secs(10), |g| !types_of(g, &id).is_empty())
+        .await;
+    assert_eq!(types_of(&got, &id), ["key.created"]);
+    assert!(verify(&ep.secret, &got[0]));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        bad.received().is_empty(),
+        "a foreign certificate is refused"
+    );
+    let list = a
+        .list_deliveries(pb::ListDeliveriesRequest {
+            tenant_id: "tls".into(),
+            endpoint_id: bad_ep.endpoint.unwrap().id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let d = &list.deliveries[0];
+    assert_eq!(d.state, pb::DeliveryState::Pending as i32);
+    assert!(d.attempts >= 1 && d.last_error.contains("TLS"), "{d:?}");
+}

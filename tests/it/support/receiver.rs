@@ -53,8 +53,65 @@ impl Receiver {
         state.status.store(200, Ordering::SeqCst);
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let s = state.clone();
-        let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
+        let app = Self::app(state.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Receiver {
+            url: format!("http://{addr}/hooks/keygate"),
+            state,
+            task,
+        }
+    }
+
+    /// Over HTTPS on 127.0.0.1, with this certificate chain and key (PEM).
+    pub async fn start_tls(cert_pem: &str, key_pem: &str) -> Receiver {
+        use hyper_util::rt::TokioIo;
+        use rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls;
+        let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .map(|c| c.unwrap())
+            .collect();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let state = Arc::new(State::default());
+        state.status.store(200, Ordering::SeqCst);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Self::app(state.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(move |req| {
+                        tower::ServiceExt::oneshot(app.clone(), req)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        Receiver {
+            url: format!("https://{addr}/hooks/keygate"),
+            state,
+            task,
+        }
+    }
+
+    fn app(s: Arc<State>) -> axum::Router {
+        axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
             let s = s.clone();
             async move {
                 let h = |n: &str| {
@@ -74,15 +131,7 @@ impl Receiver {
                 });
                 StatusCode::from_u16(status).unwrap()
             }
-        });
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Receiver {
-            url: format!("http://{addr}/hooks/keygate"),
-            state,
-            task,
-        }
+        })
     }
 
     /// Answers every request with `status` from now on.
