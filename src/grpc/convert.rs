@@ -389,10 +389,9 @@ pub fn create_key(r: pb::CreateKeyRequest) -> Result<CreateKey> {
 
 /// The key id and the patch an UpdateKeyRequest asks for. Unknown mask paths are refused
 /// rather than ignored, so a typo never looks like a successful update.
-pub fn key_patch(r: pb::UpdateKeyRequest) -> Result<(String, KeyPatch)> {
-    let k = r.key.ok_or_else(|| Error::invalid("key", "is required"))?;
-    let mask = r
-        .update_mask
+/// The paths of an update's field mask: required, and naming at least one field.
+fn mask_paths(mask: Option<prost_types::FieldMask>) -> Result<Vec<String>> {
+    let mask = mask
         .ok_or_else(|| Error::invalid("update_mask", "is required: name the fields to change"))?;
     if mask.paths.is_empty() {
         return Err(Error::invalid(
@@ -400,8 +399,13 @@ pub fn key_patch(r: pb::UpdateKeyRequest) -> Result<(String, KeyPatch)> {
             "must name at least one field",
         ));
     }
+    Ok(mask.paths)
+}
+
+pub fn key_patch(r: pb::UpdateKeyRequest) -> Result<(String, KeyPatch)> {
+    let k = r.key.ok_or_else(|| Error::invalid("key", "is required"))?;
     let mut patch = KeyPatch::default();
-    for path in &mask.paths {
+    for path in &mask_paths(r.update_mask)? {
         match path.as_str() {
             "name" => patch.name = Some(k.name.clone()),
             "scopes" => patch.scopes = Some(ScopeSet::parse("key.scopes", &k.scopes)?),
@@ -585,17 +589,8 @@ pub fn endpoint_patch(
     let e = r
         .endpoint
         .ok_or_else(|| Error::invalid("endpoint", "is required"))?;
-    let mask = r
-        .update_mask
-        .ok_or_else(|| Error::invalid("update_mask", "is required: name the fields to change"))?;
-    if mask.paths.is_empty() {
-        return Err(Error::invalid(
-            "update_mask.paths",
-            "must name at least one field",
-        ));
-    }
     let mut patch = crate::service::admin::EndpointPatch::default();
-    for path in &mask.paths {
+    for path in &mask_paths(r.update_mask)? {
         match path.as_str() {
             "url" => patch.url = Some(e.url.clone()),
             "event_types" => patch.event_types = Some(e.event_types.clone()),

@@ -63,17 +63,8 @@ const EXT_AUTHZ_FILTER: &str = r#"          - name: envoy.filters.http.ext_authz
               status_on_error: {code: 503}
 "#;
 
-/// The same filter with the example's `allowed_headers`: only the headers Keygate reads.
-const EXT_AUTHZ_FILTER_ALLOWED: &str = r#"          - name: envoy.filters.http.ext_authz
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
-              transport_api_version: V3
-              grpc_service:
-                envoy_grpc: {cluster_name: keygate}
-                timeout: 1s
-              failure_mode_allow: false
-              status_on_error: {code: 503}
-              allowed_headers:
+/// The example's `allowed_headers`, appended to the filter: only the headers Keygate reads.
+const ALLOWED_HEADERS: &str = r#"              allowed_headers:
                 patterns:
                 - {exact: authorization}
                 - {exact: x-api-key}
@@ -113,15 +104,15 @@ pub fn envoy_yaml(keygate: Option<SocketAddr>) -> String {
 /// reads (examples/envoy/envoy.yaml's setting).
 pub fn envoy_yaml_with(keygate: Option<SocketAddr>, allowed_headers: bool) -> String {
     let filter = if allowed_headers {
-        EXT_AUTHZ_FILTER_ALLOWED
+        format!("{EXT_AUTHZ_FILTER}{ALLOWED_HEADERS}")
     } else {
-        EXT_AUTHZ_FILTER
+        EXT_AUTHZ_FILTER.to_owned()
     };
     match keygate {
         None => ENVOY_YAML
             .replace("__EXT_AUTHZ__\n", "")
             .replace("__CLUSTERS__", "[]"),
-        Some(addr) => ENVOY_YAML.replace("__EXT_AUTHZ__\n", filter).replace(
+        Some(addr) => ENVOY_YAML.replace("__EXT_AUTHZ__\n", &filter).replace(
             "__CLUSTERS__",
             &KEYGATE_CLUSTER.replace("__KEYGATE_PORT__", &addr.port().to_string()),
         ),

@@ -2,6 +2,15 @@
 use super::*;
 use crate::domain::event::Subject;
 
+/// Keys after `(t, id)` in (`time`, id) order: a page's resume point.
+fn after_cursor(time: api_keys::Column, t: UnixMillis, id: &str) -> Condition {
+    Condition::any().add(time.gt(t.0)).add(
+        Condition::all()
+            .add(time.eq(t.0))
+            .add(api_keys::Column::Id.gt(id)),
+    )
+}
+
 #[async_trait::async_trait]
 impl KeyStore for SeaStore {
     async fn insert_key(
@@ -64,13 +73,7 @@ impl KeyStore for SeaStore {
             .order_by_asc(C::Id)
             .limit(q.limit);
         if let Some((t, id)) = &q.after {
-            s = s.filter(
-                Condition::any().add(C::CreateTime.gt(t.0)).add(
-                    Condition::all()
-                        .add(C::CreateTime.eq(t.0))
-                        .add(C::Id.gt(id.as_str())),
-                ),
-            );
+            s = s.filter(after_cursor(C::CreateTime, *t, id));
         }
         if !q.include_revoked {
             s = s.filter(not_revoked(q.now));
@@ -102,13 +105,7 @@ impl KeyStore for SeaStore {
             .order_by_asc(C::Id)
             .limit(limit);
         if let Some((t, id)) = &after {
-            s = s.filter(
-                Condition::any().add(C::ExpireTime.gt(t.0)).add(
-                    Condition::all()
-                        .add(C::ExpireTime.eq(t.0))
-                        .add(C::Id.gt(id.as_str())),
-                ),
-            );
+            s = s.filter(after_cursor(C::ExpireTime, *t, id));
         }
         s.all(&self.db)
             .await
