@@ -408,8 +408,15 @@ pub trait EventLog: Send + Sync + 'static {
     /// The seq of the newest event (0: none yet).
     async fn last_event_seq(&self) -> Result<i64>;
     /// Deletes events from before `before` with no pending delivery, and finished
-    /// deliveries created before it; returns the rows deleted.
-    async fn prune_events(&self, before: UnixMillis) -> Result<u64>;
+    /// deliveries created before it; returns the rows deleted. First fails the pending
+    /// deliveries that can go nowhere: those of deleted endpoints, and those created before
+    /// `give_up_before` whose endpoint is disabled (their retry period is over).
+    async fn prune_events(
+        &self,
+        now: UnixMillis,
+        before: UnixMillis,
+        give_up_before: UnixMillis,
+    ) -> Result<u64>;
     /// Bumped after every commit through this store handle that wrote an event, so local
     /// followers wake at once (other replicas' events are found by polling).
     fn written(&self) -> tokio::sync::watch::Receiver<u64>;

@@ -80,8 +80,13 @@ impl Sweeper {
             })
             .await?;
         let retention = Duration::from_secs(self.config.retention_days * 86_400);
+        let retry_for = Duration::from_secs(self.config.retry_for_secs);
         self.events
-            .prune_events(UnixMillis(now.0 - retention.as_millis() as i64))
+            .prune_events(
+                now,
+                UnixMillis(now.0 - retention.as_millis() as i64),
+                UnixMillis(now.0 - retry_for.as_millis() as i64),
+            )
             .await?;
         let (pending, oldest) = self.webhooks.delivery_backlog().await?;
         let m = &self.metrics.events;

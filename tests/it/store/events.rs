@@ -361,7 +361,59 @@ async fn an_endpoint_is_not_overwritten_from_a_stale_read(db: Db) {
         .unwrap());
 }
 
+async fn pruning_gives_up_what_can_go_nowhere_and_keeps_the_rest(db: Db) {
+    let (_db, s) = stores_or_skip!(db);
+    seed_tenant(&s, "acme").await;
+    add_endpoint(&s, &endpoint("whep_on", "acme", &[], true)).await;
+    add_endpoint(&s, &endpoint("whep_off", "acme", &[], true)).await;
+    s.keys
+        .insert_key(
+            key("acme", "key_a"),
+            0,
+            T0,
+            audit("create_key", "acme", "key_a"),
+        )
+        .await
+        .unwrap();
+    let off = s.webhooks.get_endpoint("whep_off").await.unwrap().unwrap();
+    let disable = audit("disable_webhook_endpoint", "acme", "");
+    assert!(s
+        .webhooks
+        .disable_endpoint(&off.id, "x", at(1), disable)
+        .await
+        .unwrap());
+    let state = |endpoint: &'static str| {
+        let w = s.webhooks.clone();
+        async move {
+            let q = DeliveryQuery {
+                tenant_id: "acme".into(),
+                endpoint_id: Some(endpoint.into()),
+                limit: 10,
+                ..Default::default()
+            };
+            w.list_deliveries(&q).await.unwrap()[0].state
+        }
+    };
+    // Within the retry period: the disabled endpoint keeps its backlog for re-enabling.
+    s.events
+        .prune_events(at(2), UnixMillis(0), T0)
+        .await
+        .unwrap();
+    assert_eq!(state("whep_off").await, DeliveryState::Pending);
+    // Past it: given up; the enabled endpoint's delivery is untouched, the event kept.
+    s.events
+        .prune_events(at(3), UnixMillis(0), at(1))
+        .await
+        .unwrap();
+    assert_eq!(state("whep_off").await, DeliveryState::Failed);
+    assert_eq!(state("whep_on").await, DeliveryState::Pending);
+    // Past the retention, the event stays while a delivery of it is pending.
+    s.events.prune_events(at(4), at(10), at(1)).await.unwrap();
+    assert_eq!(types(&s, "acme").await, ["key.created"]);
+}
+
 on_both_stores!(
+    pruning_gives_up_what_can_go_nowhere_and_keeps_the_rest,
     changes_write_their_events_and_failures_none,
     an_occurrence_is_stored_once,
     deliveries_fan_out_to_the_endpoints_that_want_them,
