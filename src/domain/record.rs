@@ -110,6 +110,21 @@ pub struct AuditEvent {
     pub detail: String,
 }
 
+impl AuditEvent {
+    /// A sortable audit id: time, then a per-process sequence, so events of one
+    /// millisecond list in the order they happened; the random tail keeps replicas' ids
+    /// distinct.
+    pub fn new_id(time: UnixMillis) -> String {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10_000_000_000;
+        format!(
+            "aud_{:013}_{seq:010}_{}",
+            time.0.max(0),
+            super::key::random_base62(6)
+        )
+    }
+}
+
 /// Who asks, for authorization and the audit trail.
 #[derive(Debug, Clone)]
 pub struct Caller {

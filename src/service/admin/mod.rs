@@ -121,17 +121,9 @@ impl AdminService {
         changed: Vec<String>,
         detail: String,
     ) -> AuditEvent {
-        // Sortable ids: time, then a per-process sequence, so events of one millisecond
-        // list in the order they happened; the random tail keeps replicas' ids distinct.
-        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let time = self.now();
-        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10_000_000_000;
         AuditEvent {
-            id: format!(
-                "aud_{:013}_{seq:010}_{}",
-                time.0.max(0),
-                key::random_base62(6)
-            ),
+            id: AuditEvent::new_id(time),
             time,
             actor: caller.principal.id.clone(),
             action: action.to_owned(),

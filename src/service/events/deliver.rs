@@ -182,12 +182,7 @@ impl Deliverer {
             c.delivery.id
         );
         let audit = AuditEvent {
-            id: format!(
-                "aud_{:013}_{:010}_{}",
-                now.0.max(0),
-                0,
-                crate::domain::key::random_base62(6)
-            ),
+            id: AuditEvent::new_id(now),
             time: now,
             actor: "keygate".into(),
             action: "disable_webhook_endpoint".into(),

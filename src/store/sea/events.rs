@@ -223,20 +223,14 @@ impl EventLog for SeaStore {
         self.db.execute(orphans).await.map_err(db_err)?;
         // A disabled endpoint's backlog is kept for its re-enabling, but not past the
         // retry period: it would have been given up anyway.
-        let truthy = match backend {
-            DbBackend::Postgres => "TRUE",
-            _ => "1",
-        };
         let stranded = sql(
             backend,
-            &format!(
-                "UPDATE webhook_deliveries SET state = 'failed', finish_time = $1, \
-                 last_error = 'endpoint disabled past the retry period' \
-                 WHERE state = 'pending' AND create_time < $2 AND lease_until = 0 \
-                 AND NOT EXISTS (SELECT 1 FROM webhook_endpoints w \
-                   WHERE w.id = webhook_deliveries.endpoint_id AND w.enabled = {truthy})"
-            ),
-            [now.0.into(), give_up_before.0.into()],
+            "UPDATE webhook_deliveries SET state = 'failed', finish_time = $1, \
+             last_error = 'endpoint disabled past the retry period' \
+             WHERE state = 'pending' AND create_time < $2 AND lease_until = 0 \
+             AND NOT EXISTS (SELECT 1 FROM webhook_endpoints w \
+               WHERE w.id = webhook_deliveries.endpoint_id AND w.enabled = $3)",
+            [now.0.into(), give_up_before.0.into(), true.into()],
         );
         self.db.execute(stranded).await.map_err(db_err)?;
         let a = self.db.execute(deliveries).await.map_err(db_err)?;

@@ -279,24 +279,18 @@ impl WebhookStore for SeaStore {
         limit: u64,
     ) -> Result<Vec<Claimed>> {
         let backend = self.db.get_database_backend();
-        let truthy = match backend {
-            DbBackend::Postgres => "TRUE",
-            _ => "1",
-        };
         // Due, free, of an enabled endpoint, and first in line for its endpoint and key.
         let due = sql(
             backend,
-            &format!(
-                "SELECT d.id FROM webhook_deliveries d \
-                 JOIN webhook_endpoints w ON w.id = d.endpoint_id AND w.enabled = {truthy} \
-                 WHERE d.state = 'pending' AND d.next_attempt_time <= $1 AND d.lease_until <= $1 \
-                 AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p \
-                   WHERE p.endpoint_id = d.endpoint_id AND p.order_key = d.order_key \
-                   AND p.state = 'pending' AND (p.event_seq < d.event_seq \
-                   OR (p.event_seq = d.event_seq AND p.id < d.id))) \
-                 ORDER BY d.event_seq, d.id LIMIT $2"
-            ),
-            [now.0.into(), to_i64(limit).into()],
+            "SELECT d.id FROM webhook_deliveries d \
+             JOIN webhook_endpoints w ON w.id = d.endpoint_id AND w.enabled = $3 \
+             WHERE d.state = 'pending' AND d.next_attempt_time <= $1 AND d.lease_until <= $1 \
+             AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p \
+               WHERE p.endpoint_id = d.endpoint_id AND p.order_key = d.order_key \
+               AND p.state = 'pending' AND (p.event_seq < d.event_seq \
+               OR (p.event_seq = d.event_seq AND p.id < d.id))) \
+             ORDER BY d.event_seq, d.id LIMIT $2",
+            [now.0.into(), to_i64(limit).into(), true.into()],
         );
         let ids: Vec<String> = self
             .db
@@ -405,18 +399,18 @@ impl WebhookStore for SeaStore {
         audit: AuditEvent,
     ) -> Result<bool> {
         let backend = self.db.get_database_backend();
-        let truthy = match backend {
-            DbBackend::Postgres => "TRUE",
-            _ => "1",
-        };
         let txn = self.db.begin().await.map_err(db_err)?;
         let update = sql(
             backend,
-            &format!(
-                "UPDATE webhook_endpoints SET enabled = $1, disabled_reason = $2, \
-                 update_time = $3 WHERE id = $4 AND enabled = {truthy}"
-            ),
-            [false.into(), reason.into(), now.0.into(), id.into()],
+            "UPDATE webhook_endpoints SET enabled = $1, disabled_reason = $2, \
+             update_time = $3 WHERE id = $4 AND enabled = $5",
+            [
+                false.into(),
+                reason.into(),
+                now.0.into(),
+                id.into(),
+                true.into(),
+            ],
         );
         if txn.execute(update).await.map_err(db_err)?.rows_affected() == 0 {
             txn.rollback().await.map_err(db_err)?;
