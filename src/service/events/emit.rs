@@ -3,7 +3,7 @@
 //! never waits for them: an occurrence seen for the first time goes on a bounded queue to
 //! a writer task, which appends it with an id derived from the occurrence, so replicas
 //! that see the same occurrence store one event. A denial already counted costs one hash
-//! and one set lookup.
+//! of borrowed parts and one set lookup.
 use crate::domain::event::{Event, EventType};
 use crate::domain::UnixMillis;
 use crate::metrics::Metrics;
@@ -46,8 +46,9 @@ impl Emitter {
         (emitter, writer)
     }
 
-    /// Marks an occurrence seen; false when it already was.
-    fn first(&self, occurrence: &str) -> Option<u64> {
+    /// Marks an occurrence (anything that names it uniquely) seen; `None` when it
+    /// already was.
+    fn first(&self, occurrence: impl std::hash::Hash) -> Option<u64> {
         let h = self.hasher.hash_one(occurrence);
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.contains(&h) {
@@ -75,8 +76,9 @@ impl Emitter {
     }
 
     /// A call of `key_id` refused by the limit `name` (`limit` per `window_ms`): one event
-    /// per key, limit and aligned window.
-    #[allow(clippy::too_many_arguments)]
+    /// per key, limit and aligned window. A denial already told costs a hash of the
+    /// borrowed parts and a set lookup: nothing is formatted or allocated until the
+    /// occurrence is new.
     pub fn rate_limited(
         &self,
         tenant_id: &str,
@@ -88,10 +90,10 @@ impl Emitter {
     ) {
         let window_ms = window_ms.max(1);
         let start = now.0.max(0) as u64 / window_ms * window_ms;
-        let occurrence = format!("{key_id}\n{name}\n{window_ms}\n{start}");
-        let Some(h) = self.first(&occurrence) else {
+        let Some(h) = self.first((key_id, name, window_ms, start)) else {
             return;
         };
+        let occurrence = format!("{key_id}\n{name}\n{window_ms}\n{start}");
         let data = json!({
             "key": { "id": key_id, "tenant_id": tenant_id },
             "limit": { "name": name, "limit": limit, "window_secs": window_ms / 1000 },
@@ -125,7 +127,7 @@ impl Emitter {
     ) {
         let subject = if key_id.is_empty() { tenant_id } else { key_id };
         let occurrence = format!("{owner}:{subject}\n{}", period_start.0);
-        let Some(h) = self.first(&format!("{}\n{occurrence}", kind.as_str())) else {
+        let Some(h) = self.first((kind.as_str(), &occurrence)) else {
             return;
         };
         let mut data = json!({
