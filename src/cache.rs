@@ -9,12 +9,15 @@
 //! a newer epoch, and a hit on an entry older than its tombstone is a miss.
 use crate::config::CacheConfig;
 use crate::domain::change::ChangeListener;
-use crate::domain::{KeyRecord, Tenant};
+use crate::domain::record::KeyParts;
+use crate::domain::{CachedKey, IpAllowlist, KeyRecord, RateLimitSpec, ScopeSet, Tenant};
 use crate::error::{Error, Result};
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use std::future::Future;
+use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// SHA-256 of a presented key: the cache's key.
@@ -47,7 +50,9 @@ pub struct KeyCache {
     epoch: AtomicU64,
     /// Entries loaded before this epoch are stale (set by `invalidate_all`).
     all_before: AtomicU64,
-    keys: moka::future::Cache<KeyDigest, Arc<Loaded<KeyRecord>>, Hasher>,
+    keys: moka::future::Cache<KeyDigest, Arc<Loaded<CachedKey>>, Hasher>,
+    /// What cached keys share (see [`CachedKey`]).
+    shared: Shared,
     unknown: moka::future::Cache<KeyDigest, (), Hasher>,
     tenants: moka::future::Cache<String, Arc<Loaded<Tenant>>, Hasher>,
     key_tombstones: moka::sync::Cache<String, u64, Hasher>,
@@ -60,7 +65,7 @@ type Hasher = foldhash::fast::RandomState;
 
 /// What a key load produced: the key, or "no such key / wrong secret".
 pub enum Resolved {
-    Key(Arc<Loaded<KeyRecord>>),
+    Key(Arc<Loaded<CachedKey>>),
     Unknown,
 }
 
@@ -76,6 +81,7 @@ impl KeyCache {
                 .max_capacity(cfg.max_entries)
                 .time_to_live(ttl)
                 .build_with_hasher(Hasher::default()),
+            shared: Shared::default(),
             unknown: moka::future::Cache::builder()
                 .max_capacity(cfg.negative_max_entries)
                 .time_to_live(Duration::from_secs(cfg.negative_ttl_secs.max(1)))
@@ -125,9 +131,13 @@ impl KeyCache {
             return Ok(Resolved::Unknown);
         }
         let epoch = self.current_epoch();
+        let interned = &self.shared;
         let loaded = Box::pin(self.keys.try_get_with(digest, async move {
             match load().await? {
-                Some(value) => Ok(Arc::new(Loaded { value, epoch })),
+                Some(record) => Ok(Arc::new(Loaded {
+                    value: CachedKey::new(record, interned),
+                    epoch,
+                })),
                 None => Err(Error::not_found("key", "")),
             }
         }))
@@ -206,6 +216,62 @@ impl KeyCache {
     }
 }
 
+/// One copy of each value many cached keys hold alike. An entry lives while a cached key
+/// holds it: when the set has doubled since it was last swept, entries no key holds any
+/// more are dropped, so it stays within twice what is in use (loads are misses: rare).
+struct Interner<T: ?Sized> {
+    set: Mutex<(HashSet<Arc<T>, Hasher>, usize)>,
+}
+
+impl<T: ?Sized> Default for Interner<T> {
+    fn default() -> Self {
+        Interner {
+            set: Mutex::new((HashSet::default(), 0)),
+        }
+    }
+}
+
+impl<T: ?Sized + Hash + Eq> Interner<T> {
+    fn intern<V: std::borrow::Borrow<T> + Into<Arc<T>>>(&self, value: V) -> Arc<T> {
+        let mut guard = self.set.lock().unwrap_or_else(|p| p.into_inner());
+        let (set, swept) = &mut *guard;
+        if let Some(held) = set.get(value.borrow()) {
+            return held.clone();
+        }
+        if set.len() >= (*swept * 2).max(64) {
+            set.retain(|v| Arc::strong_count(v) > 1);
+            *swept = set.len();
+        }
+        let held: Arc<T> = value.into();
+        set.insert(held.clone());
+        held
+    }
+}
+
+/// The interners of [`CachedKey`]'s shared parts.
+#[derive(Default)]
+struct Shared {
+    text: Interner<str>,
+    scopes: Interner<ScopeSet>,
+    limits: Interner<[RateLimitSpec]>,
+    allowlists: Interner<IpAllowlist>,
+}
+
+impl KeyParts for Shared {
+    fn text(&self, s: &str) -> Arc<str> {
+        self.text.intern(s)
+    }
+    fn scopes(&self, s: ScopeSet) -> Arc<ScopeSet> {
+        self.scopes.intern(s)
+    }
+    fn allowlist(&self, a: IpAllowlist) -> Arc<IpAllowlist> {
+        self.allowlists.intern(a)
+    }
+    fn limits(&self, l: Vec<RateLimitSpec>) -> Arc<[RateLimitSpec]> {
+        self.limits.intern(l)
+    }
+}
+
 /// moka hands a failed load's error to every waiter behind an `Arc`; rebuild an owned
 /// error of the same kind (the original cause is logged where it happened).
 fn shared(e: Arc<Error>) -> Error {
@@ -245,5 +311,28 @@ impl ChangeListener for KeyCache {
     fn tenant_changed(&self, tenant_id: &str) {
         let e = self.bump();
         self.tenant_tombstones.insert(tenant_id.to_owned(), e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_parts_are_held_once_and_unheld_ones_are_let_go() {
+        let text: Interner<str> = Interner::default();
+        let a = text.intern("tenant-a");
+        let b = text.intern(String::from("tenant-a").as_str());
+        assert!(Arc::ptr_eq(&a, &b), "one copy for equal values");
+        // Values no key holds any more are dropped once the set has doubled.
+        for i in 0..1_000 {
+            drop(text.intern(format!("gone-{i}").as_str()));
+        }
+        let held = text.set.lock().unwrap().0.len();
+        assert!(held < 200, "{held} entries kept for 2 values in use");
+        assert!(
+            Arc::ptr_eq(&a, &text.intern("tenant-a")),
+            "a held value stays"
+        );
     }
 }

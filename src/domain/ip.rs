@@ -7,7 +7,7 @@ pub const MAX_ENTRIES: usize = 256;
 
 /// A key's allowlist; empty means any address. Entries are canonical: the host bits of a
 /// range are cleared and IPv4-mapped IPv6 entries are stored as IPv4.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct IpAllowlist(Vec<IpNet>);
 
 /// `::ffff:1.2.3.4` is the IPv4 address 1.2.3.4 seen through an IPv6 socket.

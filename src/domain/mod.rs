@@ -21,6 +21,6 @@ pub mod webhook;
 pub use ip::IpAllowlist;
 pub use key::{ApiKeyFormat, ParsedKey};
 pub use policy::{ExpiryPolicy, PlanLimits, RateLimitSpec, TenantPolicy};
-pub use record::{AuditEvent, Caller, KeyRecord, KeyState, NewKey, Plan, Tenant};
+pub use record::{AuditEvent, CachedKey, Caller, KeyRecord, KeyState, NewKey, Plan, Tenant};
 pub use scope::{Scope, ScopeSet};
 pub use time::{Clock, ManualClock, SystemClock, UnixMillis};

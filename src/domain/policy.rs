@@ -12,7 +12,7 @@ pub const MAX_WINDOW: Duration = Duration::from_secs(31 * 24 * 3600);
 pub const MAX_LIFETIME: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
 
 /// A named sliding-window limit: at most `limit` units of cost per `window`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RateLimitSpec {
     pub name: String,
     pub limit: u64,

@@ -3,6 +3,7 @@ use super::{
     ip::IpAllowlist, policy::RateLimitSpec, policy::TenantPolicy, scope::ScopeSet, time::UnixMillis,
 };
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tenant {
@@ -84,6 +85,78 @@ impl KeyRecord {
             KeyState::Active
         }
     }
+}
+
+/// What the check path reads of a key: the compact form the key cache holds, one per
+/// cached key (so each byte here is a megabyte at a million keys). What many keys have in
+/// common (tenant, environment, scope set, limits, allowlist) is shared between them, not
+/// copied; what only admin reads need (lookup id, prefixes, times, counters, revoke
+/// reason) is left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedKey {
+    pub id: Box<str>,
+    pub tenant_id: Arc<str>,
+    pub name: Box<str>,
+    pub environment: Arc<str>,
+    pub scopes: Arc<ScopeSet>,
+    /// `None` = any address.
+    pub ip_allowlist: Option<Arc<IpAllowlist>>,
+    /// Empty = the tenant's defaults.
+    pub rate_limits: Arc<[RateLimitSpec]>,
+    /// `None` = the tenant's `default_key_quota`, if any.
+    pub quota: Option<Box<super::quota::QuotaSpec>>,
+    /// `None` = no metadata.
+    pub metadata: Option<Box<BTreeMap<String, String>>>,
+    pub enabled: bool,
+    pub expire_time: Option<UnixMillis>,
+    pub revoke_time: Option<UnixMillis>,
+}
+
+impl CachedKey {
+    /// The compact form of `r`; `share` gives the shared copy of each part many keys hold
+    /// alike (the cache's interners).
+    pub fn new(r: KeyRecord, share: &impl KeyParts) -> Self {
+        CachedKey {
+            id: r.id.into_boxed_str(),
+            tenant_id: share.text(&r.tenant_id),
+            name: r.name.into_boxed_str(),
+            environment: share.text(&r.environment),
+            scopes: share.scopes(r.scopes),
+            ip_allowlist: (!r.ip_allowlist.is_empty()).then(|| share.allowlist(r.ip_allowlist)),
+            rate_limits: share.limits(r.rate_limits),
+            quota: r.quota.map(Box::new),
+            metadata: (!r.metadata.is_empty()).then(|| Box::new(r.metadata)),
+            enabled: r.enabled,
+            expire_time: r.expire_time,
+            revoke_time: r.revoke_time,
+        }
+    }
+
+    pub fn is_revoked(&self, now: UnixMillis) -> bool {
+        self.revoke_time.is_some_and(|t| t <= now)
+    }
+
+    pub fn is_expired(&self, now: UnixMillis) -> bool {
+        self.expire_time.is_some_and(|t| t <= now)
+    }
+
+    /// Whether a call from `ip` may use the key (`None`: the caller's address is unknown).
+    pub fn admits_ip(&self, ip: Option<std::net::IpAddr>) -> bool {
+        self.ip_allowlist.as_ref().is_none_or(|a| a.admits(ip))
+    }
+
+    /// The key's metadata, in name order.
+    pub fn metadata(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.metadata.iter().flat_map(|m| m.iter())
+    }
+}
+
+/// Where [`CachedKey::new`] gets the one shared copy of each part many keys hold alike.
+pub trait KeyParts {
+    fn text(&self, s: &str) -> Arc<str>;
+    fn scopes(&self, s: ScopeSet) -> Arc<ScopeSet>;
+    fn allowlist(&self, a: IpAllowlist) -> Arc<IpAllowlist>;
+    fn limits(&self, l: Vec<RateLimitSpec>) -> Arc<[RateLimitSpec]>;
 }
 
 /// Everything a new key row holds; the store assigns nothing but checks the cap.

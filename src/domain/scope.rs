@@ -65,7 +65,7 @@ impl fmt::Display for Scope {
 }
 
 /// A key's scopes, deduplicated and sorted.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ScopeSet(Vec<Scope>);
 
 impl ScopeSet {

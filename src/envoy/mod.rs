@@ -314,11 +314,11 @@ pub fn respond(
         let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
         let mut upstream: Vec<(String, String)> = Vec::new();
         if let Some(k) = &d.key {
-            upstream.push(("x-keygate-key-id".into(), k.id.clone()));
-            upstream.push(("x-keygate-tenant-id".into(), k.tenant_id.clone()));
+            upstream.push(("x-keygate-key-id".into(), k.id.to_string()));
+            upstream.push(("x-keygate-tenant-id".into(), k.tenant_id.to_string()));
             upstream.push(("x-keygate-scopes".into(), d.scopes.joined(" ")));
             if !k.environment.is_empty() {
-                upstream.push(("x-keygate-environment".into(), k.environment.clone()));
+                upstream.push(("x-keygate-environment".into(), k.environment.to_string()));
             }
             if let Some(id) = &d.reservation_id {
                 upstream.push(("x-keygate-reservation-id".into(), id.clone()));
@@ -327,11 +327,10 @@ pub fn respond(
                 // Keys that collide (stored before writes refused them) are forwarded as
                 // neither: which value the upstream saw must never depend on order.
                 let names: Vec<String> = k
-                    .metadata
-                    .keys()
-                    .map(|n| text::metadata_header(n))
+                    .metadata()
+                    .map(|(n, _)| text::metadata_header(n))
                     .collect();
-                for (header, value) in names.iter().zip(k.metadata.values()) {
+                for (header, (_, value)) in names.iter().zip(k.metadata()) {
                     if names.iter().filter(|n| *n == header).count() == 1 {
                         upstream.push((header.clone(), value.clone()));
                     }

@@ -113,15 +113,11 @@ pub fn response(d: Decision) -> pb::CheckResponse {
         ..Default::default()
     };
     if let Some(k) = d.key {
-        resp.key_id = k.id.clone();
-        resp.tenant_id = k.tenant_id.clone();
-        resp.key_name = k.name.clone();
-        resp.environment = k.environment.clone();
-        resp.metadata = k
-            .metadata
-            .iter()
-            .map(|(a, b)| (a.clone(), b.clone()))
-            .collect();
+        resp.key_id = k.id.to_string();
+        resp.tenant_id = k.tenant_id.to_string();
+        resp.key_name = k.name.to_string();
+        resp.environment = k.environment.to_string();
+        resp.metadata = k.metadata().map(|(a, b)| (a.clone(), b.clone())).collect();
     }
     resp
 }

@@ -2,65 +2,137 @@
 use super::{LimitOutcome, LimitScope, LimitStatus, RateLimiter, Window, SLOTS};
 use crate::domain::{RateLimitSpec, UnixMillis};
 use crate::error::Result;
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-/// Counters of one bucket (one key), one window per limit, guarded together so a call is
-/// decided and spent on all limits atomically.
+/// Counters of one bucket (one key), one window per limit, decided and spent on all limits
+/// at once under their shard's lock.
 #[derive(Default)]
 struct Bucket {
     /// The limits' names, in the order of `windows`.
-    names: Vec<String>,
+    names: Vec<Box<str>>,
     windows: Vec<Window>,
-    /// The longest window among the limits, for expiry.
-    longest: Duration,
+    /// The longest window among the limits (ms), for idleness.
+    longest: i64,
+    /// The latest call that touched the bucket (ms).
+    touched: i64,
 }
 
-struct Idle;
-
-impl moka::Expiry<String, Arc<Mutex<Bucket>>> for Idle {
-    fn expire_after_read(
-        &self,
-        _: &String,
-        v: &Arc<Mutex<Bucket>>,
-        _: std::time::Instant,
-        _: Option<Duration>,
-        _: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(ttl(v))
-    }
-    fn expire_after_create(
-        &self,
-        _: &String,
-        v: &Arc<Mutex<Bucket>>,
-        _: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(ttl(v))
+impl Bucket {
+    /// A bucket idle for two of its longest windows (and a minute) holds nothing that
+    /// matters any more: every slot expired a window after its last call.
+    fn idle(&self, now: i64) -> bool {
+        now - self.touched >= (self.longest * 2).max(60_000)
     }
 }
 
-/// A bucket idle for two of its longest windows holds nothing that matters any more.
-fn ttl(v: &Arc<Mutex<Bucket>>) -> Duration {
-    let longest = v
-        .lock()
-        .map(|b| b.longest)
-        .unwrap_or(Duration::from_secs(60));
-    (longest * 2).max(Duration::from_secs(60))
+/// Buckets whose names hash to one shard, and when the shard was last swept of idle ones.
+#[derive(Default)]
+struct Shard {
+    buckets: HashMap<Box<str>, Bucket, Fast>,
+    /// Buckets left by the last sweep, and when it ran.
+    swept_len: usize,
+    swept_at: i64,
 }
 
-/// The embedded limiter.
+/// Bucket names are key ids and tenant ids, which no client chooses.
+type Fast = foldhash::fast::RandomState;
+
+const SHARDS: usize = 64;
+
+/// The embedded limiter. Its buckets live in 64 shards of plain hash maps (a moka cache
+/// cost ~330 bytes a bucket over its contents: measured). A shard drops idle buckets when
+/// it has doubled since its last sweep or a minute has passed, and when it is full it
+/// drops the eighth least recently used of its buckets.
 pub struct MemoryLimiter {
-    buckets: moka::sync::Cache<String, Arc<Mutex<Bucket>>>,
+    shards: Box<[Mutex<Shard>]>,
+    hasher: Fast,
+    /// Most buckets a shard holds.
+    per_shard: usize,
 }
 
 impl MemoryLimiter {
-    /// Holds at most `max_buckets` keys' counters (least recently used go first).
+    /// Holds at most about `max_buckets` keys' counters (least recently used go first).
     pub fn new(max_buckets: u64) -> Self {
         MemoryLimiter {
-            buckets: moka::sync::Cache::builder()
-                .max_capacity(max_buckets)
-                .expire_after(Idle)
-                .build(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: Fast::default(),
+            per_shard: usize::try_from(max_buckets)
+                .unwrap_or(usize::MAX)
+                .div_ceil(SHARDS)
+                .max(1),
+        }
+    }
+
+    fn shard_of(&self, bucket: &str) -> usize {
+        (self.hasher.hash_one(bucket) as usize) % SHARDS
+    }
+
+    fn lock(&self, shard: usize) -> MutexGuard<'_, Shard> {
+        self.shards[shard].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Buckets held (for tests and metrics).
+    pub fn len(&self) -> usize {
+        (0..SHARDS).map(|i| self.lock(i).buckets.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Shard {
+    /// The bucket `name`, made for `limits` if new (making room first).
+    fn bucket(
+        &mut self,
+        name: &str,
+        limits: &[RateLimitSpec],
+        now: i64,
+        cap: usize,
+    ) -> &mut Bucket {
+        if !self.buckets.contains_key(name) {
+            self.make_room(now, cap);
+            self.buckets.insert(name.into(), Bucket::default());
+        }
+        let b = self
+            .buckets
+            .get_mut(name)
+            .unwrap_or_else(|| unreachable!("inserted above"));
+        align(b, limits);
+        b
+    }
+
+    fn make_room(&mut self, now: i64, cap: usize) {
+        let len = self.buckets.len();
+        if len >= (self.swept_len * 2).max(64) || now - self.swept_at >= 60_000 || len >= cap {
+            self.buckets.retain(|_, b| !b.idle(now));
+            self.swept_len = self.buckets.len();
+            self.swept_at = now;
+        }
+        if self.buckets.len() >= cap {
+            // Full of live buckets: the least recently used eighth goes (those keys start
+            // afresh: the one case where the limiter can admit more than a limit).
+            let mut touched: Vec<i64> = self.buckets.values().map(|b| b.touched).collect();
+            let nth = touched.len() / 8;
+            let (_, &mut cut, _) = touched.select_nth_unstable(nth);
+            // Those before `nth` are at most `cut`: the older all go, and of those touched
+            // at `cut` itself only as many as make up the eighth.
+            let older = touched[..nth].iter().filter(|&&t| t < cut).count();
+            let mut ties = nth + 1 - older;
+            self.buckets.retain(|_, b| {
+                if b.touched < cut {
+                    return false;
+                }
+                if b.touched == cut && ties > 0 {
+                    ties -= 1;
+                    return false;
+                }
+                true
+            });
+            self.swept_len = self.buckets.len();
         }
     }
 }
@@ -129,23 +201,15 @@ pub fn decide<L: std::borrow::Borrow<RateLimitSpec>>(
     }
 }
 
-impl Bucket {
-    /// A bucket for `limits`, so its first expiry already knows its longest window.
-    fn for_limits(limits: &[RateLimitSpec]) -> Arc<Mutex<Bucket>> {
-        let mut b = Bucket::default();
-        align(&mut b, limits);
-        Arc::new(Mutex::new(b))
-    }
-}
-
 /// Lines the stored windows up with the current limits (by name): a limit keeps its slots
-/// (also when its window length changed: see `Window::expire`). Returns whether the
-/// longest window changed, so the caller can renew the bucket's expiry.
-fn align(b: &mut Bucket, limits: &[RateLimitSpec]) -> bool {
-    let longest = limits.iter().map(|l| l.window).max().unwrap_or_default();
-    let renewed = longest != b.longest;
-    b.longest = longest;
-    if b.names.len() != limits.len() || b.names.iter().zip(limits).any(|(n, l)| *n != l.name) {
+/// (also when its window length changed: see `Window::expire`).
+fn align(b: &mut Bucket, limits: &[RateLimitSpec]) {
+    b.longest = limits
+        .iter()
+        .map(|l| l.window.as_millis() as i64)
+        .max()
+        .unwrap_or_default();
+    if b.names.len() != limits.len() || b.names.iter().zip(limits).any(|(n, l)| **n != *l.name) {
         let names = std::mem::take(&mut b.names);
         let mut old = std::mem::take(&mut b.windows);
         b.windows = limits
@@ -153,36 +217,22 @@ fn align(b: &mut Bucket, limits: &[RateLimitSpec]) -> bool {
             .map(|l| {
                 names
                     .iter()
-                    .position(|n| *n == l.name)
+                    .position(|n| **n == *l.name)
                     .map(|i| std::mem::take(&mut old[i]))
                     .unwrap_or_default()
             })
             .collect();
-        b.names = limits.iter().map(|l| l.name.clone()).collect();
+        b.names = limits.iter().map(|l| l.name.as_str().into()).collect();
     }
-    renewed
 }
 
 impl MemoryLimiter {
     /// Decides on one bucket's limits.
     fn one(&self, s: &LimitScope<'_>, cost: u64, now: UnixMillis, dry_run: bool) -> LimitOutcome {
-        let entry = self
-            .buckets
-            .get_with_by_ref(s.bucket, || Bucket::for_limits(s.limits));
-        let mut b = entry.lock().unwrap_or_else(|p| p.into_inner());
-        let renew = align(&mut b, s.limits);
-        let outcome = decide(&mut b.windows, s.limits, cost, now.0, dry_run);
-        drop(b);
-        if renew {
-            self.renew(s.bucket, entry);
-        }
-        outcome
-    }
-
-    /// Sets a bucket's expiry again after its longest window changed (moka computes it on
-    /// insert and read, from the bucket as it was then).
-    fn renew(&self, bucket: &str, entry: Arc<Mutex<Bucket>>) {
-        self.buckets.insert(bucket.to_owned(), entry);
+        let mut shard = self.lock(self.shard_of(s.bucket));
+        let b = shard.bucket(s.bucket, s.limits, now.0, self.per_shard);
+        b.touched = b.touched.max(now.0);
+        decide(&mut b.windows, s.limits, cost, now.0, dry_run)
     }
 }
 
@@ -204,19 +254,20 @@ impl RateLimiter for MemoryLimiter {
         );
         let mut took = extra;
         for s in scopes.iter().filter(|s| !s.limits.is_empty()) {
-            let entry = if extra > 0 {
-                self.buckets
-                    .get_with_by_ref(s.bucket, || Bucket::for_limits(s.limits))
+            let mut shard = self.lock(self.shard_of(s.bucket));
+            let b = if extra > 0 {
+                let b = shard.bucket(s.bucket, s.limits, now.0, self.per_shard);
+                b.touched = b.touched.max(now.0);
+                b
             } else {
-                match self.buckets.get(s.bucket) {
-                    Some(e) => e,
+                match shard.buckets.get_mut(s.bucket) {
+                    Some(b) => b,
                     // Forgotten (idle for two windows): nothing of the reservation counts.
                     None => continue,
                 }
             };
-            let mut b = entry.lock().unwrap_or_else(|p| p.into_inner());
             for spec in s.limits {
-                let Some(i) = b.names.iter().position(|n| *n == spec.name) else {
+                let Some(i) = b.names.iter().position(|n| **n == *spec.name) else {
                     continue;
                 };
                 let w = &mut b.windows[i];
@@ -261,57 +312,142 @@ impl RateLimiter for MemoryLimiter {
             [only] => return Ok(self.one(only, cost, now, dry_run)),
             _ => {}
         }
-        // Buckets are locked in one global order (by name), so two calls that share some
-        // buckets (keys of one tenant) never wait on each other in a cycle.
-        scopes.sort_by(|a, b| a.bucket.cmp(b.bucket));
-        let entries: Vec<_> = scopes
-            .iter()
-            .map(|s| {
-                self.buckets
-                    .get_with_by_ref(s.bucket, || Bucket::for_limits(s.limits))
-            })
-            .collect();
-        let mut guards: Vec<_> = entries
-            .iter()
-            .map(|e| e.lock().unwrap_or_else(|p| p.into_inner()))
-            .collect();
+        // Shards are locked in one global order (by index), each once, so two calls that
+        // share some (keys of one tenant) never wait on each other in a cycle.
+        scopes.sort_by_cached_key(|s| (self.shard_of(s.bucket), s.bucket));
+        let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> = Vec::with_capacity(scopes.len());
+        for s in &scopes {
+            let i = self.shard_of(s.bucket);
+            if guards.last().is_none_or(|(g, _)| *g != i) {
+                guards.push((i, self.lock(i)));
+            }
+        }
         // The windows of every bucket, decided together, then put back.
         let mut windows = Vec::new();
         let mut limits = Vec::new();
-        let mut renew = Vec::new();
-        for (i, (b, s)) in guards.iter_mut().zip(&scopes).enumerate() {
-            if align(b, s.limits) {
-                renew.push(i);
-            }
+        for s in &scopes {
+            let g = locked(&mut guards, self.shard_of(s.bucket));
+            let b = g.bucket(s.bucket, s.limits, now.0, self.per_shard);
+            b.touched = b.touched.max(now.0);
             windows.append(&mut b.windows);
             limits.extend(s.limits.iter());
         }
         let outcome = decide(&mut windows, &limits, cost, now.0, dry_run);
         let mut decided = windows.into_iter();
-        for (b, s) in guards.iter_mut().zip(&scopes) {
+        for s in &scopes {
+            let g = locked(&mut guards, self.shard_of(s.bucket));
+            // Made afresh if another scope's new bucket in this shard made room by dropping
+            // it (its windows are all here).
+            let b = g.bucket(s.bucket, s.limits, now.0, self.per_shard);
             b.windows = decided.by_ref().take(s.limits.len()).collect();
-        }
-        drop(guards);
-        for i in renew {
-            self.renew(scopes[i].bucket, entries[i].clone());
         }
         Ok(outcome)
     }
+}
+
+/// The locked shard `i` among `guards`.
+fn locked<'g>(guards: &'g mut [(usize, MutexGuard<'_, Shard>)], i: usize) -> &'g mut Shard {
+    guards
+        .iter_mut()
+        .find(|(g, _)| *g == i)
+        .map(|(_, g)| &mut **g)
+        .unwrap_or_else(|| unreachable!("every scope's shard is locked"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_new_bucket_lives_for_two_of_its_longest_windows() {
-        let hour = RateLimitSpec {
-            name: "h".into(),
-            limit: 10,
-            window: Duration::from_secs(3600),
-        };
-        // moka takes a new entry's expiry from the bucket as created: it must already
-        // know its window, or a one-call key would be forgotten after a minute.
-        assert_eq!(ttl(&Bucket::for_limits(&[hour])), Duration::from_secs(7200));
+    fn limit(name: &str, n: u64, secs: u64) -> RateLimitSpec {
+        RateLimitSpec {
+            name: name.into(),
+            limit: n,
+            window: Duration::from_secs(secs),
+        }
+    }
+
+    async fn spend(l: &MemoryLimiter, bucket: &str, limits: &[RateLimitSpec], at: i64) -> bool {
+        let s = [LimitScope { bucket, limits }];
+        l.check_scopes("t", &s, 1, UnixMillis(at), false)
+            .await
+            .expect("memory never fails")
+            .allowed
+    }
+
+    #[tokio::test]
+    async fn an_idle_bucket_is_kept_for_two_of_its_longest_windows() {
+        let l = MemoryLimiter::new(1_000_000);
+        let hour = [limit("h", 1, 3600)];
+        assert!(spend(&l, "k", &hour, 0).await);
+        // Many new buckets later (sweeps run as shards grow and each minute), an hour's
+        // limit still remembers its call: its slot counts for the whole hour.
+        for i in 0..5_000 {
+            spend(&l, &format!("other{i}"), &[limit("m", 5, 60)], 61_000 + i).await;
+        }
+        assert!(
+            !spend(&l, "k", &hour, 3_599_000).await,
+            "forgot the hour's call"
+        );
+        // Idle for two hours: gone, and the minute buckets idle for two minutes with it.
+        spend(&l, "k", &hour, 3_599_000).await;
+        for i in 0..200 {
+            spend(
+                &l,
+                &format!("late{i}"),
+                &[limit("m", 5, 60)],
+                3_599_000 + 7_200_000 + i,
+            )
+            .await;
+        }
+        assert!(l.len() < 1_000, "idle buckets were not swept: {}", l.len());
+    }
+
+    #[tokio::test]
+    async fn a_full_limiter_drops_its_least_recently_used_buckets() {
+        let cap = 64 * 16;
+        let l = MemoryLimiter::new(cap as u64);
+        let minute = [limit("m", 1, 60)];
+        assert!(spend(&l, "hot", &minute, 0).await);
+        for i in 0..(cap * 4) as i64 {
+            spend(&l, &format!("k{i}"), &minute, 1 + i / 100).await;
+            // The hot key stays in use: it must never be the one dropped.
+            if i % 50 == 0 {
+                assert!(
+                    !spend(&l, "hot", &minute, 1 + i / 100).await,
+                    "hot key dropped at {i}"
+                );
+            }
+        }
+        assert!(l.len() <= cap, "{} buckets over a cap of {cap}", l.len());
+    }
+
+    #[tokio::test]
+    async fn a_key_and_its_tenant_in_one_shard_are_decided_together() {
+        let l = MemoryLimiter::new(1_000);
+        let key = [limit("k", 10, 60)];
+        let tenant = [limit("t", 3, 60)];
+        // Whatever shards the names fall in (several pairs, some sharing a shard).
+        for n in 0..40 {
+            let (k, t) = (format!("key{n}"), format!("tenant:{n}"));
+            let scopes = [
+                LimitScope {
+                    bucket: &k,
+                    limits: &key,
+                },
+                LimitScope {
+                    bucket: &t,
+                    limits: &tenant,
+                },
+            ];
+            let mut admitted = 0;
+            for at in 0..5 {
+                let o = l
+                    .check_scopes("t", &scopes, 1, UnixMillis(at), false)
+                    .await
+                    .unwrap();
+                admitted += u64::from(o.allowed);
+            }
+            assert_eq!(admitted, 3, "pair {n}");
+        }
     }
 }

@@ -9,7 +9,7 @@ use super::usage::{UsageRecorder, Use};
 use crate::cache::{self, KeyCache, Loaded, Resolved};
 use crate::domain::quota::QuotaOwner;
 pub use crate::domain::reason::Reason;
-use crate::domain::{Clock, KeyRecord, Scope, ScopeSet, Tenant};
+use crate::domain::{CachedKey, Clock, KeyRecord, Scope, ScopeSet, Tenant};
 use crate::error::{Error, Result};
 use crate::hashing::SecretHasher;
 use crate::limiter::{LimitScope, LimitStatus, RateLimiter};
@@ -84,7 +84,7 @@ mod debug_tests {
 pub struct Decision {
     pub reason: Reason,
     /// Set once the key was identified (even when later denied); shared with the cache.
-    pub key: Option<Arc<Loaded<KeyRecord>>>,
+    pub key: Option<Arc<Loaded<CachedKey>>>,
     /// The key's effective scopes under its tenant's current catalogue.
     pub scopes: ScopeSet,
     pub rate_limit: Option<LimitStatus>,
@@ -205,13 +205,13 @@ impl CheckService {
                     source,
                     d.allowed(),
                     d.reason.code(),
-                    d.key.as_ref().map(|k| k.tenant_id.as_str()),
+                    d.key.as_ref().map(|k| &*k.tenant_id),
                     started.elapsed(),
                 );
                 let span = tracing::Span::current();
                 if let Some(k) = &d.key {
-                    span.record("key_id", k.id.as_str());
-                    span.record("tenant_id", k.tenant_id.as_str());
+                    span.record("key_id", &*k.id);
+                    span.record("tenant_id", &*k.tenant_id);
                 }
                 span.record("reason", d.reason.code());
                 span.record("decision", if d.allowed() { "ALLOW" } else { "DENY" });
@@ -272,7 +272,7 @@ impl CheckService {
         let tenant = self.tenant(&record.tenant_id).await?;
         let policy = &tenant.policy;
         let scopes = record.scopes.limited_to(&policy.scope_catalogue);
-        let limits = if record.rate_limits.is_empty() {
+        let limits: &[_] = if record.rate_limits.is_empty() {
             &policy.default_rate_limits
         } else {
             &record.rate_limits
@@ -304,10 +304,10 @@ impl CheckService {
         } else if input
             .tenant_id
             .as_deref()
-            .is_some_and(|t| t != record.tenant_id)
+            .is_some_and(|t| t != &*record.tenant_id)
         {
             Reason::TenantMismatch
-        } else if !record.ip_allowlist.admits(input.client_ip) {
+        } else if !record.admits_ip(input.client_ip) {
             Reason::IpNotAllowed
         } else if !self.scopes_suffice(input, policy.scopes_from_method, &decision.scopes) {
             Reason::InsufficientScope
@@ -406,10 +406,10 @@ impl CheckService {
     /// The quotas a call of `record` spends: the key's (its own, else the tenant's default
     /// for keys) and the tenant's. Empty for most keys, without allocating.
     fn quota_uses<'a>(
-        record: &'a KeyRecord,
+        record: &'a CachedKey,
         policy: &'a crate::domain::TenantPolicy,
     ) -> Vec<QuotaUse<'a>> {
-        let key = policy.key_quota(record.quota.as_ref());
+        let key = policy.key_quota(record.quota.as_deref());
         if key.is_none() && policy.quota.is_none() {
             return Vec::new();
         }

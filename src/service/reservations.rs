@@ -12,7 +12,7 @@
 use super::quota::{QuotaLedger, QuotaUse};
 use crate::domain::quota::{self, QuotaSpec};
 use crate::domain::reservation::{Reservation, ReservedLimits, ReservedQuota, Settlement};
-use crate::domain::{key, Clock, KeyRecord, TenantPolicy, UnixMillis};
+use crate::domain::{key, CachedKey, Clock, TenantPolicy, UnixMillis};
 use crate::error::{Error, Result};
 use crate::limiter::{LimitScope, RateLimiter};
 use crate::store::{QuotaStore, ReservationStore};
@@ -46,7 +46,7 @@ pub struct Reservations {
 pub struct Spent<'a> {
     /// The limiter's fallback decided the check (see `LimitOutcome::fallback`).
     pub limiter_fallback: bool,
-    pub key: &'a KeyRecord,
+    pub key: &'a CachedKey,
     pub policy: &'a TenantPolicy,
     pub limits: &'a [LimitScope<'a>],
     pub quotas: &'a [QuotaUse<'a>],
@@ -72,8 +72,8 @@ impl Reservations {
     pub async fn record(&self, spent: Spent<'_>, now: UnixMillis) -> Result<String> {
         let mut r = Reservation {
             id: format!("rsv_{}", key::random_base62(24)),
-            key_id: spent.key.id.clone(),
-            tenant_id: spent.key.tenant_id.clone(),
+            key_id: spent.key.id.to_string(),
+            tenant_id: spent.key.tenant_id.to_string(),
             reserved: spent.units,
             reserve_time: now,
             expire_time: now.plus(spent.policy.reservation_ttl()),
