@@ -137,6 +137,10 @@
 //!   open loop (h2load `--rps`) of noop and check_cached at half the no-op's peak, p50 / p99
 //!   / p99.9 from h2load's per-request log (`h2load_open_loop.json`).
 //!
+//! - `memory` (`memory.json`) — what a cached key costs, part by part, in this process
+//!   (see `memory.rs`): moka's own cost per entry, the key cache, and the in-memory
+//!   limiter's bucket after one call and with all 60 slots in use; `--keys` entries.
+//!
 //! Caveats. The load generator, the servers, Envoy, Redis and PostgreSQL share the
 //! machine's cores (2 on the reference machine): compare ratios, not absolute figures.
 //! Loopback TCP hides network latency, which a real Redis round trip adds to every check
@@ -149,6 +153,7 @@
 mod envoy;
 mod h2load;
 mod harness;
+mod memory;
 mod replicas;
 mod settings;
 mod suite;
@@ -187,6 +192,9 @@ async fn run(s: Settings) -> Result<(), BoxError> {
     }
     if s.wants("h2load") {
         note("h2load", h2load::run(&s).await);
+    }
+    if s.wants("memory") {
+        note("memory", memory::run(&s).await);
     }
     if !failures.is_empty() {
         return Err(format!("scenarios that could not run:\n  {}", failures.join("\n  ")).into());

@@ -24,6 +24,7 @@ pub const EXPERIMENTS: &[&str] = &[
     "redis_vs_memory",
     "revocation",
     "h2load",
+    "memory",
 ];
 
 /// Names that stand for several scenarios.

@@ -11,9 +11,10 @@ use std::time::Duration;
 /// at once under their shard's lock.
 #[derive(Default)]
 struct Bucket {
-    /// The limits' names, in the order of `windows`.
-    names: Vec<Box<str>>,
-    windows: Vec<Window>,
+    /// The limits' names, in the order of `windows` (boxed slices: a bucket is kept in
+    /// its shard's table by value, so each word here is one per key).
+    names: Box<[Box<str>]>,
+    windows: Box<[Window]>,
     /// The longest window among the limits (ms), for idleness.
     longest: i64,
     /// The latest call that touched the bucket (ms).
@@ -329,7 +330,7 @@ impl RateLimiter for MemoryLimiter {
             let g = locked(&mut guards, self.shard_of(s.bucket));
             let b = g.bucket(s.bucket, s.limits, now.0, self.per_shard);
             b.touched = b.touched.max(now.0);
-            windows.append(&mut b.windows);
+            windows.extend(b.windows.iter_mut().map(std::mem::take));
             limits.extend(s.limits.iter());
         }
         let outcome = decide(&mut windows, &limits, cost, now.0, dry_run);

@@ -133,7 +133,14 @@ impl Window {
                 back.cost = back.cost.saturating_add(cost);
                 back.last = back.last.max(at);
             }
-            _ => self.slots.push_back(Slot { last: at, cost }),
+            _ => {
+                // A key with one call holds one slot, not the four a first push reserves
+                // (48 bytes a bucket at a million keys); a busy one grows as before.
+                if self.slots.capacity() == 0 {
+                    self.slots.reserve_exact(1);
+                }
+                self.slots.push_back(Slot { last: at, cost })
+            }
         }
     }
 
