@@ -299,8 +299,12 @@ impl RateLimiter for MemoryLimiter {
         now: UnixMillis,
         dry_run: bool,
     ) -> Result<LimitOutcome> {
-        let mut scopes: Vec<&LimitScope<'_>> =
-            scopes.iter().filter(|s| !s.limits.is_empty()).collect();
+        // Each scope with its shard, worked out once.
+        let mut scopes: Vec<(usize, &LimitScope<'_>)> = scopes
+            .iter()
+            .filter(|s| !s.limits.is_empty())
+            .map(|s| (self.shard_of(s.bucket), s))
+            .collect();
         match scopes.as_slice() {
             [] => {
                 return Ok(LimitOutcome {
@@ -310,15 +314,14 @@ impl RateLimiter for MemoryLimiter {
                 })
             }
             // The common case (a key without shared limits): one lock, no merging.
-            [only] => return Ok(self.one(only, cost, now, dry_run)),
+            [(_, only)] => return Ok(self.one(only, cost, now, dry_run)),
             _ => {}
         }
         // Shards are locked in one global order (by index), each once, so two calls that
         // share some (keys of one tenant) never wait on each other in a cycle.
-        scopes.sort_by_cached_key(|s| (self.shard_of(s.bucket), s.bucket));
+        scopes.sort_by(|(i, a), (j, b)| (i, a.bucket).cmp(&(j, b.bucket)));
         let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> = Vec::with_capacity(scopes.len());
-        for s in &scopes {
-            let i = self.shard_of(s.bucket);
+        for &(i, _) in &scopes {
             if guards.last().is_none_or(|(g, _)| *g != i) {
                 guards.push((i, self.lock(i)));
             }
@@ -326,20 +329,18 @@ impl RateLimiter for MemoryLimiter {
         // The windows of every bucket, decided together, then put back.
         let mut windows = Vec::new();
         let mut limits = Vec::new();
-        for s in &scopes {
-            let g = locked(&mut guards, self.shard_of(s.bucket));
-            let b = g.bucket(s.bucket, s.limits, now.0, self.per_shard);
+        for &(i, s) in &scopes {
+            let b = locked(&mut guards, i).bucket(s.bucket, s.limits, now.0, self.per_shard);
             b.touched = b.touched.max(now.0);
             windows.extend(b.windows.iter_mut().map(std::mem::take));
             limits.extend(s.limits.iter());
         }
         let outcome = decide(&mut windows, &limits, cost, now.0, dry_run);
         let mut decided = windows.into_iter();
-        for s in &scopes {
-            let g = locked(&mut guards, self.shard_of(s.bucket));
+        for &(i, s) in &scopes {
             // Made afresh if another scope's new bucket in this shard made room by dropping
             // it (its windows are all here).
-            let b = g.bucket(s.bucket, s.limits, now.0, self.per_shard);
+            let b = locked(&mut guards, i).bucket(s.bucket, s.limits, now.0, self.per_shard);
             b.windows = decided.by_ref().take(s.limits.len()).collect();
         }
         Ok(outcome)
