@@ -43,6 +43,9 @@ type Fast = foldhash::fast::RandomState;
 
 type Shard = HashMap<String, KeyAgg, Fast>;
 
+/// A flush's cells merged by (key, bucket, endpoint label, reason), with the key's tenant.
+type Merged<'a> = HashMap<(&'a str, UnixMillis, &'a str, Reason), (&'a str, Cell), Fast>;
+
 /// The in-memory aggregate and its flusher.
 pub struct UsageRecorder {
     shards: Box<[Mutex<Shard>]>,
@@ -266,7 +269,7 @@ impl UsageRecorder {
     /// The rows to write: per-key uses, and cells per minute and per day, merged by
     /// endpoint label (two routes may share a name).
     fn batch(&self, taken: &[(String, KeyAgg)]) -> UsageBatch {
-        let mut minutes: HashMap<(&str, UnixMillis, &str, Reason), (&str, Cell)> = HashMap::new();
+        let mut minutes = Merged::default();
         let mut keys = Vec::with_capacity(taken.len());
         for (id, agg) in taken {
             keys.push(KeyUse {
@@ -283,7 +286,7 @@ impl UsageRecorder {
                 e.1.cost += c.cost;
             }
         }
-        let mut days: HashMap<(&str, UnixMillis, &str, Reason), (&str, Cell)> = HashMap::new();
+        let mut days = Merged::default();
         for ((id, minute, label, reason), (tenant, c)) in &minutes {
             let e = days
                 .entry((id, day_of(*minute), label, *reason))
@@ -291,7 +294,7 @@ impl UsageRecorder {
             e.1.count += c.count;
             e.1.cost += c.cost;
         }
-        let cells = |m: HashMap<(&str, UnixMillis, &str, Reason), (&str, Cell)>| {
+        let cells = |m: Merged<'_>| {
             m.into_iter()
                 .map(|((id, bucket, label, reason), (tenant, c))| UsageCell {
                     key_id: id.to_owned(),

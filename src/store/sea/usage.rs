@@ -7,73 +7,56 @@ impl UsageStore for SeaStore {
         let backend = self.db.get_database_backend();
         let txn = self.db.begin().await.map_err(db_err)?;
         for (table, cells) in [(MINUTES, &b.minutes), (DAYS, &b.days)] {
-            // 7 parameters a row: far below SQLite's and PostgreSQL's bind limits.
-            for chunk in cells.chunks(500) {
-                let mut q = Query::insert();
-                q.into_table(Alias::new(table)).columns(usage_cols([
-                    "key_id",
-                    "tenant_id",
-                    "bucket",
-                    "endpoint",
-                    "reason",
-                    "count",
-                    "cost",
-                ]));
+            for chunk in statement_chunks(cells) {
+                let mut values = Vec::with_capacity(chunk.len() * 7);
                 for c in chunk {
-                    q.values([
-                        c.key_id.clone().into(),
+                    values.extend([
+                        sea_orm::Value::from(c.key_id.clone()),
                         c.tenant_id.clone().into(),
                         c.bucket.0.into(),
                         c.endpoint.clone().into(),
                         c.reason.into(),
                         to_i64(c.count).into(),
                         to_i64(c.cost).into(),
-                    ])
-                    .map_err(|e| Error::Internal {
-                        context: "usage insert",
-                        source: Some(Box::new(e)),
-                    })?;
+                    ]);
                 }
-                let add = |col: &str| {
-                    Expr::col((Alias::new(table), Alias::new(col)))
-                        .add(Expr::col((Alias::new("excluded"), Alias::new(col))))
-                };
-                q.on_conflict(
-                    OnConflict::columns(usage_cols(["key_id", "bucket", "endpoint", "reason"]))
-                        .value(Alias::new("count"), add("count"))
-                        .value(Alias::new("cost"), add("cost"))
-                        .to_owned(),
+                let text = format!(
+                    "INSERT INTO {table} (key_id, tenant_id, bucket, endpoint, reason, \"count\", \
+                     \"cost\") VALUES {} ON CONFLICT (key_id, bucket, endpoint, reason) DO UPDATE \
+                     SET \"count\" = {table}.\"count\" + excluded.\"count\", \
+                     \"cost\" = {table}.\"cost\" + excluded.\"cost\"",
+                    placeholders(backend, chunk.len(), 7)
                 );
-                txn.execute(backend.build(&q)).await.map_err(db_err)?;
+                txn.execute(sea_orm::Statement::from_sql_and_values(
+                    backend, text, values,
+                ))
+                .await
+                .map_err(db_err)?;
             }
         }
-        // One UPDATE … FROM (VALUES …) per 300 keys instead of one per key: with many
+        // One UPDATE … FROM (VALUES …) per chunk of keys instead of one per key: with many
         // active keys the per-key statements were most of a flush's cost (the benchmark's
         // check_many_keys).
         let max = match backend {
             DbBackend::Postgres => "GREATEST",
             _ => "MAX",
         };
-        for chunk in b.keys.chunks(300) {
+        for chunk in statement_chunks(&b.keys) {
             let mut values = Vec::with_capacity(chunk.len() * 3);
-            let mut rows = Vec::with_capacity(chunk.len());
-            for (i, k) in chunk.iter().enumerate() {
-                rows.push(format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3));
-                values.push(sea_orm::Value::from(k.key_id.clone()));
-                values.push(to_i64(k.uses).into());
-                values.push(k.last_used.0.into());
+            for k in chunk {
+                values.extend([
+                    sea_orm::Value::from(k.key_id.clone()),
+                    to_i64(k.uses).into(),
+                    k.last_used.0.into(),
+                ]);
             }
             let text = format!(
                 "UPDATE api_keys SET use_count = use_count + v.uses, \
                  last_used_time = {max}(COALESCE(last_used_time, v.last_used), v.last_used) \
                  FROM (SELECT column1 AS id, column2 AS uses, column3 AS last_used \
                  FROM (VALUES {}) AS t) AS v WHERE api_keys.id = v.id",
-                rows.join(", ")
+                placeholders(backend, chunk.len(), 3)
             );
-            let text = match backend {
-                DbBackend::Postgres => text,
-                _ => text.replace('$', "?"),
-            };
             txn.execute(sea_orm::Statement::from_sql_and_values(
                 backend, text, values,
             ))
@@ -182,5 +165,80 @@ impl UsageStore for SeaStore {
                 .rows_affected();
         }
         Ok(deleted)
+    }
+}
+
+/// Rows per statement, largest first. A flush writes its rows in statements of these sizes
+/// only, so the same few statement texts come back flush after flush and the driver's
+/// prepared-statement cache parses each once per connection (a statement sized to the
+/// batch was parsed anew every flush: a tenth of a busy server's instructions).
+const STATEMENT_ROWS: [usize; 5] = [256, 64, 16, 4, 1];
+
+/// `rows` cut greedily into chunks of the [`STATEMENT_ROWS`] sizes (at most three of each
+/// smaller size after the 256-row ones).
+fn statement_chunks<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        let n = STATEMENT_ROWS.into_iter().find(|&n| n <= rest.len())?;
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
+/// `rows` tuples of `cols` parameters: `(?, ?), (?, ?)` on SQLite (plain `?`: numbered
+/// ones make SQLite's parameter-name lookup quadratic in their number), `($1, $2), ($3,
+/// $4)` on PostgreSQL.
+fn placeholders(backend: DbBackend, rows: usize, cols: usize) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(rows * cols * 6);
+    for r in 0..rows {
+        s.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..cols {
+            if c > 0 {
+                s.push_str(", ");
+            }
+            match backend {
+                DbBackend::Postgres => {
+                    let _ = write!(s, "${}", r * cols + c + 1);
+                }
+                _ => s.push('?'),
+            }
+        }
+        s.push(')');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statement_chunks_cover_every_row_in_order_with_few_sizes() {
+        for n in [0, 1, 3, 4, 5, 255, 256, 257, 300, 1_000, 1_279] {
+            let rows: Vec<usize> = (0..n).collect();
+            let chunks: Vec<&[usize]> = statement_chunks(&rows).collect();
+            assert_eq!(chunks.concat(), rows, "{n} rows");
+            assert!(chunks.iter().all(|c| STATEMENT_ROWS.contains(&c.len())));
+            assert!(
+                chunks.windows(2).all(|w| w[0].len() >= w[1].len()),
+                "largest first"
+            );
+            let small = chunks.iter().filter(|c| c.len() < 256).count();
+            assert!(small <= 12, "{n} rows: {small} small statements");
+        }
+    }
+
+    #[test]
+    fn placeholders_are_plain_on_sqlite_and_numbered_on_postgres() {
+        assert_eq!(
+            placeholders(DbBackend::Sqlite, 2, 3),
+            "(?, ?, ?), (?, ?, ?)"
+        );
+        assert_eq!(
+            placeholders(DbBackend::Postgres, 2, 2),
+            "($1, $2), ($3, $4)"
+        );
     }
 }

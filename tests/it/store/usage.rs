@@ -254,9 +254,82 @@ async fn prune_deletes_only_buckets_before_the_bounds(db: Db) {
     );
 }
 
+/// A flush of many keys goes out in statements of a few fixed sizes: a batch whose size is
+/// none of them lands whole, every row with its own counts, and a second flush adds to it.
+async fn a_large_batch_of_odd_size_lands_whole(db: Db) {
+    let (_db, s) = stores_or_skip!(db);
+    // 341 keys = 256 + 64 + 16 + 4 + 1: every statement size at least once.
+    let ids: Vec<String> = (0..341).map(|i| format!("k{i:03}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    seed_keys(&s, &refs).await;
+    let batch = UsageBatch {
+        keys: ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| KeyUse {
+                key_id: id.clone(),
+                last_used: at(i as i64),
+                uses: i as u64 + 1,
+            })
+            .collect(),
+        // 682 rows: each key's OK and RATE_LIMITED cells.
+        minutes: ids
+            .iter()
+            .enumerate()
+            .flat_map(|(i, id)| {
+                [
+                    cell(id, at(0), "GET /", "OK", i as u64 + 1, 2),
+                    cell(id, at(0), "GET /", "RATE_LIMITED", 1, 0),
+                ]
+            })
+            .collect(),
+        days: ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| cell(id, at(0), "GET /", "OK", i as u64 + 1, 2))
+            .collect(),
+    };
+    for _ in 0..2 {
+        s.usage.record_usage(&batch).await.unwrap();
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let k = s.keys.get_key(id).await.unwrap().unwrap();
+        assert_eq!(
+            (k.use_count, k.last_used_time),
+            (2 * (i as u64 + 1), Some(at(i as i64))),
+            "{id}"
+        );
+    }
+    // Sum over i of 2 * (i + 1) for 341 keys, and their costs and refusals.
+    let ok: u64 = (1..=341).map(|n| 2 * n).sum();
+    assert_eq!(
+        usage(&s, &tenant_query(BucketSize::Minute, at(0), at(MINUTE))).await,
+        [
+            row(at(0), "GET /", "OK", ok, 2 * 2 * 341),
+            row(at(0), "GET /", "RATE_LIMITED", 2 * 341, 0),
+        ]
+    );
+    assert_eq!(
+        usage(&s, &tenant_query(BucketSize::Day, at(0), at(DAY))).await,
+        [row(at(0), "GET /", "OK", ok, 2 * 2 * 341)]
+    );
+    let one = UsageQuery {
+        key_id: Some("k100".into()),
+        ..tenant_query(BucketSize::Minute, at(0), at(MINUTE))
+    };
+    assert_eq!(
+        usage(&s, &one).await,
+        [
+            row(at(0), "GET /", "OK", 2 * 101, 4),
+            row(at(0), "GET /", "RATE_LIMITED", 2, 0),
+        ]
+    );
+}
+
 on_both_stores!(
     recording_twice_adds_counts_uses_and_moves_last_used_forward,
     usage_sums_over_keys_per_bucket_endpoint_and_reason,
     uses_in_day_totals_each_key_in_one_day,
     prune_deletes_only_buckets_before_the_bounds,
+    a_large_batch_of_odd_size_lands_whole,
 );
